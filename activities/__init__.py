@@ -1,0 +1,1 @@
+"""Activities: all I/O of runtime jobs (Redis, Docker) lives here."""

