@@ -105,4 +105,11 @@ class ResultPublisher:
                 non_retryable=True,
             ) from None
         info = activity.info()
+        if not (info.workflow_id and info.workflow_run_id):
+            # The idempotency key is the job run; without one, a retry could append twice.
+            raise ApplicationError(
+                "publish_job_result must be called from a job workflow",
+                type=INVALID_JOB_RESULT,
+                non_retryable=True,
+            )
         return await self.publish(result, info.workflow_id, info.workflow_run_id)

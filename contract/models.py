@@ -85,8 +85,7 @@ def one_line(text: str, limit: int = 1000) -> str:
 def _check_game_id(value: str) -> str:
     if not _GAME_ID_RE.fullmatch(value):
         raise ValueError(
-            "must be 1-51 characters of a-z, 0-9 and '-', neither first nor last a '-' "
-            f"(got {value[:80]!r})"
+            f"must be 1-51 characters of a-z, 0-9 and '-', neither first nor last a '-' (got {value[:80]!r})"
         )
     return value
 

@@ -48,7 +48,9 @@ class RedisServer:
             "--appendonly", "no", "--dir", str(self.dir), *self.extra_args,
         ]  # fmt: skip
         self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.DEVNULL, stderr=open(self.dir / "stderr.log", "wb")  # noqa: SIM115
+            cmd,
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.dir / "stderr.log", "wb"),  # noqa: SIM115
         )
         deadline = time.monotonic() + wait_s
         while not port_answers(self.port):
