@@ -49,6 +49,11 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("DOCKER_HOST", "RTJOBS_DOCKER_HOST")
     )
 
+    # Docker: upper bound of an image pull (a registry that trickles must not hang a start), and how
+    # often a starting engine's state is polled.
+    docker_pull_timeout_s: float = Field(default=600.0, gt=0, le=3600)
+    docker_poll_interval_s: float = Field(default=0.2, gt=0, le=10)
+
 
 def redact_url(url: str) -> str:
     """A URL fit for logs: the password (and a bare token in the user part) replaced by `***`."""

@@ -14,6 +14,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from tests.support.binaries import temporal_cli
+from tests.support.docker_engine import DockerEngine, EngineUnavailable, acquire_engine
 from tests.support.redis_server import RedisServer, port_answers
 from workflows.search import SEARCH_ATTRIBUTE_KEYS
 
@@ -120,3 +121,18 @@ def client(temporal_env: WorkflowEnvironment) -> Client:
 @pytest.fixture
 def task_queue() -> str:
     return f"test-{uuid.uuid4().hex[:12]}"
+
+
+# --- Docker ---
+# A real engine: DOCKER_HOST when it answers, else a private dockerd (root + Debian's docker.io);
+# the test engine images are imported once per session from a busybox-static rootfs.
+
+
+@pytest.fixture(scope="session")
+async def docker_engine() -> AsyncIterator[DockerEngine]:
+    try:
+        engine = await acquire_engine()
+    except EngineUnavailable as err:
+        pytest.skip(f"no Docker engine: {err}")
+    yield engine
+    await engine.close()
