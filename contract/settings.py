@@ -7,9 +7,10 @@ variables (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TLS, API key), read in `worker.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_STATE_DIR = Path(__file__).resolve().parent.parent / ".state"
@@ -53,6 +54,17 @@ class Settings(BaseSettings):
     # often a starting engine's state is polled.
     docker_pull_timeout_s: float = Field(default=600.0, gt=0, le=3600)
     docker_poll_interval_s: float = Field(default=0.2, gt=0, le=10)
+
+    # Worker process: log level, and the fixed ports of the embedded dev server (`worker.py --dev`),
+    # so operators can point TEMPORAL_ADDRESS and a browser at them across restarts.
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    dev_port: int = Field(default=7233, ge=1, le=65535)
+    dev_ui_port: int = Field(default=8233, ge=1, le=65535)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
 
 
 def redact_url(url: str) -> str:

