@@ -459,3 +459,73 @@ def test_image_references_naming_the_same_image_normalize_equal(a: str, b: str) 
 def test_different_image_references_normalize_differently() -> None:
     assert normalize_image_ref("registry:5000/x/y") != normalize_image_ref("registry:5000/x/y:2")
     assert normalize_image_ref("galaxy/engine:1") != normalize_image_ref("galaxy/engine:2")
+
+
+async def test_replay_of_a_starting_engine_waits_until_it_is_healthy(
+    make_activities: MakeActivities, docker: aiodocker.Docker, images: EngineImages, game_id: str
+) -> None:
+    first_start = asyncio.create_task(start(make_activities(), game_id, images.slow_healthy))
+    deadline = time.monotonic() + 20
+    while True:  # until the first job's container runs but is not healthy yet
+        info = await inspect(docker, container_name(game_id))
+        if info is not None and info["State"]["Running"]:
+            break
+        assert time.monotonic() < deadline and not first_start.done()
+        await asyncio.sleep(0.05)
+    assert info["State"]["Health"]["Status"] == "starting"
+    replay = await start(make_activities(), game_id, images.slow_healthy)
+    assert replay.replay is True and replay.container_id == info["Id"]
+    healthy = await inspect(docker, info["Id"])
+    assert healthy is not None and healthy["State"]["Health"]["Status"] == "healthy"
+    assert (await first_start) == EngineOutcome(container_id=info["Id"], replay=False)
+
+
+async def test_pull_from_a_registry_that_never_answers_is_bounded(
+    make_activities: MakeActivities, docker: aiodocker.Docker, game_id: str
+) -> None:
+    """A registry that accepts the connection and then says nothing must not hang the start."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        acts = make_activities(docker_pull_timeout_s=2.0)
+        t0 = time.monotonic()
+        err = await expect_error(
+            start(acts, game_id, f"127.0.0.1:{port}/rtjobs-test/silent:1"), ErrorCode.IMAGE_PULL_FAILED
+        )
+        assert 2.0 <= time.monotonic() - t0 < 6.0
+        assert "did not finish within 2s" in err.message
+        assert await inspect(docker, container_name(game_id)) is None
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_docker_call_classification(make_activities: MakeActivities) -> None:
+    """Which daemon answers are retryable (DockerUnavailable) and which are the permanent code."""
+    acts = make_activities(docker_call_timeout_s=0.2)
+    code = ErrorCode.CONTAINER_START_FAILED
+
+    def failing(status: int) -> Callable[[], Any]:
+        async def call() -> None:
+            raise DockerError(status, f"status {status}")
+
+        return call
+
+    async def hangs() -> None:
+        await asyncio.sleep(5)
+
+    for status in (900, 500, 502, 503):  # connection failure, daemon errors, proxy in front of it
+        await expect_error(acts._call("op", failing(status), code), DOCKER_UNAVAILABLE_TYPE)
+    await expect_error(acts._call("op", failing(500), code, daemon_errors_permanent=True), code.value)
+    await expect_error(acts._call("op", failing(400), code), code.value)
+    err = await expect_error(acts._call("op", hangs, code), DOCKER_UNAVAILABLE_TYPE)
+    assert "within 0.2s" in err.message
+    with pytest.raises(DockerError):
+        await acts._call("op", failing(404), code, passthrough={404})
