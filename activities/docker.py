@@ -492,7 +492,7 @@ class EngineActivities:
                 raise permanent(code, f"container {name} vanished before it became healthy")
             state: dict[str, Any] = info.get("State") or {}
             status = state.get("Status")
-            if status in ("exited", "dead") or state.get("OOMKilled"):
+            if status in ("exited", "dead"):
                 raise await self._exited_error(container_id, name, state)
             health = state.get("Health")
             if is_running(info):

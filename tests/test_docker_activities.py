@@ -402,7 +402,7 @@ async def test_engine_ignoring_sigterm_is_killed_after_the_grace_period(
     t0 = time.monotonic()
     stopped = await stop(acts, game_id, stop_timeout_s=2)
     elapsed = time.monotonic() - t0
-    assert 2.0 <= elapsed < 4.5, elapsed
+    assert 2.0 <= elapsed < 6.0, elapsed
     assert stopped == EngineOutcome(container_id=started.container_id, replay=False)
     assert await inspect(docker, started.container_id) is None
 
@@ -529,3 +529,13 @@ async def test_docker_call_classification(make_activities: MakeActivities) -> No
     assert "within 0.2s" in err.message
     with pytest.raises(DockerError):
         await acts._call("op", failing(404), code, passthrough={404})
+
+
+async def test_engine_oom_killed_before_healthy_fails_container_exited_saying_so(
+    make_activities: MakeActivities, docker: aiodocker.Docker, images: EngineImages, game_id: str
+) -> None:
+    acts = make_activities(engine_memory_bytes=16 * 1024 * 1024)
+    err = await expect_error(start(acts, game_id, images.oom), ErrorCode.CONTAINER_EXITED)
+    assert "(OOM-killed)" in err.message
+    assert "filling memory" in err.message and "survived" not in err.message
+    assert await inspect(docker, container_name(game_id)) is None

@@ -29,7 +29,7 @@ from contract.models import LABEL_MANAGED_BY, MANAGED_BY
 
 BUSYBOX_PATHS = (Path("/bin/busybox"), Path("/usr/bin/busybox"))
 APPLETS = (
-    "sh", "httpd", "wget", "sleep", "echo", "test", "touch", "cat", "true", "false", "nslookup", "ls",
+    "sh", "httpd", "wget", "sleep", "echo", "test", "touch", "cat", "true", "false", "nslookup", "ls", "head", "tr",
 )  # fmt: skip
 TEST_REPO = "rtjobs-test/engine"
 
@@ -69,6 +69,11 @@ IMAGE_CHANGES: dict[str, list[str]] = {
         _cmd("trap 'exit 0' TERM; (sleep 3; touch /tmp/ready) & httpd -f -p 8080 -h /www & wait"),
         "HEALTHCHECK --interval=1s --timeout=1s --retries=30 CMD test -f /tmp/ready",
     ],
+    # Fills memory until the kernel's OOM killer ends it (under a small memory limit).
+    "oom": [
+        _cmd("echo filling memory; x=$(head -c 400000000 /dev/zero | tr '\\0' a); echo survived"),
+        "HEALTHCHECK --interval=1s CMD true",
+    ],
     # Ignores SIGTERM and has no HEALTHCHECK ("running" is ready).
     "ignores-term": [_cmd("trap '' TERM; while true; do sleep 1; done")],
 }
@@ -83,6 +88,7 @@ class EngineImages:
     exits: str
     slow_healthy: str
     ignores_term: str
+    oom: str
 
 
 def image_ref(tag: str) -> str:
@@ -97,6 +103,7 @@ TEST_IMAGES = EngineImages(
     exits=image_ref("exits"),
     slow_healthy=image_ref("slow-healthy"),
     ignores_term=image_ref("ignores-term"),
+    oom=image_ref("oom"),
 )
 
 
