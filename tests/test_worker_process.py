@@ -1,0 +1,262 @@
+"""The worker as operators run it: a real `python worker.py` process against the session's dev server.
+
+Each test gives the worker its own task queue and result stream, and kills the process (group)
+whatever happens, so a failing test leaves no worker behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from temporalio.api.enums.v1 import EventType
+from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
+from temporalio.client import WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
+
+from contract.models import JobResult
+from starter import start_job, stop_job
+from tests.support.binaries import temporal_cli
+from tests.support.docker_engine import DockerEngine
+from tests.support.redis_server import free_port
+from tests.support.streams import read_entries
+
+ROOT = Path(__file__).resolve().parent.parent
+STARTUP_S = 30.0
+DEAD_DOCKER = "unix:///nonexistent/rtjobs-test-docker.sock"
+
+
+def process_env(**overrides: str) -> dict[str, str]:
+    """This environment without any Temporal/rtjobs/Redis/Docker settings of the caller, plus `overrides`."""
+    prefixes = ("TEMPORAL_", "RTJOBS_", "REDIS_URL", "DOCKER_HOST")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+    env["TEMPORAL_CONFIG_FILE"] = "/nonexistent/rtjobs-test-temporal.toml"  # no operator profile leaks in
+    env.update(overrides)
+    return env
+
+
+class Process:
+    """A child process in its own session, output to a file; `kill()` ends its whole group."""
+
+    def __init__(self, args: list[str], env: Mapping[str, str]) -> None:
+        self._out = tempfile.NamedTemporaryFile(prefix="rtjobs-proc-", suffix=".log")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, *args],
+            cwd=ROOT,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def output(self) -> str:
+        return Path(self._out.name).read_text(errors="replace")
+
+    async def wait_for(self, text: str, timeout_s: float = STARTUP_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        while text not in self.output():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"exited {self.proc.returncode} before {text!r}:\n{self.output()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {text!r} within {timeout_s}s:\n{self.output()}")
+            await asyncio.sleep(0.05)
+
+    async def wait(self, timeout_s: float) -> int:
+        deadline = time.monotonic() + timeout_s
+        while (code := self.proc.poll()) is None:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"still running after {timeout_s}s:\n{self.output()}")
+            await asyncio.sleep(0.05)
+        return code
+
+    def send(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self._out.close()
+
+
+@pytest.fixture
+def processes() -> Iterator[list[Process]]:
+    """Register every child here: each is killed at teardown, passed or failed."""
+    started: list[Process] = []
+    yield started
+    for proc in started:
+        proc.kill()
+
+
+@pytest.fixture
+def worker_env(temporal_env: WorkflowEnvironment, redis_url: str, task_queue: str, stream: str) -> dict[str, str]:
+    return process_env(
+        TEMPORAL_ADDRESS=temporal_env.client.service_client.config.target_host,
+        TEMPORAL_NAMESPACE=temporal_env.client.namespace,
+        REDIS_URL=redis_url,
+        RTJOBS_TASK_QUEUE=task_queue,
+        RTJOBS_RESULTS_STREAM=stream,
+        DOCKER_HOST=DEAD_DOCKER,
+    )
+
+
+def start_worker(processes: list[Process], env: Mapping[str, str]) -> Process:
+    proc = Process(["worker.py"], env)
+    processes.append(proc)
+    return proc
+
+
+def error_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if " ERROR " in line]
+
+
+# --- start-up checks --------------------------------------------------------------------------------
+
+
+async def test_redis_unreachable_is_one_line_error_without_password(
+    processes: list[Process], worker_env: dict[str, str]
+) -> None:
+    port = free_port()
+    worker = start_worker(processes, {**worker_env, "REDIS_URL": f"redis://user:s3cret@127.0.0.1:{port}/0"})
+    assert await worker.wait(STARTUP_S) == 1
+    out = worker.output()
+    assert "s3cret" not in out
+    [line] = error_lines(out)
+    assert f"Redis unreachable at redis://user:***@127.0.0.1:{port}/0" in line
+
+
+async def test_temporal_unreachable_is_one_line_error_without_api_key(
+    processes: list[Process], worker_env: dict[str, str]
+) -> None:
+    port = free_port()
+    env = {**worker_env, "TEMPORAL_ADDRESS": f"127.0.0.1:{port}", "TEMPORAL_API_KEY": "k3y-s3cret"}
+    worker = start_worker(processes, env)
+    assert await worker.wait(STARTUP_S) == 1
+    out = worker.output()
+    assert "k3y-s3cret" not in out
+    [line] = error_lines(out)
+    assert f"Temporal unreachable at 127.0.0.1:{port}" in line
+    assert "api-key=***" in line
+
+
+async def test_invalid_configuration_is_one_line_error(processes: list[Process], worker_env: dict[str, str]) -> None:
+    worker = start_worker(processes, {**worker_env, "RTJOBS_STOP_TIMEOUT_S": "99999"})
+    assert await worker.wait(STARTUP_S) == 1
+    [line] = worker.output().strip().splitlines()
+    assert line.startswith("worker.py: error: invalid configuration") and "stop_timeout_s" in line
+
+
+# --- shutdown ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_idle_worker_exits_0_on_signal(processes: list[Process], worker_env: dict[str, str], signum: int) -> None:
+    worker = start_worker(processes, worker_env)
+    await worker.wait_for("worker polling task queue")
+    # Docker being away is only a warning: the worker runs, start jobs report docker_unavailable.
+    assert "WARNING rtjobs.worker: Docker unreachable" in worker.output()
+    began = time.monotonic()
+    worker.send(signum)
+    assert await worker.wait(10) == 0, worker.output()
+    assert time.monotonic() - began < 5
+    assert "worker stopped" in worker.output()
+
+
+async def test_registers_missing_search_attributes(processes: list[Process], worker_env: dict[str, str]) -> None:
+    bare = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(temporal_cli()), dev_server_log_level="error"
+    )
+    try:
+        env = {**worker_env, "TEMPORAL_ADDRESS": bare.client.service_client.config.target_host}
+        worker = start_worker(processes, env)
+        await worker.wait_for("worker polling task queue")
+        assert "registered search attributes GameId, RuntimeJobKind in namespace default" in worker.output()
+        listed = await bare.client.operator_service.list_search_attributes(
+            ListSearchAttributesRequest(namespace="default")
+        )
+        assert {"GameId", "RuntimeJobKind"} <= set(listed.custom_attributes)
+        worker.send(signal.SIGTERM)
+        assert await worker.wait(10) == 0
+    finally:
+        await bare.shutdown()
+
+
+# --- a job in flight --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def game_id() -> str:
+    return f"wp-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.mark.docker
+async def test_sigterm_mid_job_completes_with_exactly_one_result(
+    processes: list[Process],
+    worker_env: dict[str, str],
+    temporal_env: WorkflowEnvironment,
+    docker_engine: DockerEngine,
+    redis: aioredis.Redis,
+    stream: str,
+    task_queue: str,
+    game_id: str,
+) -> None:
+    env = {**worker_env, "DOCKER_HOST": docker_engine.url, "RTJOBS_GRACEFUL_SHUTDOWN_TIMEOUT_S": "30"}
+    first = start_worker(processes, env)
+    await first.wait_for("worker polling task queue")
+    client = temporal_env.client
+    # ~3 s from container start to healthy: long enough to stop the worker inside the activity.
+    handle = await start_job(client, game_id, image=docker_engine.images.slow_healthy, task_queue=task_queue)
+    await _until_activity_started(handle, "ensure_engine_running")
+
+    began = time.monotonic()
+    first.send(signal.SIGTERM)
+    assert await first.wait(40) == 0, first.output()
+    assert time.monotonic() - began > 1.0, "the worker did not wait for the running activity"
+
+    second = start_worker(processes, env)  # the rest of the job (the publish) needs a worker
+    await second.wait_for("worker polling task queue")
+    result = await asyncio.wait_for(handle.result(), 60)
+    assert result.outcome == "success", result
+    entries = await read_entries(redis, stream)
+    assert [JobResult.model_validate(fields) for _id, fields in entries] == [result]
+
+    # The running activity was allowed to finish: it was never failed, timed out, cancelled or retried.
+    bad = {
+        EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED,
+        EventType.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT,
+        EventType.EVENT_TYPE_ACTIVITY_TASK_CANCELED,
+    }
+    history = await handle.fetch_history()
+    assert not [e for e in history.events if e.event_type in bad]
+
+    stop = await stop_job(client, game_id, stop_timeout_s=0, task_queue=task_queue)
+    assert (await asyncio.wait_for(stop.result(), 60)).outcome == "success"
+    second.send(signal.SIGTERM)
+    assert await second.wait(40) == 0
+
+
+async def _until_activity_started(
+    handle: WorkflowHandle[Any, JobResult], activity_type: str, timeout_s: float = 30.0
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        desc = await handle.describe()
+        for pending in desc.raw_description.pending_activities:
+            if pending.activity_type.name == activity_type and pending.HasField("last_started_time"):
+                return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{activity_type} did not start within {timeout_s}s")
