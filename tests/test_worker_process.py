@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -260,3 +261,26 @@ async def _until_activity_started(
                 return
         await asyncio.sleep(0.05)
     raise AssertionError(f"{activity_type} did not start within {timeout_s}s")
+
+
+async def test_dev_mode_runs_embedded_server_with_ui_and_stops_it(
+    processes: list[Process], worker_env: dict[str, str], tmp_path: Path
+) -> None:
+    port, ui_port = free_port(), free_port()
+    env = {
+        **worker_env,
+        "TEMPORAL_ADDRESS": "127.0.0.1:1",  # ignored in --dev
+        "RTJOBS_DEV_PORT": str(port),
+        "RTJOBS_DEV_UI_PORT": str(ui_port),
+        "RTJOBS_STATE_DIR": str(tmp_path),
+    }
+    worker = Process(["worker.py", "--dev"], env)
+    processes.append(worker)
+    await worker.wait_for("worker polling task queue")
+    assert f"UI http://127.0.0.1:{ui_port}" in worker.output()
+    assert f"TEMPORAL_ADDRESS=127.0.0.1:{port}" in worker.output()
+    assert (tmp_path / "temporal-dev.db").is_file()
+    worker.send(signal.SIGTERM)
+    assert await worker.wait(20) == 0, worker.output()
+    with pytest.raises(OSError):  # the dev server went with the worker
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
