@@ -202,6 +202,17 @@ class StopRuntimeJobInput(BaseModel):
     )
 
 
+class JobStatus(BaseModel):
+    """Answer of a job workflow's `status` query (also shown as its current details in the UI)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    step: str
+    last_error: str = ""
+    result: JobResult | None = None
+    entry_id: str = Field(default="", description="stream entry id once the result is published")
+
+
 class PublishRequest(BaseModel):
     """Input of the publish activity.
 

@@ -46,9 +46,7 @@ class Settings(BaseSettings):
     redis_url: str = Field(
         default="redis://127.0.0.1:6379/0", validation_alias=AliasChoices("REDIS_URL", "RTJOBS_REDIS_URL")
     )
-    docker_host: str | None = Field(
-        default=None, validation_alias=AliasChoices("DOCKER_HOST", "RTJOBS_DOCKER_HOST")
-    )
+    docker_host: str | None = Field(default=None, validation_alias=AliasChoices("DOCKER_HOST", "RTJOBS_DOCKER_HOST"))
 
     # Docker: upper bound of an image pull (a registry that trickles must not hang a start), and how
     # often a starting engine's state is polled.

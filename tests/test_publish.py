@@ -41,9 +41,7 @@ async def publishing_worker(
 
 async def run_publish(client: Client, task_queue: str, result: dict[str, Any]) -> tuple[str, str]:
     workflow_id = f"test-publish-{uuid.uuid4().hex[:10]}"
-    entry_id = await client.execute_workflow(
-        PublishOnlyWorkflow.run, result, id=workflow_id, task_queue=task_queue
-    )
+    entry_id = await client.execute_workflow(PublishOnlyWorkflow.run, result, id=workflow_id, task_queue=task_queue)
     return workflow_id, entry_id
 
 
@@ -108,9 +106,7 @@ async def test_invalid_result_fails_once_non_retryably_and_writes_nothing(
 ) -> None:
     async with publishing_worker(client, task_queue, redis_url, stream):
         workflow_id = f"test-invalid-{uuid.uuid4().hex[:10]}"
-        handle = await client.start_workflow(
-            PublishOnlyWorkflow.run, bad, id=workflow_id, task_queue=task_queue
-        )
+        handle = await client.start_workflow(PublishOnlyWorkflow.run, bad, id=workflow_id, task_queue=task_queue)
         with pytest.raises(WorkflowFailureError):
             await handle.result()
 
@@ -201,9 +197,7 @@ async def test_script_reloaded_after_script_flush(redis_url: str, redis: aioredi
     assert await redis.xlen(stream) == 2
 
 
-async def test_maxlen_trims_approximately_when_configured(
-    redis_url: str, redis: aioredis.Redis, stream: str
-) -> None:
+async def test_maxlen_trims_approximately_when_configured(redis_url: str, redis: aioredis.Redis, stream: str) -> None:
     client = redis_client(redis_url)
     try:
         publisher = ResultPublisher(client, stream=stream, dedup_ttl_s=60, maxlen=10)

@@ -1,0 +1,49 @@
+"""The Temporal-client side of per-game serialisation (see `workflows/lock.py` for the protocol)."""
+
+from __future__ import annotations
+
+from temporalio import activity
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.common import WorkflowIDReusePolicy
+from temporalio.service import RPCError, RPCStatusCode
+
+from contract.lock import (
+    ACQUIRE_ACTIVITY,
+    ACQUIRE_SIGNAL,
+    HOLDER_RUNNING_ACTIVITY,
+    HolderCheck,
+    LockRequest,
+    LockState,
+    lock_workflow_id,
+)
+from workflows.lock import GameLock
+
+
+class LockActivities:
+    """Holds the worker's Temporal client: a workflow cannot signal-with-start by itself."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    @activity.defn(name=ACQUIRE_ACTIVITY)
+    async def acquire_game_lock(self, request: LockRequest) -> None:
+        await self._client.start_workflow(
+            GameLock.run,
+            LockState(game_id=request.game_id),
+            id=lock_workflow_id(request.game_id, activity.info().task_queue),
+            task_queue=activity.info().task_queue,
+            start_signal=ACQUIRE_SIGNAL,
+            start_signal_args=[request],
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+            static_summary=f"serialises the runtime jobs of game {request.game_id}",
+        )
+
+    @activity.defn(name=HOLDER_RUNNING_ACTIVITY)
+    async def game_lock_holder_running(self, check: HolderCheck) -> bool:
+        try:
+            desc = await self._client.get_workflow_handle(check.workflow_id, run_id=check.run_id).describe()
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                return False
+            raise
+        return desc.status == WorkflowExecutionStatus.RUNNING

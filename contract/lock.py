@@ -1,0 +1,57 @@
+"""Messages of the per-game lock protocol (see `workflows/lock.py`), shared with `activities/lock.py`."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from pydantic import BaseModel, ConfigDict, Field
+
+LOCK_WORKFLOW = "RuntimeGameLock"
+ACQUIRE_ACTIVITY = "acquire_game_lock"
+HOLDER_RUNNING_ACTIVITY = "game_lock_holder_running"
+GRANT_SIGNAL = "lock_granted"
+RELEASE_SIGNAL = "release"
+ACQUIRE_SIGNAL = "acquire"
+
+IDLE_EXIT = timedelta(minutes=5)
+HOLDER_CHECK_EVERY = timedelta(minutes=10)
+GRANTS_BEFORE_CONTINUE_AS_NEW = 1000
+RECENT_RUNS_KEPT = 200
+
+
+def lock_workflow_id(game_id: str, task_queue: str) -> str:
+    """One lock per game and worker fleet: a lock lives on its fleet's task queue, so a lock left idle on
+    a queue no worker polls any more (after a rename) must not block the game's jobs elsewhere."""
+    return f"runtime-lock-{task_queue}-{game_id}"
+
+
+class LockRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    game_id: str
+    workflow_id: str
+    run_id: str
+    started_at: datetime
+
+
+class LockRelease(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    run_id: str
+
+
+class HolderCheck(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    workflow_id: str
+    run_id: str
+
+
+class LockState(BaseModel):
+    """Carried across continue-as-new."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    game_id: str
+    waiting: list[LockRequest] = Field(default_factory=list)
+    recent_runs: list[str] = Field(default_factory=list)

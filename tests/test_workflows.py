@@ -1,0 +1,284 @@
+"""Branching of the job workflows on the real dev server and real Redis, with stand-in Docker activities.
+
+The stand-ins are registered under the real activity names; the real Docker activities are tested
+against a real engine in test_docker_*.py and end to end in test_e2e.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from temporalio import activity
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.exceptions import ApplicationError
+from temporalio.worker import Worker
+
+from activities.lock import LockActivities
+from activities.publish import ResultPublisher, redis_client
+from contract.engine import (
+    DOCKER_UNAVAILABLE_TYPE,
+    ENSURE_REMOVED_ACTIVITY,
+    ENSURE_RUNNING_ACTIVITY,
+    EngineOutcome,
+    EnsureEngineRemoved,
+    EnsureEngineRunning,
+)
+from contract.models import JobResult, JobStatus
+from tests.support.streams import read_entries
+from workflows import ALL_WORKFLOWS, StartRuntimeJob, StopRuntimeJob
+from workflows.search import GAME_ID, JOB_KIND
+
+Behaviour = Callable[[str], Any]
+
+
+@dataclass
+class StandInEngine:
+    """Stand-in Docker activities: `behaviour(game_id)` returns an EngineOutcome or raises."""
+
+    start: Behaviour = lambda game_id: EngineOutcome(container_id=f"cid-{game_id}", replay=False)
+    stop: Behaviour = lambda game_id: EngineOutcome(container_id=f"cid-{game_id}", replay=False)
+    delay_s: float = 0.0
+    calls: list[str] = field(default_factory=list)
+    running: dict[str, int] = field(default_factory=dict)
+    max_parallel_per_game: int = 0
+    cancelled: list[str] = field(default_factory=list)
+
+    async def _do(self, kind: str, game_id: str, behaviour: Behaviour) -> EngineOutcome:
+        self.calls.append(f"{kind}:{game_id}")
+        self.running[game_id] = self.running.get(game_id, 0) + 1
+        self.max_parallel_per_game = max(self.max_parallel_per_game, self.running[game_id])
+        try:
+            if self.delay_s:
+                for _ in range(int(self.delay_s / 0.05)):
+                    activity.heartbeat()
+                    await asyncio.sleep(0.05)
+            outcome: EngineOutcome = behaviour(game_id)
+            return outcome
+        except asyncio.CancelledError:
+            self.cancelled.append(game_id)
+            raise
+        finally:
+            self.running[game_id] -= 1
+
+    @activity.defn(name=ENSURE_RUNNING_ACTIVITY)
+    async def ensure_engine_running(self, request: EnsureEngineRunning) -> EngineOutcome:
+        return await self._do("start", request.game_id, self.start)
+
+    @activity.defn(name=ENSURE_REMOVED_ACTIVITY)
+    async def ensure_engine_removed(self, request: EnsureEngineRemoved) -> EngineOutcome:
+        return await self._do("stop", request.game_id, self.stop)
+
+
+@asynccontextmanager
+async def job_worker(
+    client: Client, task_queue: str, redis_url: str, stream: str, engine: StandInEngine
+) -> AsyncIterator[None]:
+    redis = redis_client(redis_url)
+    publisher = ResultPublisher(redis, stream=stream, dedup_ttl_s=3600)
+    locks = LockActivities(client)
+    async with Worker(
+        client,
+        task_queue=task_queue,
+        workflows=ALL_WORKFLOWS,
+        activities=[
+            publisher.publish_job_result,
+            locks.acquire_game_lock,
+            locks.game_lock_holder_running,
+            engine.ensure_engine_running,
+            engine.ensure_engine_removed,
+        ],
+    ):
+        yield
+    await redis.aclose()
+
+
+def game() -> str:
+    return f"g-{uuid.uuid4().hex[:10]}"
+
+
+async def start(client: Client, task_queue: str, wf: Any, request: Any) -> WorkflowHandle[Any, JobResult]:
+    return await client.start_workflow(
+        wf, request, id=f"test-job-{uuid.uuid4().hex}", task_queue=task_queue, result_type=JobResult
+    )
+
+
+async def test_start_success_publishes_and_returns_the_fresh_result(
+    client: Client, task_queue: str, redis_url: str, redis: aioredis.Redis, stream: str
+) -> None:
+    gid, engine = game(), StandInEngine()
+    async with job_worker(client, task_queue, redis_url, stream, engine):
+        handle = await start(client, task_queue, "StartRuntimeJob", {"game_id": gid, "image": "busybox:1"})
+        result = await handle.result()
+        status = await handle.query(StartRuntimeJob.status)
+    assert result == JobResult.fresh_success(gid, f"cid-{gid}")
+    [(entry_id, fields)] = await read_entries(redis, stream)
+    assert fields == result.stream_fields()
+    assert isinstance(status, JobStatus) and status.entry_id == entry_id
+    desc = await handle.describe()
+    assert desc.typed_search_attributes.get(GAME_ID) == gid
+    assert desc.typed_search_attributes.get(JOB_KIND) == "start"
+
+
+async def test_replay_outcomes_become_replay_no_op(
+    client: Client, task_queue: str, redis_url: str, redis: aioredis.Redis, stream: str
+) -> None:
+    gid = game()
+    engine = StandInEngine(
+        start=lambda g: EngineOutcome(container_id=f"cid-{g}", replay=True),
+        stop=lambda g: EngineOutcome(container_id="", replay=True),
+    )
+    async with job_worker(client, task_queue, redis_url, stream, engine):
+        started = await (await start(client, task_queue, StartRuntimeJob.run, {"game_id": gid})).result()
+        stopped = await (await start(client, task_queue, StopRuntimeJob.run, {"game_id": gid})).result()
+    assert started == JobResult.replay(gid, f"cid-{gid}")
+    assert stopped == JobResult.replay(gid)
+    assert [f for _i, f in await read_entries(redis, stream)] == [started.stream_fields(), stopped.stream_fields()]
+
+
+@pytest.mark.parametrize(
+    ("workflow", "request_fields", "named"),
+    [
+        ("StartRuntimeJob", {"game_id": "G_1"}, "game_id"),
+        ("StartRuntimeJob", {"game_id": "-g"}, "game_id"),
+        ("StartRuntimeJob", {"game_id": "g-1", "image": "Not A Ref"}, "image"),
+        ("StartRuntimeJob", {"game_id": "g-1", "imgae": "typo"}, "imgae"),
+        ("StopRuntimeJob", {"game_id": "g-1", "stop_timeout_s": -5}, "stop_timeout_s"),
+        ("StopRuntimeJob", {"game_id": "g-1", "stop_timeout_s": "30"}, "stop_timeout_s"),
+        ("StopRuntimeJob", {"game_id": "g-1", "stop_timeout_s": 99999}, "stop_timeout_s"),
+    ],
+)
+async def test_rule_breaking_input_publishes_invalid_request_naming_the_field(
+    client: Client,
+    task_queue: str,
+    redis_url: str,
+    redis: aioredis.Redis,
+    stream: str,
+    workflow: str,
+    request_fields: dict[str, Any],
+    named: str,
+) -> None:
+    engine = StandInEngine()
+    async with job_worker(client, task_queue, redis_url, stream, engine):
+        result = await (await start(client, task_queue, workflow, request_fields)).result(rpc_timeout=None)
+    assert (result.outcome, result.error_code, result.container_id) == ("failure", "invalid_request", "")
+    assert f"{named}:" in result.error_message
+    assert "\n" not in result.error_message
+    assert engine.calls == []
+    [(_id, fields)] = await read_entries(redis, stream)
+    assert fields == result.stream_fields()
+
+
+@pytest.mark.parametrize("payload", [{"game_id": ""}, {"game_id": "   "}, {}, {"game_id": 7}, "g-1", ["g-1"], None])
+async def test_input_without_a_usable_game_id_fails_the_workflow_and_publishes_nothing(
+    client: Client, task_queue: str, redis_url: str, redis: aioredis.Redis, stream: str, payload: Any
+) -> None:
+    async with job_worker(client, task_queue, redis_url, stream, StandInEngine()):
+        handle = await start(client, task_queue, "StartRuntimeJob", payload)
+        with pytest.raises(WorkflowFailureError) as failure:
+            await asyncio.wait_for(handle.result(), timeout=20)
+    assert "game_id" in str(failure.value.cause) or "valid" in str(failure.value.cause).lower()
+    history = await handle.fetch_history()
+    failed_tasks = [e for e in history.events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED]
+    assert failed_tasks == [], "a bad payload must fail the run at once, not retry its task"
+    assert await redis.exists(stream) == 0
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "in_message"),
+    [
+        (ApplicationError("engine exited with code 3: boom", type="container_exited", non_retryable=True),
+         "container_exited", "code 3"),
+        (ApplicationError("image x: not found", type="image_pull_failed", non_retryable=True),
+         "image_pull_failed", "not found"),
+        (ApplicationError("something odd", type="Surprise", non_retryable=True), "internal_error", "something odd"),
+        (RuntimeError("kaboom"), "internal_error", "kaboom"),
+    ],
+)  # fmt: skip
+async def test_docker_failures_map_to_their_error_code(
+    client: Client,
+    task_queue: str,
+    redis_url: str,
+    redis: aioredis.Redis,
+    stream: str,
+    error: Exception,
+    code: str,
+    in_message: str,
+) -> None:
+    def fail(_game_id: str) -> EngineOutcome:
+        raise error
+
+    engine = StandInEngine(start=fail)
+    gid = game()
+    async with job_worker(client, task_queue, redis_url, stream, engine):
+        handle = await start(client, task_queue, StartRuntimeJob.run, {"game_id": gid})
+        result = await asyncio.wait_for(handle.result(), timeout=60)
+    assert (result.outcome, result.error_code) == ("failure", code)
+    assert in_message in result.error_message
+    assert [f for _i, f in await read_entries(redis, stream)] == [result.stream_fields()]
+
+
+async def test_unanswering_docker_becomes_docker_unavailable_after_the_budget(
+    client: Client, task_queue: str, redis_url: str, redis: aioredis.Redis, stream: str
+) -> None:
+    def unreachable(_game_id: str) -> EngineOutcome:
+        raise ApplicationError("cannot connect to unix:///nowhere.sock", type=DOCKER_UNAVAILABLE_TYPE)
+
+    engine = StandInEngine(stop=unreachable)
+    async with job_worker(client, task_queue, redis_url, stream, engine):
+        result = await (await start(client, task_queue, StopRuntimeJob.run, {"game_id": game()})).result()
+    assert result.error_code == "docker_unavailable"
+    assert "nowhere.sock" in result.error_message
+    assert len(engine.calls) == 5
+    assert len(await read_entries(redis, stream)) == 1
+
+
+async def test_cancel_mid_start_awaits_the_docker_cancellation_then_publishes_cancelled(
+    client: Client, task_queue: str, redis_url: str, redis: aioredis.Redis, stream: str
+) -> None:
+    gid, engine = game(), StandInEngine(delay_s=30)
+    async with job_worker(client, task_queue, redis_url, stream, engine):
+        handle = await start(client, task_queue, StartRuntimeJob.run, {"game_id": gid})
+        for _ in range(200):
+            if engine.calls:
+                break
+            await asyncio.sleep(0.05)
+        await handle.cancel()
+        result = await asyncio.wait_for(handle.result(), timeout=30)
+    assert (result.outcome, result.error_code) == ("failure", "cancelled")
+    assert engine.cancelled == [gid]
+    history = await handle.fetch_history()
+    kinds = [e.event_type for e in history.events]
+    assert kinds.index(EventType.EVENT_TYPE_ACTIVITY_TASK_CANCELED) < max(
+        i for i, k in enumerate(kinds) if k == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+    ), "the publish must be scheduled after the Docker activity's cancellation completed"
+    assert [f for _i, f in await read_entries(redis, stream)] == [result.stream_fields()]
+
+
+async def test_jobs_of_one_game_never_overlap_and_publish_in_start_order(
+    client: Client, task_queue: str, redis_url: str, redis: aioredis.Redis, stream: str
+) -> None:
+    games = [game() for _ in range(3)]
+    engine = StandInEngine(delay_s=0.3)
+    async with job_worker(client, task_queue, redis_url, stream, engine):
+        handles = []
+        for n in range(4):  # start, stop, start, stop for each game, interleaved across games
+            for gid in games:
+                wf = StartRuntimeJob.run if n % 2 == 0 else StopRuntimeJob.run
+                handles.append((gid, n, await start(client, task_queue, wf, {"game_id": gid})))
+        await asyncio.gather(*(h.result() for _g, _n, h in handles))
+    assert engine.max_parallel_per_game == 1
+    entries = await read_entries(redis, stream)
+    assert len(entries) == 12
+    for gid in games:
+        kinds = [c.split(":")[0] for c in engine.calls if c.endswith(gid)]
+        assert kinds == ["start", "stop", "start", "stop"]
+        published = [i for i, f in entries if f["game_id"] == gid]
+        assert published == sorted(published)

@@ -1,0 +1,275 @@
+"""`StartRuntimeJob` and `StopRuntimeJob`: validate, take the game's turn, run the Docker step, publish.
+
+Every run with a non-empty game id ends with exactly one publish, whatever happened before it
+(invalid input, Docker failure, cancellation, a bug): the publish is shielded from cancellation
+and retried without limit; its idempotency key is this run, so retries never double it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError
+from temporalio.workflow import ActivityCancellationType
+
+with workflow.unsafe.imports_passed_through():
+    import pydantic
+
+    from activities.docker import (
+        DOCKER_HEARTBEAT_TIMEOUT,
+        DOCKER_RETRY_POLICY,
+        ENSURE_REMOVED_START_TO_CLOSE,
+        ENSURE_RUNNING_START_TO_CLOSE,
+    )
+    from activities.publish import PUBLISH_ACTIVITY, PUBLISH_RETRY_POLICY, PUBLISH_START_TO_CLOSE_TIMEOUT
+    from contract.engine import (
+        DOCKER_UNAVAILABLE_TYPE,
+        ENSURE_REMOVED_ACTIVITY,
+        ENSURE_RUNNING_ACTIVITY,
+        EngineOutcome,
+        EnsureEngineRemoved,
+        EnsureEngineRunning,
+    )
+    from contract.lock import (
+        ACQUIRE_ACTIVITY,
+        GRANT_SIGNAL,
+        RELEASE_SIGNAL,
+        LockRelease,
+        LockRequest,
+        lock_workflow_id,
+    )
+    from contract.models import (
+        ErrorCode,
+        JobKind,
+        JobRequest,
+        JobResult,
+        JobStatus,
+        PublishRequest,
+        StartRuntimeJobInput,
+        StopRuntimeJobInput,
+    )
+    from workflows.search import GAME_ID, JOB_KIND
+
+LOCK_ACTIVITY_TIMEOUT = timedelta(seconds=10)
+LOCK_RETRY_POLICY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=5))
+FAILURE_TYPES = [pydantic.ValidationError]  # an undecodable payload fails the run, not its task forever
+
+
+class _RuntimeJob:
+    """What both jobs share; subclasses say how to validate their input and what the Docker step is."""
+
+    kind: JobKind
+
+    def __init__(self) -> None:
+        self._status = JobStatus(step="received")
+        self._granted = False
+        self._game_id = ""
+
+    @workflow.signal(name=GRANT_SIGNAL)
+    def lock_granted(self) -> None:
+        self._granted = True
+
+    @workflow.query(name="status")
+    def status(self) -> JobStatus:
+        return self._status
+
+    async def _job(self, request: JobRequest | None) -> JobResult:
+        if not isinstance(request, JobRequest):  # a JSON null decodes to None without validation
+            raise ApplicationError(
+                "input must be a JSON object with a non-empty string game_id", type="InvalidInput", non_retryable=True
+            )
+        game_id = self._game_id = request.game_id
+        workflow.upsert_search_attributes([GAME_ID.value_set(game_id), JOB_KIND.value_set(self.kind.value)])
+        self._step(f"{self.kind} job for game {game_id}: waiting for the game's earlier jobs")
+        cancelled = await self._take_turn(game_id)
+        try:
+            if cancelled:
+                result = JobResult.failure(game_id, ErrorCode.CANCELLED, "cancelled before it started")
+            else:
+                result = await self._outcome(request)
+            await self._publish(result)
+        finally:
+            await asyncio.shield(self._release(game_id))
+        self._step(f"{self.kind} job for game {game_id}: {result.outcome} {result.error_code}".rstrip())
+        return result
+
+    async def _outcome(self, request: JobRequest) -> JobResult:
+        """The job's result; never raises, so that the publish always follows."""
+        game_id = request.game_id
+        try:
+            return await self._docker_step(request)
+        except asyncio.CancelledError:
+            return JobResult.failure(game_id, ErrorCode.CANCELLED, "cancelled while it ran")
+        except pydantic.ValidationError as err:
+            return JobResult.failure(game_id, ErrorCode.INVALID_REQUEST, _validation_message(err))
+        except ActivityError as err:
+            code, message = _classify(err)
+            self._status = self._status.model_copy(update={"last_error": f"{code}: {message}"})
+            if code is ErrorCode.CANCELLED:
+                return JobResult.failure(game_id, code, "cancelled while it ran")
+            return JobResult.failure(game_id, code, message)
+        except Exception as err:  # a bug must still produce a result for the Lobby
+            workflow.logger.exception("unexpected error in %s job for %s", self.kind, game_id)
+            return JobResult.failure(game_id, ErrorCode.INTERNAL_ERROR, f"{type(err).__name__}: {err}")
+
+    async def _docker_step(self, request: JobRequest) -> JobResult:
+        raise NotImplementedError
+
+    async def _engine(self, activity: str, arg: Any, limit: timedelta, summary: str) -> EngineOutcome:
+        self._step(summary)
+        outcome: EngineOutcome = await workflow.execute_activity(
+            activity,
+            arg,
+            start_to_close_timeout=limit,
+            heartbeat_timeout=DOCKER_HEARTBEAT_TIMEOUT,
+            retry_policy=DOCKER_RETRY_POLICY,
+            # On cancellation, wait until the activity has cleaned up what it made.
+            cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            result_type=EngineOutcome,
+            summary=summary,
+        )
+        return outcome
+
+    async def _take_turn(self, game_id: str) -> bool:
+        """Wait for the game's turn; returns whether the job was cancelled meanwhile.
+
+        A cancelled job still waits for its turn, so that its `cancelled` result keeps its place in
+        the game's order on the stream.
+        """
+        info = workflow.info()
+        request = LockRequest(
+            game_id=game_id,
+            workflow_id=info.workflow_id,
+            run_id=info.run_id,
+            started_at=info.workflow_start_time,
+        )
+
+        async def acquire() -> None:
+            await workflow.execute_activity(
+                ACQUIRE_ACTIVITY,
+                request,
+                start_to_close_timeout=LOCK_ACTIVITY_TIMEOUT,
+                retry_policy=LOCK_RETRY_POLICY,
+                summary=f"queue for game {game_id}",
+            )
+            await workflow.wait_condition(lambda: self._granted)
+
+        turn = asyncio.ensure_future(acquire())
+        cancelled = False
+        while True:
+            try:
+                await asyncio.shield(turn)
+                return cancelled
+            except asyncio.CancelledError:
+                cancelled = True
+                self._step(f"{self.kind} job for game {game_id}: cancelled, waiting for its turn to report")
+
+    async def _publish(self, result: JobResult) -> None:
+        self._step(f"{self.kind} job for game {result.game_id}: publishing {result.outcome}")
+        self._status = self._status.model_copy(update={"result": result})
+        publish = workflow.execute_activity(
+            PUBLISH_ACTIVITY,
+            PublishRequest.of(result),
+            start_to_close_timeout=PUBLISH_START_TO_CLOSE_TIMEOUT,
+            retry_policy=PUBLISH_RETRY_POLICY,
+            result_type=str,
+            summary=f"publish {result.outcome} {result.error_code} for game {result.game_id}".rstrip(),
+        )
+        task = asyncio.ensure_future(publish)
+        while True:  # a cancellation arriving now must not stop the publish
+            try:
+                entry_id = await asyncio.shield(task)
+                break
+            except asyncio.CancelledError:
+                continue
+        self._status = self._status.model_copy(update={"entry_id": entry_id})
+
+    async def _release(self, game_id: str) -> None:
+        if self._granted:
+            info = workflow.info()
+            await workflow.get_external_workflow_handle(lock_workflow_id(game_id, info.task_queue)).signal(
+                RELEASE_SIGNAL, LockRelease(run_id=info.run_id)
+            )
+
+    def _step(self, step: str) -> None:
+        self._status = self._status.model_copy(update={"step": step})
+        workflow.set_current_details(step)
+        workflow.logger.info(step, extra={"game_id": self._game_id, "job_kind": self.kind.value})
+
+
+@workflow.defn(name="StartRuntimeJob", failure_exception_types=FAILURE_TYPES)
+class StartRuntimeJob(_RuntimeJob):
+    kind = JobKind.START
+
+    @workflow.run
+    async def run(self, request: JobRequest) -> JobResult:
+        return await self._job(request)
+
+    async def _docker_step(self, request: JobRequest) -> JobResult:
+        job = StartRuntimeJobInput.model_validate(request.fields())
+        outcome = await self._engine(
+            ENSURE_RUNNING_ACTIVITY,
+            EnsureEngineRunning(game_id=job.game_id, image=job.image),
+            ENSURE_RUNNING_START_TO_CLOSE,
+            f"start engine for game {job.game_id}" + (f" ({job.image})" if job.image else ""),
+        )
+        if outcome.replay:
+            return JobResult.replay(job.game_id, outcome.container_id)
+        return JobResult.fresh_success(job.game_id, outcome.container_id)
+
+
+@workflow.defn(name="StopRuntimeJob", failure_exception_types=FAILURE_TYPES)
+class StopRuntimeJob(_RuntimeJob):
+    kind = JobKind.STOP
+
+    @workflow.run
+    async def run(self, request: JobRequest) -> JobResult:
+        return await self._job(request)
+
+    async def _docker_step(self, request: JobRequest) -> JobResult:
+        job = StopRuntimeJobInput.model_validate(request.fields())
+        outcome = await self._engine(
+            ENSURE_REMOVED_ACTIVITY,
+            EnsureEngineRemoved(game_id=job.game_id, stop_timeout_s=job.stop_timeout_s),
+            ENSURE_REMOVED_START_TO_CLOSE,
+            f"stop engine for game {job.game_id}",
+        )
+        if outcome.replay:
+            return JobResult.replay(job.game_id)
+        return JobResult.fresh_success(job.game_id, outcome.container_id)
+
+
+def _classify(err: ActivityError) -> tuple[ErrorCode, str]:
+    """The contract's error code for a failed Docker activity, from the failure's direct cause."""
+    cause = err.cause
+    if isinstance(cause, ApplicationError):
+        if cause.type == DOCKER_UNAVAILABLE_TYPE:
+            return (
+                ErrorCode.DOCKER_UNAVAILABLE,
+                f"Docker engine did not answer within the retry budget: {cause}",
+            )
+        if cause.type in {code.value for code in ErrorCode}:
+            return ErrorCode(cause.type), str(cause)
+        return ErrorCode.INTERNAL_ERROR, f"{cause.type}: {cause}"
+    if isinstance(cause, CancelledError):
+        return ErrorCode.CANCELLED, "cancelled"
+    if isinstance(cause, TimeoutError):
+        return (
+            ErrorCode.INTERNAL_ERROR,
+            f"{err.activity_type} timed out ({cause.type.name if cause.type else 'timeout'}) on every attempt",
+        )
+    return ErrorCode.INTERNAL_ERROR, f"{err.activity_type} failed: {cause or err}"
+
+
+def _validation_message(err: pydantic.ValidationError) -> str:
+    """One line naming each bad field, e.g. `game_id: must be 1-51 characters ...; image: ...`."""
+    parts = []
+    for problem in err.errors():
+        field = ".".join(str(p) for p in problem["loc"]) or "input"
+        message = problem["msg"].removeprefix("Value error, ")
+        parts.append(f"{field}: {message}")
+    return "invalid request: " + "; ".join(parts)
