@@ -1,6 +1,6 @@
 """Docker activities: make a game's engine container run (healthy), or make it be gone.
 
-Both are idempotent and retry-safe: the workflows call them with `DOCKER_RETRY_POLICY`. Permanent
+Both are idempotent and retry-safe: the workflows call them with `contract.policies.DOCKER_RETRY_POLICY`. Permanent
 failures are non-retryable `ApplicationError`s whose type is the contract's error code; a Docker
 engine that does not answer raises a retryable one of type `DOCKER_UNAVAILABLE_TYPE`, which the
 workflow reports as `docker_unavailable` once the retry budget is spent.
@@ -12,14 +12,12 @@ import asyncio
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
-from datetime import timedelta
 from typing import Any, TypeVar
 
 import aiodocker
 import aiohttp
 from aiodocker.exceptions import DockerError, DockerStreamError
 from temporalio import activity
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
 from contract.engine import (
@@ -46,33 +44,6 @@ from contract.settings import Settings
 
 T = TypeVar("T")
 Inspect = dict[str, Any]
-
-# The error codes these activities raise; all permanent (the retry policy must not retry them).
-RAISED_CODES: tuple[ErrorCode, ...] = (
-    ErrorCode.INVALID_REQUEST,
-    ErrorCode.IMAGE_PULL_FAILED,
-    ErrorCode.CONTAINER_CONFLICT,
-    ErrorCode.CONTAINER_START_FAILED,
-    ErrorCode.CONTAINER_EXITED,
-    ErrorCode.ENGINE_UNHEALTHY,
-    ErrorCode.CONTAINER_STOP_FAILED,
-)
-
-# Workflows call both activities with these. The budget (5 attempts, ~15 s of backoff plus the call
-# deadlines) bounds how long an absent Docker engine holds a job before it reports docker_unavailable.
-DOCKER_RETRY_POLICY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=10),
-    maximum_attempts=5,
-    non_retryable_error_types=[code.value for code in RAISED_CODES],
-)
-# Outer bounds only: the workflow cannot read config, so the activity enforces RTJOBS_START_TIMEOUT_S
-# (at most 3600 s) and the pull bound itself; these just exceed the largest configurable values.
-ENSURE_RUNNING_START_TO_CLOSE = timedelta(minutes=75)
-ENSURE_REMOVED_START_TO_CLOSE = timedelta(minutes=65)
-# Liveness: the activities heartbeat every second while they wait; a dead worker is noticed this fast.
-DOCKER_HEARTBEAT_TIMEOUT = timedelta(seconds=20)
 
 HEARTBEAT_EVERY_S = 1.0
 LOG_TAIL_LINES = 20

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -10,24 +9,13 @@ from pydantic import ValidationError
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from temporalio import activity
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
 from contract.models import JobResult, PublishRequest, one_line
-
-PUBLISH_ACTIVITY = "publish_job_result"
-INVALID_JOB_RESULT = "InvalidJobResult"
-
-# Workflows call the publish activity with these. Unlimited attempts: a result is never dropped
-# because Redis was away for a while; the idempotency key keeps the retries from doubling it.
-PUBLISH_RETRY_POLICY = RetryPolicy(
-    initial_interval=timedelta(milliseconds=200),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=10),
-    maximum_attempts=0,
-    non_retryable_error_types=[INVALID_JOB_RESULT],
+from contract.policies import (
+    INVALID_JOB_RESULT,
+    PUBLISH_ACTIVITY,
 )
-PUBLISH_START_TO_CLOSE_TIMEOUT = timedelta(seconds=5)
 
 # KEYS[1] stream, KEYS[2] idempotency key; ARGV[1] key TTL (s), ARGV[2] MAXLEN (0: no trim), then
 # field/value pairs. The GET, XADD and SET run atomically, so a retry of a write whose reply was

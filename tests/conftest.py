@@ -15,6 +15,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from tests.support.binaries import temporal_cli
 from tests.support.docker_engine import DockerEngine, EngineUnavailable, acquire_engine
+from tests.support.processes import DEAD_DOCKER, Process, process_env
 from tests.support.redis_server import RedisServer, port_answers
 from workflows.search import SEARCH_ATTRIBUTE_KEYS
 
@@ -121,6 +122,30 @@ def client(temporal_env: WorkflowEnvironment) -> Client:
 @pytest.fixture
 def task_queue() -> str:
     return f"test-{uuid.uuid4().hex[:12]}"
+
+
+# --- worker processes ---
+
+
+@pytest.fixture
+def processes() -> Iterator[list[Process]]:
+    """Register every child here: each is killed at teardown, passed or failed."""
+    started: list[Process] = []
+    yield started
+    for proc in started:
+        proc.kill()
+
+
+@pytest.fixture
+def worker_env(temporal_env: WorkflowEnvironment, redis_url: str, task_queue: str, stream: str) -> dict[str, str]:
+    return process_env(
+        TEMPORAL_ADDRESS=temporal_env.client.service_client.config.target_host,
+        TEMPORAL_NAMESPACE=temporal_env.client.namespace,
+        REDIS_URL=redis_url,
+        RTJOBS_TASK_QUEUE=task_queue,
+        RTJOBS_RESULTS_STREAM=stream,
+        DOCKER_HOST=DEAD_DOCKER,
+    )
 
 
 # --- Docker ---

@@ -16,11 +16,9 @@ from redis.typing import EncodableT, FieldT
 
 from contract.models import JobResult, engine_endpoint
 from tests.support.docker_engine import DockerEngine
+from tests.support.processes import ROOT, Process, process_env, start_worker
 from tests.support.redis_server import free_port
 from tests.support.streams import read_entries
-from tests.test_worker_process import ROOT, Process, process_env, processes, start_worker, worker_env
-
-__all__ = ["processes", "worker_env"]  # fixtures shared with the worker-process tests
 
 
 def rtjobs(*args: str, env: Mapping[str, str] | None = None, timeout_s: float = 30) -> subprocess.CompletedProcess[str]:

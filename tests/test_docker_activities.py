@@ -17,13 +17,10 @@ from aiodocker.networks import DockerNetwork
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.docker import (
-    DOCKER_RETRY_POLICY,
-    EngineActivities,
-    normalize_image_ref,
-)
+from activities.docker import EngineActivities, normalize_image_ref
 from contract.engine import DOCKER_UNAVAILABLE_TYPE, EngineOutcome, EnsureEngineRemoved, EnsureEngineRunning
 from contract.models import LABEL_GAME_ID, LABEL_MANAGED_BY, MANAGED_BY, ErrorCode, container_name
+from contract.policies import DOCKER_RETRY_POLICY
 from contract.settings import Settings
 from tests.support.docker_engine import DockerEngine, EngineImages
 

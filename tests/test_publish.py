@@ -15,8 +15,9 @@ from temporalio.api.enums.v1 import EventType, RetryState
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.worker import Worker
 
-from activities.publish import INVALID_JOB_RESULT, ResultPublisher, idempotency_key, redis_client
+from activities.publish import ResultPublisher, idempotency_key, redis_client
 from contract.models import ErrorCode, JobResult, PublishRequest
+from contract.policies import INVALID_JOB_RESULT
 from tests.support.publish_workflow import PublishOnlyWorkflow
 from tests.support.redis_server import RedisServer
 from tests.support.streams import read_entries, read_entries_at

@@ -19,13 +19,6 @@ from temporalio.workflow import ActivityCancellationType
 with workflow.unsafe.imports_passed_through():
     import pydantic
 
-    from activities.docker import (
-        DOCKER_HEARTBEAT_TIMEOUT,
-        DOCKER_RETRY_POLICY,
-        ENSURE_REMOVED_START_TO_CLOSE,
-        ENSURE_RUNNING_START_TO_CLOSE,
-    )
-    from activities.publish import PUBLISH_ACTIVITY, PUBLISH_RETRY_POLICY, PUBLISH_START_TO_CLOSE_TIMEOUT
     from contract.engine import (
         DOCKER_UNAVAILABLE_TYPE,
         ENSURE_REMOVED_ACTIVITY,
@@ -51,6 +44,15 @@ with workflow.unsafe.imports_passed_through():
         PublishRequest,
         StartRuntimeJobInput,
         StopRuntimeJobInput,
+    )
+    from contract.policies import (
+        DOCKER_HEARTBEAT_TIMEOUT,
+        DOCKER_RETRY_POLICY,
+        ENSURE_REMOVED_START_TO_CLOSE,
+        ENSURE_RUNNING_START_TO_CLOSE,
+        PUBLISH_ACTIVITY,
+        PUBLISH_RETRY_POLICY,
+        PUBLISH_START_TO_CLOSE_TIMEOUT,
     )
     from workflows.search import GAME_ID, JOB_KIND
 

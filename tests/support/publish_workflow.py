@@ -7,12 +7,12 @@ from typing import Any
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from activities.publish import (
+    from contract.models import PublishRequest
+    from contract.policies import (
         PUBLISH_ACTIVITY,
         PUBLISH_RETRY_POLICY,
         PUBLISH_START_TO_CLOSE_TIMEOUT,
     )
-    from contract.models import PublishRequest
 
 
 @workflow.defn(name="TestPublishOnly")
