@@ -28,6 +28,7 @@ test: $(STAMP) system-deps lint
 
 bench: $(STAMP) system-deps
 	$(PY) bench/publish.py
+	$(PY) bench/docker.py
 
 clean:
 	rm -rf $(VENV) .state .pytest_cache .mypy_cache .ruff_cache
