@@ -1,0 +1,215 @@
+"""End-to-end benchmark: runtime jobs through the real worker versus a bare Temporal baseline.
+
+One dev server, one Redis, one Docker engine, one process; for each scenario, N jobs at concurrency
+C, each timed from its start request to its entry appearing on the stream (an XREAD listener):
+
+- `stop-replay`: StopRuntimeJob of games without a container (lock + inspect + publish);
+- `start`: StartRuntimeJob of distinct games with the tiny healthy test image (then cleaned up);
+- `baseline`: a workflow with one activity doing a plain XADD of six fields.
+
+Prints jobs/s, p50/p99 latency and the ratios to the baseline (targets for stop-replay: throughput
+≥ 0.8x, p50 ≤ 1.25x). Usage: python bench/e2e.py [--n 200] [--concurrency 1,50] [--starts 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import aiodocker
+from temporalio import activity
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from activities.docker import EngineActivities
+from activities.publish import redis_client
+from bench.baseline import BASELINE_ACTIVITY, BASELINE_WORKFLOW, BaselineJob
+from contract.models import LABEL_GAME_ID, LABEL_MANAGED_BY, MANAGED_BY
+from contract.settings import Settings
+from tests.support.binaries import temporal_cli
+from tests.support.docker_engine import acquire_engine
+from worker import build_worker
+from workflows.search import SEARCH_ATTRIBUTE_KEYS
+
+Starter = Callable[[str], Awaitable[Any]]
+
+
+class BaselineActivities:
+    """The baseline's one activity: a plain XADD of the six fields, no validation, no dedup."""
+
+    def __init__(self, redis: Any, stream: str) -> None:
+        self._redis = redis
+        self._stream = stream
+
+    @activity.defn(name=BASELINE_ACTIVITY)
+    async def xadd(self, game_id: str) -> str:
+        fields = {
+            "game_id": game_id,
+            "outcome": "success",
+            "container_id": "",
+            "engine_endpoint": "",
+            "error_code": "replay_no_op",
+            "error_message": "",
+        }
+        return str(await self._redis.xadd(self._stream, fields))
+
+
+class StreamClock:
+    """Records when each game's entry appears on the stream."""
+
+    def __init__(self, redis: Any, stream: str) -> None:
+        self.redis, self.stream = redis, stream
+        self.seen: dict[str, float] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> StreamClock:
+        self._task = asyncio.create_task(self._listen())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    async def _listen(self) -> None:
+        last = "$"
+        while True:
+            reply = await self.redis.xread({self.stream: last}, block=1000, count=500)
+            for _name, entries in reply or []:
+                for entry_id, fields in entries:
+                    self.seen.setdefault(fields["game_id"], time.perf_counter())
+                    last = entry_id
+
+    async def wait_for(self, game_ids: list[str], timeout_s: float = 600) -> None:
+        deadline = time.monotonic() + timeout_s
+        while any(g not in self.seen for g in game_ids):
+            if time.monotonic() > deadline:
+                raise TimeoutError("entries missing from the stream")
+            await asyncio.sleep(0.005)
+
+
+async def run_scenario(clock: StreamClock, start: Starter, n: int, concurrency: int, prefix: str) -> dict[str, float]:
+    games = [f"{prefix}-{uuid.uuid4().hex[:6]}-{i}" for i in range(n)]
+    sent: dict[str, float] = {}
+    queue = iter(games)
+
+    async def lane() -> None:
+        for game_id in queue:
+            sent[game_id] = time.perf_counter()
+            await start(game_id)
+            await clock.wait_for([game_id])
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(lane() for _ in range(concurrency)))
+    wall = time.perf_counter() - t0
+    lat = sorted((clock.seen[g] - sent[g]) * 1000 for g in games)
+    return {
+        "jobs/s": n / wall,
+        "p50 ms": statistics.median(lat),
+        "p99 ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))],
+    }
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, default=200, help="stop-replay and baseline jobs per concurrency level")
+    parser.add_argument("--starts", type=int, default=20, help="start jobs per concurrency level (0: skip)")
+    parser.add_argument("--concurrency", default="1,50")
+    args = parser.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
+
+    engine = await acquire_engine()
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(temporal_cli()),
+        data_converter=pydantic_data_converter,
+        search_attributes=SEARCH_ATTRIBUTE_KEYS,
+        dev_server_log_level="error",
+    )
+    run = uuid.uuid4().hex[:6]
+    os.environ["DOCKER_HOST"] = engine.url
+    settings = Settings(
+        task_queue=f"bench-jobs-{run}",
+        results_stream=f"bench:e2e:{run}",
+        engine_image=engine.images.healthy,
+        game_network=f"rtjobs-bench-{run}",
+    )
+    baseline_stream = f"bench:baseline:{run}"
+    redis = redis_client(settings.redis_url)
+    docker_acts = EngineActivities(settings)
+    client: Client = env.client
+    results: dict[tuple[str, int], dict[str, float]] = {}
+    try:
+        worker = build_worker(client, settings, redis, docker_acts)
+        baseline_acts = BaselineActivities(redis, baseline_stream)
+        baseline_worker = Worker(
+            client, task_queue=f"bench-baseline-{run}", workflows=[BaselineJob], activities=[baseline_acts.xadd]
+        )
+
+        async def stop_job(game_id: str) -> Any:
+            return await client.start_workflow(
+                "StopRuntimeJob", {"game_id": game_id}, id=f"bench-stop-{game_id}", task_queue=settings.task_queue
+            )
+
+        async def start_job(game_id: str) -> Any:
+            return await client.start_workflow(
+                "StartRuntimeJob", {"game_id": game_id}, id=f"bench-start-{game_id}", task_queue=settings.task_queue
+            )
+
+        async def baseline_job(game_id: str) -> Any:
+            return await client.start_workflow(
+                BASELINE_WORKFLOW, {"game_id": game_id}, id=f"bench-base-{game_id}", task_queue=f"bench-baseline-{run}"
+            )
+
+        async with worker, baseline_worker:
+            jobs_clock = StreamClock(redis, settings.results_stream)
+            base_clock = StreamClock(redis, baseline_stream)
+            async with jobs_clock, base_clock:
+                await run_scenario(jobs_clock, stop_job, 20, 5, "warm")  # warm-up: sandbox, connections
+                await run_scenario(base_clock, baseline_job, 20, 5, "warm")
+                for c in levels:
+                    results[("baseline", c)] = await run_scenario(base_clock, baseline_job, args.n, c, "b")
+                    results[("stop-replay", c)] = await run_scenario(jobs_clock, stop_job, args.n, c, "s")
+                    if args.starts:
+                        results[("start", c)] = await run_scenario(jobs_clock, start_job, args.starts, c, f"st{run}")
+    finally:
+        async with aiodocker.Docker(url=engine.url) as docker:
+            for container in await docker.containers.list(
+                all=True, filters={"label": [f"{LABEL_MANAGED_BY}={MANAGED_BY}", LABEL_GAME_ID]}
+            ):
+                if container["Labels"][LABEL_GAME_ID].startswith(f"st{run}-"):  # only this run's engines
+                    with contextlib.suppress(aiodocker.DockerError):
+                        await container.delete(force=True)
+        await docker_acts.close()
+        await redis.delete(settings.results_stream, baseline_stream)
+        await redis.aclose()
+        await env.shutdown()
+        await engine.close()
+
+    print(f"end-to-end benchmark: {args.n} jobs per level (start jobs: {args.starts}), one dev server, 2 cores")
+    print(f"{'scenario':12} {'conc':>5} {'jobs/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'thr xbase':>10} {'p50 xbase':>10}")
+    for (name, c), r in results.items():
+        base = results[("baseline", c)]
+        print(
+            f"{name:12} {c:5d} {r['jobs/s']:8.1f} {r['p50 ms']:8.1f} {r['p99 ms']:8.1f} "
+            f"{r['jobs/s'] / base['jobs/s']:10.2f} {r['p50 ms'] / base['p50 ms']:10.2f}"
+        )
+    sys.stdout.flush()
+    os._exit(0)  # temporalio can abort at interpreter exit (sdk-python #300); the figures are printed
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
