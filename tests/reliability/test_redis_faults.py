@@ -1,0 +1,122 @@
+"""Scenarios 1 and 2: Redis goes away while results are being published, or its replies get lost.
+
+Stop-replay jobs (an inspect and a publish each) keep the Docker part small, so what is measured is
+the publish path: the activity's retries and the idempotency key that stops them from doubling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from temporalio.api.enums.v1 import EventType
+from temporalio.testing import WorkflowEnvironment
+
+from contract.policies import PUBLISH_ACTIVITY
+from tests.reliability.conftest import WorkerEnv
+from tests.reliability.runs import Run, assert_one_entry_per_run, stop_replay_runs, until_entries, until_pending
+from tests.support.docker_engine import DockerEngine
+from tests.support.fault_proxy import FaultProxy
+from tests.support.processes import Process, start_worker
+from tests.support.redis_server import RedisServer
+
+JOBS = 20
+DOWNTIME_S = 12.0  # inside the brief's 5-20 s; past the backoff's 10 s cap, so retries are at their slowest
+RECOVERY_TARGET_S = 12.0
+
+
+async def publish_attempts(runs: list[Run]) -> list[int]:
+    """Per run, how many publish attempts Temporal recorded (the last started attempt's number)."""
+    counts = []
+    for run in runs:
+        attempt = 0
+        async for event in run.handle.fetch_history_events():
+            if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
+                attempt = max(attempt, event.activity_task_started_event_attributes.attempt)
+        counts.append(attempt)
+    return counts
+
+
+async def publish_trail(run: Run) -> list[str]:
+    """The run's publish attempts as `started@t: failure` lines (t in epoch seconds), for a report."""
+    trail = []
+    async for event in run.handle.fetch_history_events():
+        at = f"{event.event_time.seconds}.{event.event_time.nanos // 1_000_000:03d}"
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
+            attrs = event.activity_task_started_event_attributes
+            trail.append(f"attempt {attrs.attempt} started@{at}: {attrs.last_failure.message[:120]}")
+        elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+            trail.append(f"completed@{at}")
+    return trail
+
+
+@pytest.mark.slow
+@pytest.mark.docker
+async def test_redis_restart_lands_every_held_result_once(
+    processes: list[Process],
+    worker_env_for: WorkerEnv,
+    docker_engine: DockerEngine,
+    own_redis: RedisServer,
+    temporal_env: WorkflowEnvironment,
+    task_queue: str,
+    results_stream: str,
+    game_prefix: str,
+) -> None:
+    worker = start_worker(processes, worker_env_for(DOCKER_HOST=docker_engine.url))
+    await worker.wait_for("worker polling task queue")
+    client = temporal_env.client
+    # A few results land before the outage: the restart (AOF) must neither lose nor repeat them.
+    early = await stop_replay_runs(client, task_queue, [f"{game_prefix}-early-{i}" for i in range(3)])
+    await until_entries(own_redis.url, results_stream, len(early), 30)
+
+    own_redis.stop()
+    stopped = time.monotonic()
+    held = await stop_replay_runs(client, task_queue, [f"{game_prefix}-{i}" for i in range(JOBS)])
+    await until_pending(held, PUBLISH_ACTIVITY, min_attempt=2, timeout_s=DOWNTIME_S)  # each failed once, at least
+    await asyncio.sleep(max(0.0, DOWNTIME_S - (time.monotonic() - stopped)))
+    own_redis.start()
+    back = time.monotonic()
+    downtime = back - stopped
+
+    runs = early + held
+    entries = await until_entries(own_redis.url, results_stream, len(runs), 60)
+    recovery = time.monotonic() - back
+    await assert_one_entry_per_run(own_redis.url, results_stream, runs)
+    attempts = await publish_attempts(held)
+    print(
+        f"\n[redis restart] {JOBS} held results, Redis down {downtime:.1f}s; last entry {recovery:.2f}s after "
+        f"Redis returned (target <= {RECOVERY_TARGET_S:g}s); publish attempts per job min/max "
+        f"{min(attempts)}/{max(attempts)}; entries {len(entries)}"
+    )
+    if recovery > RECOVERY_TARGET_S:
+        last_game = entries[-1][1]["game_id"]
+        slowest = next(r for r in held if r.game_id == last_game)
+        trail = await publish_trail(slowest)
+        pytest.fail(f"held results took {recovery:.2f}s to land after Redis returned; slowest job's publish: {trail}")
+
+
+@pytest.mark.docker
+async def test_lost_replies_never_double_an_entry(
+    processes: list[Process],
+    worker_env_for: WorkerEnv,
+    docker_engine: DockerEngine,
+    own_redis: RedisServer,
+    temporal_env: WorkflowEnvironment,
+    task_queue: str,
+    results_stream: str,
+    game_prefix: str,
+) -> None:
+    async with FaultProxy(own_redis.port, drop_share=0.3, seed=7) as proxy:
+        worker = start_worker(processes, worker_env_for(DOCKER_HOST=docker_engine.url, REDIS_URL=proxy.url))
+        await worker.wait_for("worker polling task queue")
+        runs = await stop_replay_runs(temporal_env.client, task_queue, [f"{game_prefix}-{i}" for i in range(JOBS)])
+        began = time.monotonic()
+        entries = await assert_one_entry_per_run(own_redis.url, results_stream, runs)
+        took = time.monotonic() - began
+        attempts = await publish_attempts(runs)
+    print(
+        f"\n[lost replies] {JOBS} jobs, {proxy.dropped} write replies dropped after the write, {proxy.passed} passed; "
+        f"publish attempts total {sum(attempts)}; {len(entries)} entries; all done in {took:.1f}s"
+    )
+    assert proxy.dropped >= 3, "the proxy lost too few replies for the scenario to mean anything"

@@ -1,0 +1,72 @@
+"""A Temporal dev server of the test's own, on a fixed port and a persisted SQLite file, so a test can
+SIGKILL it and bring it back on the same port and state (the session's server must stay up)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from tests.support.binaries import temporal_cli
+from tests.support.redis_server import free_port, port_answers
+from workflows.search import SEARCH_ATTRIBUTE_KEYS
+
+
+class TemporalDevServer:
+    """`temporal server start-dev --db-filename F --port P --headless`, restartable on F and P."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="rtjobs-temporal-"))
+        self.db = self.dir / "temporal.db"
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, wait_s: float = 60.0) -> TemporalDevServer:
+        self.starts += 1
+        cmd = [
+            str(temporal_cli()), "server", "start-dev", "--headless", "--ip", "127.0.0.1",
+            "--port", str(self.port), "--db-filename", str(self.db), "--log-level", "error",
+            *[arg for key in SEARCH_ATTRIBUTE_KEYS for arg in ("--search-attribute", f"{key.name}=Keyword")],
+        ]  # fmt: skip
+        log = open(self.dir / f"server-{self.starts}.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + wait_s
+        while not port_answers(self.port):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"temporal dev server exited {self.proc.returncode}: {self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"temporal dev server did not answer on {self.port} within {wait_s}s")
+            time.sleep(0.05)
+        return self
+
+    def log_tail(self) -> str:
+        return (self.dir / f"server-{self.starts}.log").read_text(errors="replace")[-2000:]
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: no graceful shutdown, as in a crash."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
+        deadline = time.monotonic() + 10
+        while port_answers(self.port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        self.kill()
+        for leftover in self.dir.iterdir():
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+        with contextlib.suppress(OSError):
+            self.dir.rmdir()
