@@ -1,0 +1,536 @@
+"""End to end: the real dev server, real Redis, real Docker and the real worker (`worker.build_worker`).
+
+Each test has its own task queue, result stream and game ids, and removes its games' containers.
+What a test claims is checked on the real outputs: the stream entries, Docker's own view of the
+game's containers, and the workflow histories and visibility records on the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+from typing import Any
+
+import aiodocker
+import pytest
+import redis.asyncio as aioredis
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
+
+from contract.models import LABEL_GAME_ID, LABEL_MANAGED_BY, JobResult, JobStatus
+from contract.settings import Settings
+from starter import start_job, stop_job
+from tests.support.binaries import temporal_cli
+from tests.support.docker_engine import DockerEngine, EngineImages
+from tests.support.job_worker import (
+    activity_events,
+    e2e_settings,
+    game_containers,
+    real_worker,
+    remove_game_containers,
+    until_running_container,
+)
+from tests.support.streams import read_entries
+from workflows import StartRuntimeJob
+from workflows.search import GAME_ID, JOB_KIND
+
+pytestmark = pytest.mark.docker
+
+RESULT_WAIT_S = 60.0
+MakeSettings = Callable[..., Settings]
+
+
+@pytest.fixture
+def images(docker_engine: DockerEngine) -> EngineImages:
+    return docker_engine.images
+
+
+@pytest.fixture
+async def docker(docker_engine: DockerEngine) -> AsyncIterator[aiodocker.Docker]:
+    """A client of our own for checking, independent of the worker's."""
+    client = aiodocker.Docker(url=docker_engine.url)
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+async def games(docker: aiodocker.Docker) -> AsyncIterator[Callable[[], str]]:
+    """New unique game ids; every container of these games is removed at teardown."""
+    made: list[str] = []
+
+    def new() -> str:
+        made.append(f"e2e-{uuid.uuid4().hex[:10]}")
+        return made[-1]
+
+    yield new
+    for game_id in made:
+        await remove_game_containers(docker, game_id)
+
+
+@pytest.fixture
+def make_settings(docker_engine: DockerEngine, redis_url: str, task_queue: str, stream: str) -> MakeSettings:
+    def make(**overrides: Any) -> Settings:
+        return e2e_settings(
+            docker_url=docker_engine.url,
+            redis_url=redis_url,
+            task_queue=task_queue,
+            stream=stream,
+            engine_image=docker_engine.images.healthy,
+            **overrides,
+        )
+
+    return make
+
+
+@pytest.fixture
+async def worker(client: Client, make_settings: MakeSettings) -> AsyncIterator[Settings]:
+    """The real worker on the test's queue, publishing to the test's stream."""
+    settings = make_settings()
+    async with real_worker(client, settings):
+        yield settings
+
+
+async def result_of(handle: WorkflowHandle[Any, JobResult]) -> JobResult:
+    return await asyncio.wait_for(handle.result(), RESULT_WAIT_S)
+
+
+async def stream_results(redis: aioredis.Redis, stream: str) -> list[JobResult]:
+    """The entries as results; validation also proves each has exactly the six contract fields."""
+    return [JobResult.model_validate(fields, strict=True) for _id, fields in await read_entries(redis, stream)]
+
+
+async def inspect_container(docker: aiodocker.Docker, game_id: str) -> dict[str, Any]:
+    info: dict[str, Any] = await docker.containers.container(f"galaxy-game-{game_id}").show()
+    return info
+
+
+async def run_cli(*args: str) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        str(temporal_cli()), *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, f"temporal {' '.join(args)} exited {proc.returncode}: {err.decode()}"
+    return out.decode()
+
+
+def server_args(temporal_env: WorkflowEnvironment) -> list[str]:
+    return [
+        "--address",
+        temporal_env.client.service_client.config.target_host,
+        "--namespace",
+        temporal_env.client.namespace,
+    ]
+
+
+# --- start, stop and their replays ------------------------------------------------------------------
+
+
+async def test_start_stop_and_their_replays_reach_the_stream(
+    client: Client,
+    worker: Settings,
+    docker: aiodocker.Docker,
+    redis: aioredis.Redis,
+    stream: str,
+    games: Callable[[], str],
+) -> None:
+    gid = games()
+    endpoint = f"http://galaxy-game-{gid}:8080"
+    started = await result_of(await start_job(client, gid, task_queue=worker.task_queue))
+    info = await inspect_container(docker, gid)
+    assert info["State"]["Running"] and info["State"]["Health"]["Status"] == "healthy"
+    assert info["Config"]["Labels"][LABEL_GAME_ID] == gid and info["Config"]["Labels"][LABEL_MANAGED_BY] == "rtjobs"
+    cid = info["Id"]
+    assert (started.outcome, started.container_id, started.engine_endpoint, started.error_code) == (
+        "success",
+        cid,
+        endpoint,
+        "",
+    )
+
+    again = await result_of(await start_job(client, gid, task_queue=worker.task_queue))
+    assert (again.outcome, again.container_id, again.engine_endpoint, again.error_code) == (
+        "success",
+        cid,
+        endpoint,
+        "replay_no_op",
+    )
+    assert (await inspect_container(docker, gid))["Id"] == cid, "a replay must not touch the container"
+
+    stopped = await result_of(await stop_job(client, gid, task_queue=worker.task_queue))
+    assert (stopped.outcome, stopped.container_id, stopped.engine_endpoint, stopped.error_code) == (
+        "success",
+        cid,
+        endpoint,
+        "",
+    )
+    assert await game_containers(docker, gid) == []
+
+    stopped_again = await result_of(await stop_job(client, gid, task_queue=worker.task_queue))
+    assert (stopped_again.outcome, stopped_again.container_id, stopped_again.engine_endpoint) == ("success", "", "")
+    assert stopped_again.error_code == "replay_no_op"
+
+    assert await stream_results(redis, stream) == [started, again, stopped, stopped_again]
+
+
+async def test_engine_exiting_at_once_reports_container_exited_with_its_log_tail_and_leaves_nothing(
+    client: Client,
+    worker: Settings,
+    docker: aiodocker.Docker,
+    redis: aioredis.Redis,
+    stream: str,
+    games: Callable[[], str],
+    images: EngineImages,
+) -> None:
+    gid = games()
+    result = await result_of(await start_job(client, gid, image=images.exits, task_queue=worker.task_queue))
+    assert (result.outcome, result.error_code, result.container_id, result.engine_endpoint) == (
+        "failure",
+        "container_exited",
+        "",
+        "",
+    )
+    assert "exited with code 3" in result.error_message
+    assert "loading map" in result.error_message and "fatal: no map" in result.error_message
+    assert await game_containers(docker, gid) == []
+    assert await stream_results(redis, stream) == [result]
+
+
+async def test_cancel_mid_start_publishes_cancelled_and_leaves_no_container(
+    client: Client,
+    make_settings: MakeSettings,
+    docker: aiodocker.Docker,
+    redis: aioredis.Redis,
+    stream: str,
+    games: Callable[[], str],
+    images: EngineImages,
+) -> None:
+    gid = games()
+    # Never healthy: unless the cancellation reaches the Docker activity, the start ends engine_unhealthy
+    # after 10 s. An operator's cancel must land promptly, well within that.
+    settings = make_settings(start_timeout_s=10.0)
+    async with real_worker(client, settings):
+        handle = await start_job(client, gid, image=images.never_healthy, task_queue=settings.task_queue)
+        await until_running_container(docker, gid)
+        began = time.monotonic()
+        await handle.cancel()
+        result = await result_of(handle)
+        took = time.monotonic() - began
+    assert (result.outcome, result.error_code, result.container_id) == ("failure", "cancelled", ""), result
+    assert took < 5.0, f"the cancellation took {took:.1f}s to reach the Docker activity"
+    assert await game_containers(docker, gid) == []
+    assert await stream_results(redis, stream) == [result]
+    docker_step = await activity_events(handle, "ensure_engine_running")
+    assert "completed" not in docker_step
+    kinds = [e.event_type for e in (await handle.fetch_history()).events]
+    assert EventType.EVENT_TYPE_ACTIVITY_TASK_CANCELED in kinds
+
+
+# --- one game, several jobs -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kinds", [["start", "stop"], ["stop", "start", "stop"]], ids=["start-stop", "stop-start-stop"])
+async def test_jobs_of_one_game_started_together_run_one_at_a_time_in_start_order(
+    client: Client,
+    worker: Settings,
+    docker: aiodocker.Docker,
+    redis: aioredis.Redis,
+    stream: str,
+    games: Callable[[], str],
+    images: EngineImages,
+    kinds: list[str],
+) -> None:
+    gid = games()
+    handles: list[WorkflowHandle[Any, JobResult]] = []
+    for kind in kinds:  # started back to back, each before the previous one has finished
+        if kind == "start":
+            handles.append(await start_job(client, gid, image=images.slow_healthy, task_queue=worker.task_queue))
+        else:
+            handles.append(await stop_job(client, gid, stop_timeout_s=1, task_queue=worker.task_queue))
+    results = await asyncio.gather(*(result_of(h) for h in handles))
+
+    started_at = [(await h.describe()).start_time for h in handles]
+    assert started_at == sorted(started_at)
+
+    # Docker steps never overlap (each is scheduled only after the one before it completed), and
+    # they run in the order the jobs were started.
+    steps = [
+        await activity_events(h, "ensure_engine_running" if kind == "start" else "ensure_engine_removed")
+        for kind, h in zip(kinds, handles, strict=True)
+    ]
+    ran = sorted(range(len(steps)), key=lambda i: steps[i]["scheduled"].event_time.ToDatetime())
+    for earlier, later in itertools.pairwise(ran):
+        assert steps[earlier]["completed"].event_time.ToDatetime() <= steps[later]["scheduled"].event_time.ToDatetime()
+    assert ran == list(range(len(kinds))), (
+        f"jobs started as {kinds} ran their Docker steps as {[kinds[i] for i in ran]}"
+    )
+
+    # Results on the stream in start order, each what the state left by the previous job implies.
+    assert await stream_results(redis, stream) == results
+    container_id = ""
+    for kind, result in zip(kinds, results, strict=True):
+        assert result.outcome == "success", result
+        if kind == "start":
+            assert (result.error_code, bool(result.container_id)) == ("", True)
+            container_id = result.container_id
+        elif container_id:
+            assert (result.error_code, result.container_id) == ("", container_id)
+            container_id = ""
+        else:
+            assert (result.error_code, result.container_id) == ("replay_no_op", "")
+    assert await game_containers(docker, gid) == [], "the last job was a stop"
+
+
+async def test_a_job_whose_first_task_is_late_still_runs_before_the_jobs_started_after_it(
+    client: Client,
+    worker: Settings,
+    docker: aiodocker.Docker,
+    redis: aioredis.Redis,
+    stream: str,
+    games: Callable[[], str],
+) -> None:
+    """Start order is the order the server started the jobs, not the order their first workflow tasks
+    happened to run (a worker that crashed holding the first task, a backlog): the stop started first
+    must run first, so the start started after it leaves the engine running."""
+    gid = games()
+    # The delay stands in for the first job's workflow task being late by 2 s.
+    stop = await client.start_workflow(
+        "StopRuntimeJob",
+        {"game_id": gid},
+        id=f"runtime-stop-{gid}-late",
+        task_queue=worker.task_queue,
+        result_type=JobResult,
+        start_delay=timedelta(seconds=2),
+    )
+    start = await start_job(client, gid, task_queue=worker.task_queue)
+    assert (await stop.describe()).start_time < (await start.describe()).start_time
+    stopped, started = await asyncio.gather(result_of(stop), result_of(start))
+    assert [r.error_code for r in await stream_results(redis, stream)] == ["replay_no_op", ""], (
+        "the stop started first must be published first (a replay: there was no engine yet)"
+    )
+    assert (stopped.error_code, started.error_code) == ("replay_no_op", "")
+    [container] = await game_containers(docker, gid)
+    assert container["State"] == "running", "the last job started was a start"
+
+
+# --- other starters ---------------------------------------------------------------------------------
+
+
+async def test_job_started_by_the_temporal_cli_with_raw_json_gives_the_same_entries(
+    client: Client,
+    temporal_env: WorkflowEnvironment,
+    worker: Settings,
+    docker: aiodocker.Docker,
+    redis: aioredis.Redis,
+    stream: str,
+    games: Callable[[], str],
+) -> None:
+    """What a Go (or any other) starter sends: a plain JSON object, no Python types involved."""
+    gid = games()
+    start_id, stop_id = f"cli-start-{gid}", f"cli-stop-{gid}"
+    common = [*server_args(temporal_env), "--task-queue", worker.task_queue]
+    await run_cli(
+        "workflow", "start", *common, "--type", "StartRuntimeJob", "--workflow-id", start_id,
+        "--input", json.dumps({"game_id": gid}),
+    )  # fmt: skip
+    started = await result_of(client.get_workflow_handle(start_id, result_type=JobResult))
+    cid = (await inspect_container(docker, gid))["Id"]
+    await run_cli(
+        "workflow", "start", *common, "--type", "StopRuntimeJob", "--workflow-id", stop_id,
+        "--input", json.dumps({"game_id": gid, "stop_timeout_s": 1}),
+    )  # fmt: skip
+    stopped = await result_of(client.get_workflow_handle(stop_id, result_type=JobResult))
+
+    expected = {
+        "game_id": gid,
+        "outcome": "success",
+        "container_id": cid,
+        "engine_endpoint": f"http://galaxy-game-{gid}:8080",
+        "error_code": "",
+        "error_message": "",
+    }
+    assert [fields for _id, fields in await read_entries(redis, stream)] == [expected, expected]
+    assert started.stream_fields() == stopped.stream_fields() == expected
+    assert await game_containers(docker, gid) == []
+    first = (await client.get_workflow_handle(start_id).fetch_history()).events[0]
+    [payload] = first.workflow_execution_started_event_attributes.input.payloads
+    assert payload.metadata["encoding"] == b"json/plain"
+
+
+async def test_search_attribute_query_finds_the_jobs_of_a_game(
+    client: Client,
+    temporal_env: WorkflowEnvironment,
+    worker: Settings,
+    games: Callable[[], str],
+) -> None:
+    gid, other = games(), games()
+    start = await start_job(client, gid, task_queue=worker.task_queue)
+    await result_of(start)
+    stop = await stop_job(client, gid, stop_timeout_s=1, task_queue=worker.task_queue)
+    await result_of(stop)
+    await result_of(await stop_job(client, other, task_queue=worker.task_queue))  # must not be listed
+    query = f'GameId="{gid}"'
+
+    found: dict[str, str | None] = {}
+    deadline = time.monotonic() + 15
+    while len(found) < 2 and time.monotonic() < deadline:  # visibility is eventually consistent
+        found = {wf.id: wf.typed_search_attributes.get(JOB_KIND) async for wf in client.list_workflows(query)}
+        await asyncio.sleep(0.2)
+    assert found == {start.id: "start", stop.id: "stop"}
+
+    out = await run_cli("workflow", "list", *server_args(temporal_env), "--query", query, "--output", "json")
+    listed = json.loads(out) if out.lstrip().startswith("[") else [json.loads(line) for line in out.splitlines()]
+    assert {wf["execution"]["workflowId"] for wf in listed} == {start.id, stop.id}
+    assert (await start.describe()).typed_search_attributes.get(GAME_ID) == gid
+
+
+# --- bad input --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ("g-1", "validation error for JobRequest"),
+        (["g-1"], "validation error for JobRequest"),
+        (None, "JSON object"),
+        ({}, "game_id"),
+        ({"game_id": "   "}, "game_id must be a non-empty string"),
+    ],
+    ids=["string", "list", "null", "missing-game-id", "blank-game-id"],
+)
+async def test_input_without_a_usable_game_id_fails_the_run_at_once_and_the_worker_serves_on(
+    client: Client,
+    worker: Settings,
+    redis: aioredis.Redis,
+    stream: str,
+    games: Callable[[], str],
+    payload: Any,
+    message: str,
+) -> None:
+    handle = await client.start_workflow(
+        "StartRuntimeJob", payload, id=f"e2e-bad-{uuid.uuid4().hex}", task_queue=worker.task_queue
+    )
+    history = await _until_closed(handle)
+    kinds = [e.event_type for e in history]
+    assert kinds[-1] == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED
+    assert EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED not in kinds, "a bad payload must fail the run, not its task"
+    assert EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED not in kinds
+    failure = history[-1].workflow_execution_failed_event_attributes.failure
+    assert message in failure.message, failure.message
+    assert await redis.exists(stream) == 0
+
+    good = await result_of(await stop_job(client, games(), task_queue=worker.task_queue))
+    assert (good.outcome, good.error_code) == ("success", "replay_no_op")
+    assert await stream_results(redis, stream) == [good]
+
+
+@pytest.mark.parametrize(
+    ("workflow", "fields", "named"),
+    [
+        ("StartRuntimeJob", {"game_id": "Bad_Game"}, "game_id"),
+        ("StartRuntimeJob", {"image": "Not A Ref"}, "image"),
+        ("StopRuntimeJob", {"stop_timeout_s": 99999}, "stop_timeout_s"),
+        ("StopRuntimeJob", {"stop_timeout_s": "30"}, "stop_timeout_s"),
+        ("StartRuntimeJob", {"imgae": "typo"}, "imgae"),
+    ],
+    ids=["game-id", "image", "timeout-range", "timeout-type", "unknown-field"],
+)
+async def test_rule_breaking_input_publishes_invalid_request_naming_the_field_and_the_worker_serves_on(
+    client: Client,
+    worker: Settings,
+    docker: aiodocker.Docker,
+    redis: aioredis.Redis,
+    stream: str,
+    games: Callable[[], str],
+    workflow: str,
+    fields: dict[str, Any],
+    named: str,
+) -> None:
+    gid = games()
+    request = {"game_id": gid, **fields}
+    handle = await client.start_workflow(
+        workflow, request, id=f"e2e-bad-{uuid.uuid4().hex}", task_queue=worker.task_queue, result_type=JobResult
+    )
+    bad = await result_of(handle)
+    assert (bad.game_id, bad.outcome, bad.error_code, bad.container_id) == (
+        request["game_id"],
+        "failure",
+        "invalid_request",
+        "",
+    )
+    assert f"{named}:" in bad.error_message and "\n" not in bad.error_message
+    assert await game_containers(docker, gid) == []
+
+    good = await result_of(await stop_job(client, games(), task_queue=worker.task_queue))
+    assert (good.outcome, good.error_code) == ("success", "replay_no_op")
+    assert await stream_results(redis, stream) == [bad, good]
+
+
+# --- operators and starters -------------------------------------------------------------------------
+
+
+async def test_status_query_shows_the_step_then_the_result_and_its_entry(
+    client: Client,
+    worker: Settings,
+    redis: aioredis.Redis,
+    stream: str,
+    games: Callable[[], str],
+    images: EngineImages,
+) -> None:
+    gid = games()
+    handle = await start_job(client, gid, image=images.slow_healthy, task_queue=worker.task_queue)
+    steps: list[str] = []
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not any(s.startswith("start engine") for s in steps):
+        status = await handle.query(StartRuntimeJob.status)
+        assert isinstance(status, JobStatus)
+        steps.append(status.step)
+        await asyncio.sleep(0.1)
+    assert f"start engine for game {gid} ({images.slow_healthy})" in steps
+    result = await result_of(handle)
+    final = await handle.query(StartRuntimeJob.status)
+    [(entry_id, _fields)] = await read_entries(redis, stream)
+    assert (final.result, final.entry_id) == (result, entry_id)
+    assert final.step == f"start job for game {gid}: success"
+
+
+async def test_starting_the_same_job_id_twice_while_it_runs_runs_it_once(
+    client: Client,
+    worker: Settings,
+    redis: aioredis.Redis,
+    stream: str,
+    games: Callable[[], str],
+    images: EngineImages,
+) -> None:
+    gid = games()
+    first = await start_job(client, gid, image=images.slow_healthy, job="once", task_queue=worker.task_queue)
+    second = await start_job(client, gid, image=images.slow_healthy, job="once", task_queue=worker.task_queue)
+    assert second.id == first.id
+    assert second.result_run_id == first.result_run_id, "the second start must join the running job"
+    result = await result_of(second)
+    assert (result.outcome, result.error_code) == ("success", "")
+    assert await result_of(first) == result
+    assert await stream_results(redis, stream) == [result]
+
+
+async def _until_closed(handle: WorkflowHandle[Any, Any], timeout_s: float = 20.0) -> list[Any]:
+    """The run's events once it has closed (without raising its failure)."""
+    deadline = time.monotonic() + timeout_s
+    closing = {
+        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED,
+        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED,
+        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CANCELED,
+        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_TERMINATED,
+        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_TIMED_OUT,
+    }
+    while time.monotonic() < deadline:
+        events = list((await handle.fetch_history()).events)
+        if events and events[-1].event_type in closing:
+            return events
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{handle.id} did not close within {timeout_s}s")
