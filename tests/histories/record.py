@@ -1,0 +1,137 @@
+"""Record the histories that tests/test_replay.py replays: `python -m tests.histories.record`.
+
+Every history comes from a real run: its own Temporal dev server, Redis (REDIS_URL, default
+127.0.0.1:6379), Docker (DOCKER_HOST when it answers, else a private dockerd, as in the tests) and
+the worker as `worker.build_worker` makes it. Re-record only on purpose: a workflow change that
+breaks replay of the committed histories would break every run still open in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiodocker
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from activities.publish import redis_client
+from contract.lock import lock_workflow_id
+from contract.models import JobResult
+from contract.settings import Settings
+from starter import start_job, stop_job
+from tests.support.binaries import temporal_cli
+from tests.support.docker_engine import DockerEngine, acquire_engine
+from tests.support.job_worker import e2e_settings, real_worker, remove_game_containers, until_running_container
+from workflows.search import SEARCH_ATTRIBUTE_KEYS
+
+HERE = Path(__file__).resolve().parent
+WAIT_S = 120.0
+
+Handle = WorkflowHandle[Any, Any]
+
+
+class Recorder:
+    """Runs the scenarios on one worker and writes `{name}.json` for each recorded run."""
+
+    def __init__(self, client: Client, engine: DockerEngine, settings: Settings, out: Path) -> None:
+        self.client = client
+        self.engine = engine
+        self.settings = settings
+        self.out = out
+        self.games: list[str] = []
+
+    def game(self) -> str:
+        self.games.append(f"hist-{uuid.uuid4().hex[:8]}")
+        return self.games[-1]
+
+    async def save(self, name: str, handle: Handle) -> None:
+        history = await handle.fetch_history()
+        text = json.dumps(json.loads(history.to_json()), indent=1, sort_keys=True) + "\n"
+        (self.out / f"{name}.json").write_text(text)
+        print(f"recorded {name}: {len(history.events)} events of {handle.id}", file=sys.stderr)
+
+    async def finish(self, name: str, handle: WorkflowHandle[Any, JobResult], expect: str) -> None:
+        result = await asyncio.wait_for(handle.result(), WAIT_S)
+        if result.error_code != expect:
+            raise SystemExit(f"{name}: expected error_code {expect!r}, got {result}")
+        await self.save(name, handle)
+
+    async def run(self) -> None:
+        images, tq = self.engine.images, self.settings.task_queue
+        gid = self.game()
+        await self.finish("start_fresh", await start_job(self.client, gid, task_queue=tq), "")
+        await self.finish("start_replay", await start_job(self.client, gid, task_queue=tq), "replay_no_op")
+        await self.finish("stop_fresh", await stop_job(self.client, gid, stop_timeout_s=1, task_queue=tq), "")
+        await self.finish("stop_replay", await stop_job(self.client, gid, task_queue=tq), "replay_no_op")
+
+        exits = await start_job(self.client, self.game(), image=images.exits, task_queue=tq)
+        await self.finish("start_container_exited", exits, "container_exited")
+
+        cancelled_game = self.game()
+        cancelled = await start_job(self.client, cancelled_game, image=images.never_healthy, task_queue=tq)
+        async with aiodocker.Docker(url=self.engine.url) as docker:
+            await until_running_container(docker, cancelled_game)
+        await cancelled.cancel()
+        await self.finish("start_cancelled", cancelled, "cancelled")
+
+        invalid = await start_job(self.client, self.game(), image="Not A Ref", task_queue=tq)
+        await self.finish("start_invalid_request", invalid, "invalid_request")
+
+        bad = await self.client.start_workflow("StartRuntimeJob", {}, id=f"hist-bad-{uuid.uuid4().hex}", task_queue=tq)
+        try:
+            await asyncio.wait_for(bad.result(), WAIT_S)
+            raise SystemExit("start_bad_payload: the run did not fail")
+        except WorkflowFailureError:
+            await self.save("start_bad_payload", bad)
+
+        # Two jobs of one game together: the second waits for its turn; the lock's history has both.
+        together = self.game()
+        first = await start_job(self.client, together, image=images.slow_healthy, task_queue=tq)
+        second = await stop_job(self.client, together, stop_timeout_s=1, task_queue=tq)
+        await self.finish("start_together_first", first, "")
+        await self.finish("stop_together_waited", second, "")
+        await self.save("game_lock", self.client.get_workflow_handle(lock_workflow_id(together, tq)))
+
+
+async def main() -> None:
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(temporal_cli()),
+        data_converter=pydantic_data_converter,
+        search_attributes=SEARCH_ATTRIBUTE_KEYS,
+        dev_server_log_level="error",
+    )
+    engine = await acquire_engine()
+    settings = e2e_settings(
+        docker_url=engine.url,
+        redis_url=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+        task_queue=f"hist-{uuid.uuid4().hex[:8]}",
+        stream=f"hist:job_results:{uuid.uuid4().hex[:8]}",
+        engine_image=engine.images.healthy,
+        # Long enough for a cancellation to reach the never-healthy start before it times out.
+        start_timeout_s=60.0,
+    )
+    recorder = Recorder(env.client, engine, settings, HERE)
+    try:
+        async with real_worker(env.client, settings):
+            await recorder.run()
+    finally:
+        async with aiodocker.Docker(url=engine.url) as docker:
+            for game_id in recorder.games:
+                await remove_game_containers(docker, game_id)
+        redis = redis_client(settings.redis_url)
+        await redis.delete(settings.results_stream)
+        await redis.aclose()
+        await engine.close()
+        await env.shutdown()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
+    os._exit(0)  # temporalio's core can abort at interpreter exit (sdk-python issue #300)
