@@ -49,6 +49,7 @@ EXIT_STARTUP_FAILED = 1
 EXIT_INTERRUPTED = 130
 DOCKER_CHECK_TIMEOUT_S = 5.0
 REDIS_CHECK_TIMEOUT_S = 5.0
+HEARTBEAT_THROTTLE = timedelta(seconds=1)
 
 
 class StartupError(Exception):
@@ -296,8 +297,12 @@ def build_worker(client: Client, settings: Settings, redis: Redis, engine: Engin
         client,
         task_queue=settings.task_queue,
         workflows=ALL_WORKFLOWS,
-        activities=activity_methods(publisher, engine, LockActivities(client)),
+        activities=activity_methods(publisher, engine, LockActivities(client, order_settle_s=settings.order_settle_s)),
         graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_timeout_s),
+        # Heartbeats are otherwise throttled to 0.8 x the heartbeat timeout (16 s): a cancelled job
+        # would learn of it that late, and its start could finish instead of being cancelled.
+        max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
+        default_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
     )
 
 

@@ -22,14 +22,15 @@ from workflows.lock import GameLock
 class LockActivities:
     """Holds the worker's Temporal client: a workflow cannot signal-with-start by itself."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, *, order_settle_s: float = 0.5) -> None:
         self._client = client
+        self._order_settle_s = order_settle_s
 
     @activity.defn(name=ACQUIRE_ACTIVITY)
     async def acquire_game_lock(self, request: LockRequest) -> None:
         await self._client.start_workflow(
             GameLock.run,
-            LockState(game_id=request.game_id),
+            LockState(game_id=request.game_id, order_settle_s=self._order_settle_s),
             id=lock_workflow_id(request.game_id, activity.info().task_queue),
             task_queue=activity.info().task_queue,
             start_signal=ACQUIRE_SIGNAL,

@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     docker_call_timeout_s: float = Field(default=30.0, gt=0)
 
     graceful_shutdown_timeout_s: float = Field(default=30.0, ge=0)
+
+    # Per-game order: a job gets its turn no earlier than this after it was started, so that a job
+    # of the same game started just before it, whose first workflow task ran later, still goes first.
+    # 0 grants at once (lower latency, order only as the first tasks ran). Applies to new lock runs.
+    order_settle_s: float = Field(default=0.5, ge=0, le=60)
     state_dir: Path = DEFAULT_STATE_DIR
 
     redis_url: str = Field(

@@ -286,7 +286,7 @@ async def test_jobs_of_one_game_started_together_run_one_at_a_time_in_start_orde
     assert await game_containers(docker, gid) == [], "the last job was a stop"
 
 
-async def test_a_job_whose_first_task_is_late_still_runs_before_the_jobs_started_after_it(
+async def test_a_job_whose_first_task_is_late_within_the_settle_window_still_runs_first(
     client: Client,
     worker: Settings,
     docker: aiodocker.Docker,
@@ -295,17 +295,19 @@ async def test_a_job_whose_first_task_is_late_still_runs_before_the_jobs_started
     games: Callable[[], str],
 ) -> None:
     """Start order is the order the server started the jobs, not the order their first workflow tasks
-    happened to run (a worker that crashed holding the first task, a backlog): the stop started first
-    must run first, so the start started after it leaves the engine running."""
+    happened to run (task-queue dispatch, a backlog): the stop started first must run first, so the
+    start started after it leaves the engine running. The lock holds each turn until
+    RTJOBS_ORDER_SETTLE_S (default 0.5 s) after the job's start, which bounds how late a first task may be."""
+    assert worker.order_settle_s == 0.5
     gid = games()
-    # The delay stands in for the first job's workflow task being late by 2 s.
+    # The delay stands in for the first job's workflow task being late by 0.3 s.
     stop = await client.start_workflow(
         "StopRuntimeJob",
         {"game_id": gid},
         id=f"runtime-stop-{gid}-late",
         task_queue=worker.task_queue,
         result_type=JobResult,
-        start_delay=timedelta(seconds=2),
+        start_delay=timedelta(seconds=0.3),
     )
     start = await start_job(client, gid, task_queue=worker.task_queue)
     assert (await stop.describe()).start_time < (await start.describe()).start_time

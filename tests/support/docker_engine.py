@@ -20,12 +20,9 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import aiodocker
 from aiodocker.networks import DockerNetwork
-
-from contract.models import LABEL_MANAGED_BY, MANAGED_BY
 
 BUSYBOX_PATHS = (Path("/bin/busybox"), Path("/usr/bin/busybox"))
 APPLETS = (
@@ -280,9 +277,14 @@ class PrivateDockerd:
 
 
 async def remove_test_leftovers(docker: aiodocker.Docker, *, everything: bool) -> None:
-    """Force-remove our containers (all of them on a private engine) and the networks they used."""
-    filters: dict[str, Any] = {} if everything else {"label": [f"{LABEL_MANAGED_BY}={MANAGED_BY}"]}
-    for c in await docker.containers.list(all=True, filters=filters):
+    """On our private engine, force-remove every container and network left.
+
+    On an engine given by DOCKER_HOST nothing is removed here: it may run real games (and other test
+    sessions' engines) under the same labels; each test removes the containers of its own games.
+    """
+    if not everything:
+        return
+    for c in await docker.containers.list(all=True):
         with contextlib.suppress(aiodocker.DockerError):
             await c.delete(force=True, v=True)
     if everything:
