@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator
 
 import aiodocker
@@ -61,7 +62,8 @@ async def test_docker_restart_during_start(
 ) -> None:
     worker = start_worker(processes, worker_env_for(DOCKER_HOST=dockerd.url))
     await worker.wait_for("worker polling task queue")
-    games = ["dr-1", "dr-2"]
+    prefix = f"dr{uuid.uuid4().hex[:8]}"
+    games = [f"{prefix}-{i}" for i in range(2)]
     runs = await start_runs(
         temporal_env.client, task_queue, games, image="rtjobs-test/engine:slow-healthy", accepted=CLEAN
     )

@@ -25,7 +25,10 @@ class RestartableDockerd(PrivateDockerd):
                 self.proc.wait()
         self.proc = None
 
+    def start(self, wait_s: float = 60.0) -> RestartableDockerd:
+        super().start(wait_s)
+        return self
+
     def restart(self) -> RestartableDockerd:
         self.stop_daemon()
-        self.start()
-        return self
+        return self.start()
