@@ -203,7 +203,7 @@ async def open_redis(settings: Settings, stack: contextlib.AsyncExitStack) -> Re
             await client.ping()
     except Exception as err:
         raise StartupError(
-            f"Redis unreachable at {redact_url(settings.redis_url)}: {_short_error(err, settings.redis_url)}"
+            f"Redis check failed at {redact_url(settings.redis_url)}: {_short_error(err, settings.redis_url)}"
         ) from None
     return client
 

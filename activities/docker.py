@@ -9,7 +9,6 @@ workflow reports as `docker_unavailable` once the retry budget is spent.
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import Any, TypeVar
@@ -29,15 +28,15 @@ from contract.engine import (
     EnsureEngineRunning,
 )
 from contract.models import (
-    GAME_ID_PATTERN,
-    IMAGE_REF_PATTERN,
     LABEL_GAME_ID,
+    LABEL_JOB_RUN,
     LABEL_MANAGED_BY,
     MANAGED_BY,
-    MAX_IMAGE_REF_LENGTH,
     MAX_STOP_TIMEOUT_S,
     ErrorCode,
     container_name,
+    is_valid_game_id,
+    is_valid_image_ref,
     one_line,
 )
 from contract.settings import Settings
@@ -49,9 +48,6 @@ HEARTBEAT_EVERY_S = 1.0
 LOG_TAIL_LINES = 20
 LOG_TAIL_CHARS = 1024
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
-
-_GAME_ID_RE = re.compile(GAME_ID_PATTERN)
-_IMAGE_REF_RE = re.compile(IMAGE_REF_PATTERN)
 
 
 def permanent(code: ErrorCode, message: str) -> ApplicationError:
@@ -92,6 +88,12 @@ def _is_connection_error(err: DockerError) -> bool:
     # aiodocker reports a refused/reset/missing socket as status 900; a proxy in front of a TCP
     # DOCKER_HOST answers 502/503/504 when the daemon behind it is away.
     return err.status in (900, 502, 503, 504)
+
+
+def _job_run() -> str:
+    """The job run (workflow id / run id) calling this activity: the `galaxy.job-run` label's value."""
+    info = activity.info()
+    return f"{info.workflow_id}/{info.workflow_run_id}" if info.workflow_id else ""
 
 
 def _recorded_container_id() -> str:
@@ -186,8 +188,10 @@ class EngineActivities:
                             ErrorCode.CONTAINER_CONFLICT,
                             f"container {name} runs image {info['Config'].get('Image')!r}, not {image!r}",
                         )
-                    # Ours and running: a replay, unless an earlier attempt of this very job made it.
-                    own = info["Id"] == hb.container_id
+                    # Ours and running: a replay, unless an earlier attempt of this very job made it
+                    # (its label says so even when the worker died before a heartbeat carried the id).
+                    labels = info["Config"].get("Labels") or {}
+                    own = info["Id"] == hb.container_id or labels.get(LABEL_JOB_RUN) == _job_run()
                     deadline = self._readiness_deadline()
                     if own:
                         await self._until_ready_or_removed(info["Id"], name, deadline)
@@ -354,12 +358,15 @@ class EngineActivities:
         self._known_networks.add(network)
         return network
 
-    def _container_config(self, game_id: str, image: str, network: str) -> dict[str, Any]:
+    def _container_config(self, game_id: str, image: str, network: str, job_run: str = "") -> dict[str, Any]:
         s = self._settings
         name = container_name(game_id)
+        labels = {LABEL_GAME_ID: game_id, LABEL_MANAGED_BY: MANAGED_BY}
+        if job_run:
+            labels[LABEL_JOB_RUN] = job_run
         return {
             "Image": image,
-            "Labels": {LABEL_GAME_ID: game_id, LABEL_MANAGED_BY: MANAGED_BY},
+            "Labels": labels,
             "HostConfig": {
                 "Privileged": False,
                 "CapDrop": ["ALL"],
@@ -387,7 +394,7 @@ class EngineActivities:
         pulled = network_retried = False
         for _ in range(4):
             network = await self._ensure_network()
-            config = self._container_config(game_id, image, network)
+            config = self._container_config(game_id, image, network, _job_run())
             try:
                 container = await self._call(
                     f"create {name}",
@@ -555,12 +562,12 @@ def _probe_suffix(health: dict[str, Any] | None) -> str:
 
 
 def _check_game_id(game_id: str) -> str:
-    if not _GAME_ID_RE.fullmatch(game_id):
+    if not is_valid_game_id(game_id):
         raise permanent(ErrorCode.INVALID_REQUEST, f"invalid game_id {game_id[:80]!r}")
     return game_id
 
 
 def _check_image(image: str) -> str:
-    if len(image) > MAX_IMAGE_REF_LENGTH or not _IMAGE_REF_RE.fullmatch(image):
+    if not is_valid_image_ref(image):
         raise permanent(ErrorCode.INVALID_REQUEST, f"invalid image reference {image[:80]!r}")
     return image

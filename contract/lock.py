@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime, timedelta
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from contract.models import is_valid_game_id
 
 LOCK_WORKFLOW = "RuntimeGameLock"
 ACQUIRE_ACTIVITY = "acquire_game_lock"
@@ -21,8 +24,13 @@ RECENT_RUNS_KEPT = 200
 
 def lock_workflow_id(game_id: str, task_queue: str) -> str:
     """One lock per game and worker fleet: a lock lives on its fleet's task queue, so a lock left idle on
-    a queue no worker polls any more (after a rename) must not block the game's jobs elsewhere."""
-    return f"runtime-lock-{task_queue}-{game_id}"
+    a queue no worker polls any more (after a rename) must not block the game's jobs elsewhere.
+
+    A game id that breaks the rule (its job will report `invalid_request`) may be any string, up to
+    megabytes: it is hashed, since Temporal limits workflow ids to 1,000 bytes.
+    """
+    key = game_id if is_valid_game_id(game_id) else "sha256-" + hashlib.sha256(game_id.encode()).hexdigest()
+    return f"runtime-lock-{task_queue}-{key}"
 
 
 class LockRequest(BaseModel):

@@ -10,28 +10,34 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 CONTAINER_PREFIX = "galaxy-game-"
 ENGINE_PORT = 8080
 LABEL_GAME_ID = "galaxy.game-id"
 LABEL_MANAGED_BY = "galaxy.managed-by"
+LABEL_JOB_RUN = "galaxy.job-run"  # `{workflow_id}/{run_id}` of the job that created the container
 MANAGED_BY = "rtjobs"
 
 # 1-51 chars of a-z, 0-9, '-', not starting or ending with '-': "galaxy-game-" + id stays a DNS label.
 GAME_ID_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,49}[a-z0-9])?$"
 _GAME_ID_RE = re.compile(GAME_ID_PATTERN)
 
-# The Docker distribution reference grammar (name[:tag][@digest]), as the engine parses it.
+# The Docker distribution reference grammar (name[:tag][@digest]) as the engine parses it. A first
+# component is a registry host only if it has a '.' or a ':' or is `localhost`; everything else is
+# a lowercase path component. Tags are ASCII; digests are the algorithms the engine accepts.
 _DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
-_DOMAIN = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*(?::[0-9]+)?)"
+_PORT = r"(?::[0-9]+)"
+_DOMAIN = rf"(?:localhost{_PORT}?|{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})+{_PORT}?|{_DOMAIN_COMPONENT}{_PORT})"
 _PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_NAME = rf"(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
-_TAG = r"[\w][\w.-]{0,127}"
-_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
-IMAGE_REF_PATTERN = rf"^{_NAME}(?::{_TAG})?(?:@{_DIGEST})?$"
+_TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+_DIGEST = r"(?:sha256:[0-9a-f]{64}|sha384:[0-9a-f]{96}|sha512:[0-9a-f]{128})"
+IMAGE_REF_PATTERN = (
+    rf"^(?P<name>(?:(?P<domain>{_DOMAIN})/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*)"
+    rf"(?::{_TAG})?(?:@{_DIGEST})?$"
+)
 _IMAGE_REF_RE = re.compile(IMAGE_REF_PATTERN)
-MAX_IMAGE_REF_LENGTH = 512
+MAX_IMAGE_NAME_LENGTH = 255  # of the normalized name, e.g. docker.io/library/busybox
 
 MAX_STOP_TIMEOUT_S = 3600
 
@@ -82,8 +88,23 @@ def one_line(text: str, limit: int = 1000) -> str:
     return folded if len(folded) <= limit else folded[: limit - 1] + "…"
 
 
+def is_valid_game_id(value: str) -> bool:
+    return _GAME_ID_RE.fullmatch(value) is not None
+
+
+def is_valid_image_ref(value: str) -> bool:
+    """Whether the Docker engine would parse `value` as an image reference."""
+    match = _IMAGE_REF_RE.fullmatch(value)
+    if match is None:
+        return False
+    name = match["name"]
+    if match["domain"] is None:
+        name = f"docker.io/{name}" if "/" in name else f"docker.io/library/{name}"
+    return len(name) <= MAX_IMAGE_NAME_LENGTH
+
+
 def _check_game_id(value: str) -> str:
-    if not _GAME_ID_RE.fullmatch(value):
+    if not is_valid_game_id(value):
         raise ValueError(
             f"must be 1-51 characters of a-z, 0-9 and '-', neither first nor last a '-' (got {value[:80]!r})"
         )
@@ -91,7 +112,7 @@ def _check_game_id(value: str) -> str:
 
 
 def _check_image_ref(value: str) -> str:
-    if len(value) > MAX_IMAGE_REF_LENGTH or not _IMAGE_REF_RE.fullmatch(value):
+    if not is_valid_image_ref(value):
         raise ValueError(f"is not a valid image reference name[:tag][@digest] (got {value[:80]!r})")
     return value
 
@@ -159,8 +180,16 @@ class JobResult(BaseModel):
         return self.model_dump(mode="json")
 
 
+class UnusableJobInput(Exception):
+    """A job input without a usable game id: the job cannot even report on the stream.
+
+    Deliberately not a ValueError: pydantic lets it through unwrapped, so the workflow fails with this
+    one line instead of a multi-line validation report.
+    """
+
+
 class JobRequest(BaseModel):
-    """What a job workflow accepts on the wire: any JSON object with a non-blank `game_id`.
+    """What a job workflow accepts on the wire: any JSON object with a non-blank string `game_id`.
 
     Decoding is deliberately lenient, so that a request with a usable game id but otherwise bad
     content still produces an `invalid_request` entry for that game (the contract's "every run with
@@ -171,12 +200,14 @@ class JobRequest(BaseModel):
 
     game_id: str = Field(description="the platform game")
 
-    @field_validator("game_id")
+    @model_validator(mode="before")
     @classmethod
-    def _game_id_not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("game_id must be a non-empty string")
-        return value
+    def _usable_game_id(cls, data: Any) -> Any:
+        game_id = data.get("game_id") if isinstance(data, dict) else None
+        if not isinstance(game_id, str) or not game_id.strip():
+            got = type(data).__name__ if not isinstance(data, dict) else f"game_id={game_id!r:.40}"
+            raise UnusableJobInput(f"input must be a JSON object with a non-empty string game_id (got {got})")
+        return data
 
     def fields(self) -> dict[str, Any]:
         return self.model_dump()

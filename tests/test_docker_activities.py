@@ -85,8 +85,17 @@ async def game_id(docker: aiodocker.Docker) -> AsyncIterator[str]:
         await docker.containers.container(container_name(gid)).delete(force=True, v=True)
 
 
-async def start(acts: EngineActivities, game_id: str, image: str | None = None) -> EngineOutcome:
+def job_env() -> ActivityEnvironment:
+    """An activity environment as a fresh job run sees it: its own workflow id and run id."""
     env = ActivityEnvironment()
+    env.info = dataclasses.replace(
+        env.info, workflow_id=f"runtime-test-{uuid.uuid4().hex[:8]}", workflow_run_id=str(uuid.uuid4())
+    )
+    return env
+
+
+async def start(acts: EngineActivities, game_id: str, image: str | None = None) -> EngineOutcome:
+    env = job_env()
     outcome: EngineOutcome = await env.run(
         acts.ensure_engine_running, EnsureEngineRunning(game_id=game_id, image=image)
     )
@@ -94,7 +103,7 @@ async def start(acts: EngineActivities, game_id: str, image: str | None = None) 
 
 
 async def stop(acts: EngineActivities, game_id: str, stop_timeout_s: int | None = None) -> EngineOutcome:
-    env = ActivityEnvironment()
+    env = job_env()
     request = EnsureEngineRemoved(game_id=game_id, stop_timeout_s=stop_timeout_s)
     outcome: EngineOutcome = await env.run(acts.ensure_engine_removed, request)
     return outcome
@@ -132,7 +141,7 @@ async def test_fresh_start_runs_hardened_labelled_engine_reachable_by_name_on_ga
     network = f"rtjobs-test-{uuid.uuid4().hex[:8]}"
     acts = make_activities(game_network=network, engine_cap_add=["NET_BIND_SERVICE"])
     beats: list[tuple[Any, ...]] = []
-    env = ActivityEnvironment()
+    env = job_env()
     env.on_heartbeat = lambda *details: beats.append(details)
     try:
         outcome = await env.run(acts.ensure_engine_running, EnsureEngineRunning(game_id=game_id))
@@ -197,10 +206,27 @@ async def test_retried_attempt_finding_its_own_container_is_a_fresh_start(
 ) -> None:
     acts = make_activities()
     first = await start(acts, game_id, images.healthy)
-    env = ActivityEnvironment()
+    env = job_env()
     env.info = dataclasses.replace(env.info, attempt=2, heartbeat_details=[first.container_id])
     retried = await env.run(acts.ensure_engine_running, EnsureEngineRunning(game_id=game_id))
     assert retried == EngineOutcome(container_id=first.container_id, replay=False)
+
+
+async def test_retried_attempt_without_heartbeat_details_knows_its_container_by_the_job_run_label(
+    make_activities: MakeActivities, docker: aiodocker.Docker, images: EngineImages, game_id: str
+) -> None:
+    """The worker died before any heartbeat carried the id: the `galaxy.job-run` label still tells."""
+    acts = make_activities()
+    env = job_env()
+    first = await env.run(acts.ensure_engine_running, EnsureEngineRunning(game_id=game_id, image=images.healthy))
+    info = await inspect(docker, first.container_id)
+    assert info is not None
+    assert info["Config"]["Labels"]["galaxy.job-run"] == f"{env.info.workflow_id}/{env.info.workflow_run_id}"
+    env.info = dataclasses.replace(env.info, attempt=2, heartbeat_details=[])
+    retried = await env.run(acts.ensure_engine_running, EnsureEngineRunning(game_id=game_id, image=images.healthy))
+    assert retried == EngineOutcome(container_id=first.container_id, replay=False)
+    # Another job run finding the same container is a replay.
+    assert await start(acts, game_id, images.healthy) == EngineOutcome(container_id=first.container_id, replay=True)
 
 
 async def test_start_conflicts_with_our_container_running_another_image(
@@ -304,7 +330,7 @@ async def test_cancelled_start_removes_the_container_it_made(
     make_activities: MakeActivities, docker: aiodocker.Docker, images: EngineImages, game_id: str
 ) -> None:
     acts = make_activities(start_timeout_s=60.0)
-    env = ActivityEnvironment()
+    env = job_env()
     task = asyncio.create_task(
         env.run(acts.ensure_engine_running, EnsureEngineRunning(game_id=game_id, image=images.never_healthy))
     )

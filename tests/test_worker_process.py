@@ -46,7 +46,7 @@ async def test_redis_unreachable_is_one_line_error_without_password(
     out = worker.output()
     assert "s3cret" not in out
     [line] = error_lines(out)
-    assert f"Redis unreachable at redis://user:***@127.0.0.1:{port}/0" in line
+    assert f"Redis check failed at redis://user:***@127.0.0.1:{port}/0" in line
 
 
 async def test_temporal_unreachable_is_one_line_error_without_api_key(

@@ -44,6 +44,7 @@ with workflow.unsafe.imports_passed_through():
         PublishRequest,
         StartRuntimeJobInput,
         StopRuntimeJobInput,
+        UnusableJobInput,
     )
     from contract.policies import (
         DOCKER_HEARTBEAT_TIMEOUT,
@@ -58,7 +59,9 @@ with workflow.unsafe.imports_passed_through():
 
 LOCK_ACTIVITY_TIMEOUT = timedelta(seconds=10)
 LOCK_RETRY_POLICY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=5))
-FAILURE_TYPES = [pydantic.ValidationError]  # an undecodable payload fails the run, not its task forever
+# A payload without a usable game id (or not JSON at all) fails the run at once, not its task forever.
+FAILURE_TYPES = [UnusableJobInput, pydantic.ValidationError]
+SEARCH_VALUE_MAX_CHARS = 200
 
 
 class _RuntimeJob:
@@ -80,12 +83,14 @@ class _RuntimeJob:
         return self._status
 
     async def _job(self, request: JobRequest | None) -> JobResult:
-        if not isinstance(request, JobRequest):  # a JSON null decodes to None without validation
-            raise ApplicationError(
-                "input must be a JSON object with a non-empty string game_id", type="InvalidInput", non_retryable=True
-            )
+        if request is None:  # a `binary/null` payload (a nil from an SDK) skips decoding altogether
+            JobRequest.model_validate(None)  # raises UnusableJobInput, the same one line as for JSON null
+        assert request is not None
         game_id = self._game_id = request.game_id
-        workflow.upsert_search_attributes([GAME_ID.value_set(game_id), JOB_KIND.value_set(self.kind.value)])
+        # A search attribute value is limited to 2 KB; only an invalid (over-long) game id is cut.
+        workflow.upsert_search_attributes(
+            [GAME_ID.value_set(game_id[:SEARCH_VALUE_MAX_CHARS]), JOB_KIND.value_set(self.kind.value)]
+        )
         self._step(f"{self.kind} job for game {game_id}: waiting for the game's earlier jobs")
         cancelled = await self._take_turn(game_id)
         try:
