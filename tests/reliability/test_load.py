@@ -1,0 +1,245 @@
+"""Scenario 7, load: 500 jobs in flight at once against one real `python worker.py`.
+
+The mix: fresh starts of distinct games with the tiny healthy image, start replays, fresh stops,
+stop replays of games without a container, and a few games with several jobs in a row. All games
+are sent at once (one `asyncio.gather`); inside a game its jobs are sent one after the other, as the
+Runtime Manager does, so their start times (the lock's order key) are in the planned order.
+
+The verdict: exactly one entry per job run, the one the run published (its `status` query names
+the entry id); for each game, its entries in the order its jobs were started, each with the
+outcome, code and container id that the game's sequence implies; each game's container state
+that of its last job; nothing else left. Worker RSS and CPU are printed for the README.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import aiodocker
+import pytest
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from contract.lock import ACQUIRE_ACTIVITY
+from contract.models import LABEL_GAME_ID, JobResult, JobStatus
+from contract.settings import Settings
+from starter import start_job, stop_job
+from tests.reliability.conftest import WorkerEnv
+from tests.reliability.runs import Run, results
+from tests.support.docker_engine import DockerEngine
+from tests.support.proc_stats import ProcSampler
+from tests.support.processes import Process, start_worker
+from tests.support.redis_server import RedisServer
+from tests.support.streams import read_entries_at
+
+START, STOP = "start", "stop"
+FRESH, REPLAY = ("success", ""), ("success", "replay_no_op")
+TOTAL_JOBS = 500
+# (label, games, each game's jobs in order). Fresh container starts: 15 + 15 + 8 x 2 = 46.
+SHAPES: list[tuple[str, int, list[str]]] = [
+    ("replay", 15, [START, START]),  # a fresh start, then a start replay: left running
+    ("cycle", 15, [START, STOP]),  # a fresh start, then a fresh stop: left without a container
+    ("chain", 8, [STOP, START, STOP, START, START]),  # replay, fresh, fresh, fresh, replay: left running
+    ("stops", 20, [STOP] * 5),  # five stop replays in a row: order seen only through the entry ids
+    ("stop", 300, [STOP]),  # one stop replay each: the cheap bulk
+]
+STOP_GRACE_S = 2
+FINISH_TIMEOUT_S = 240
+QUERY_CONCURRENCY = 20
+ORDER_SETTLE_S = Settings.model_fields["order_settle_s"].default  # the worker runs with the default
+
+
+@dataclass
+class PlannedRun:
+    """A run with what its game's sequence says it must report (container `None`: any fresh id)."""
+
+    run: Run
+    kind: str
+    expected: tuple[str, str]
+
+
+def plan(prefix: str) -> dict[str, list[str]]:
+    games = {f"{prefix}-{label}{i}": list(jobs) for label, count, jobs in SHAPES for i in range(count)}
+    assert sum(len(jobs) for jobs in games.values()) == TOTAL_JOBS
+    return games
+
+
+def expected_codes(jobs: list[str]) -> list[tuple[str, str]]:
+    """What each job of a game reports when the game starts without a container and its jobs run in order."""
+    running = False
+    codes = []
+    for kind in jobs:
+        codes.append(REPLAY if (kind == START) == running else FRESH)
+        running = kind == START
+    return codes
+
+
+async def send_game(client: Client, task_queue: str, image: str, game_id: str, jobs: list[str]) -> list[PlannedRun]:
+    """One game's jobs, each sent once the previous one was accepted (so its start time is later)."""
+    sent = []
+    for i, (kind, expected) in enumerate(zip(jobs, expected_codes(jobs), strict=True)):
+        job = f"{i}"
+        if kind == START:
+            handle = await start_job(client, game_id, image=image, job=job, task_queue=task_queue)
+        else:
+            handle = await stop_job(client, game_id, stop_timeout_s=STOP_GRACE_S, job=job, task_queue=task_queue)
+        sent.append(PlannedRun(Run(game_id, handle, frozenset({expected})), kind, expected))
+    return sent
+
+
+def entry_key(entry_id: str) -> tuple[int, int]:
+    millis, _, seq = entry_id.partition("-")
+    return int(millis), int(seq)
+
+
+async def entry_ids(runs: list[PlannedRun]) -> list[str]:
+    """Each run's own entry id, from its `status` query (a few at a time: each replays a closed run)."""
+    gate = asyncio.Semaphore(QUERY_CONCURRENCY)
+
+    async def one(planned: PlannedRun) -> str:
+        async with gate:
+            status: JobStatus = await planned.run.handle.query("status", result_type=JobStatus)
+        return status.entry_id or ""
+
+    return list(await asyncio.gather(*(one(p) for p in runs)))
+
+
+def in_order(ids: list[str]) -> bool:
+    keys = [entry_key(i) for i in ids]
+    return keys == sorted(keys) and len(set(keys)) == len(keys)
+
+
+async def first_task_delays(runs: list[PlannedRun]) -> list[str]:
+    """Evidence for an order failure: per run, its start time and how long after it the run's first
+    workflow task started and its lock request (the acquire activity) was scheduled."""
+    lines = []
+    for planned in runs:
+        events = [e async for e in planned.run.handle.fetch_history_events()]
+        started = events[0].event_time.ToDatetime()
+        task = next(e for e in events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED)
+        acquire = next(
+            e
+            for e in events
+            if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+            and e.activity_task_scheduled_event_attributes.activity_type.name == ACQUIRE_ACTIVITY
+        )
+        lines.append(
+            f"{planned.run.handle.id}: started {started:%H:%M:%S.%f}, first task "
+            f"+{(task.event_time.ToDatetime() - started).total_seconds():.2f} s, lock request "
+            f"+{(acquire.event_time.ToDatetime() - started).total_seconds():.2f} s"
+        )
+    return lines
+
+
+def check_game(game_id: str, runs: list[PlannedRun], ids: list[str], finished: list[JobResult]) -> str | None:
+    """Order and container ids of one game's results; returns the container id left running, if any.
+
+    A start replay and a fresh stop name the container the game runs; a fresh start makes a new one.
+    """
+    live: str | None = None
+    made: set[str] = set()
+    for planned, result in zip(runs, finished, strict=True):
+        got = (result.outcome, result.error_code)
+        assert got == planned.expected, (planned.run.handle.id, result)
+        if planned.kind == START and got == FRESH:
+            assert result.container_id and result.container_id not in made, (planned.run.handle.id, result)
+            made.add(result.container_id)
+            live = result.container_id
+        elif planned.kind == START:
+            assert result.container_id == live, (planned.run.handle.id, result, live)
+        elif got == FRESH:
+            assert result.container_id == live, (planned.run.handle.id, result, live)
+            live = None
+        else:
+            assert result.container_id == "", (planned.run.handle.id, result)
+    return live
+
+
+async def containers_by_game(docker_url: str, prefix: str) -> dict[str, list[dict[str, Any]]]:
+    """Every container (any state) whose name carries the test's prefix, by its game label."""
+    found: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    async with aiodocker.Docker(url=docker_url) as docker:
+        for summary in await docker.containers.list(all=True, filters={"name": [f"galaxy-game-{prefix}"]}):
+            found[summary["Labels"].get(LABEL_GAME_ID, "?")].append(dict(summary._container))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.docker
+async def test_500_jobs_in_flight(
+    processes: list[Process],
+    worker_env_for: WorkerEnv,
+    docker_engine: DockerEngine,
+    own_redis: RedisServer,
+    temporal_env: WorkflowEnvironment,
+    task_queue: str,
+    results_stream: str,
+    game_prefix: str,
+) -> None:
+    worker = start_worker(processes, worker_env_for(DOCKER_HOST=docker_engine.url))
+    await worker.wait_for("worker polling task queue")
+    client = temporal_env.client
+    games = plan(game_prefix)
+
+    async with ProcSampler(worker.proc.pid) as sampler:
+        t0 = time.monotonic()
+        sent = await asyncio.gather(
+            *(send_game(client, task_queue, docker_engine.images.healthy, g, jobs) for g, jobs in games.items())
+        )
+        sent_s = time.monotonic() - t0
+        runs = [p for game_runs in sent for p in game_runs]
+        finished = await results([p.run for p in runs], FINISH_TIMEOUT_S)
+        wall = time.monotonic() - t0
+    assert worker.proc.poll() is None, f"the worker died under load:\n{worker.output()[-3000:]}"
+    print(
+        f"\n[load] {len(runs)} jobs ({sum(p.kind == START for p in runs)} starts, "
+        f"{sum(p.expected == FRESH and p.kind == START for p in runs)} fresh containers) sent in {sent_s:.1f} s; "
+        f"all finished in {wall:.1f} s: {len(runs) / wall:.1f} jobs/s; {sampler.summary(wall)}"
+    )
+
+    # Exactly one entry per run, under the id the run recorded, with the run's own result.
+    ids = await entry_ids(runs)
+    entries = dict(await read_entries_at(own_redis.url, results_stream))
+    assert len(entries) == TOTAL_JOBS, f"{len(entries)} entries for {TOTAL_JOBS} job runs"
+    assert len(set(ids)) == TOTAL_JOBS, "two runs name the same entry"
+    for planned, entry_id, result in zip(runs, ids, finished, strict=True):
+        assert entry_id in entries, f"{planned.run.handle.id}: entry {entry_id!r} not on the stream"
+        assert JobResult.model_validate(entries[entry_id]) == result, (planned.run.handle.id, entries[entry_id])
+
+    # Per game: start order kept, codes and container ids as its sequence implies, final state.
+    position = 0
+    left_running: dict[str, str] = {}
+    out_of_order: list[tuple[list[PlannedRun], list[str]]] = []
+    for game_runs in sent:
+        n = len(game_runs)
+        game_id = game_runs[0].run.game_id
+        game_ids = ids[position : position + n]
+        if not in_order(game_ids):
+            out_of_order.append((game_runs, game_ids))
+        else:
+            live = check_game(game_id, game_runs, game_ids, finished[position : position + n])
+            if live is not None:
+                left_running[game_id] = live
+        position += n
+    if out_of_order:
+        evidence = []
+        for game_runs, game_ids in out_of_order[:3]:
+            delays = await first_task_delays(game_runs)
+            evidence += [f"  {line}; entry {entry_id}" for line, entry_id in zip(delays, game_ids, strict=True)]
+        multi = sum(len(g) > 1 for g in sent)
+        raise AssertionError(
+            f"{len(out_of_order)} of {multi} games with several jobs got their entries out of start order "
+            f"(the lock waits {ORDER_SETTLE_S} s for earlier-started jobs); first ones:\n" + "\n".join(evidence)
+        )
+
+    found = await containers_by_game(docker_engine.url, game_prefix)
+    strays = {g: [c["Id"][:12] for c in cs] for g, cs in found.items() if g not in left_running}
+    assert not strays, f"containers left by games whose last job removed (or never made) one: {strays}"
+    for game_id, container_id in left_running.items():
+        states = [(c["Id"], c["State"]) for c in found.get(game_id, [])]
+        assert states == [(container_id, "running")], (game_id, container_id, states)
