@@ -397,11 +397,11 @@ async def test_search_attribute_query_finds_the_jobs_of_a_game(
 @pytest.mark.parametrize(
     ("payload", "message"),
     [
-        ("g-1", "validation error for JobRequest"),
-        (["g-1"], "validation error for JobRequest"),
-        (None, "JSON object"),
-        ({}, "game_id"),
-        ({"game_id": "   "}, "game_id must be a non-empty string"),
+        ("g-1", "input must be a JSON object with a non-empty string game_id (got str)"),
+        (["g-1"], "input must be a JSON object with a non-empty string game_id (got list)"),
+        (None, "input must be a JSON object with a non-empty string game_id (got NoneType)"),
+        ({}, "input must be a JSON object with a non-empty string game_id (got game_id=None)"),
+        ({"game_id": "   "}, "input must be a JSON object with a non-empty string game_id (got game_id='   ')"),
     ],
     ids=["string", "list", "null", "missing-game-id", "blank-game-id"],
 )
@@ -423,7 +423,7 @@ async def test_input_without_a_usable_game_id_fails_the_run_at_once_and_the_work
     assert EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED not in kinds, "a bad payload must fail the run, not its task"
     assert EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED not in kinds
     failure = history[-1].workflow_execution_failed_event_attributes.failure
-    assert message in failure.message, failure.message
+    assert failure.message == message
     assert await redis.exists(stream) == 0
 
     good = await result_of(await stop_job(client, games(), task_queue=worker.task_queue))
