@@ -37,6 +37,13 @@ def read_sample(pid: int) -> Sample:
     return Sample(rss_kb=values["VmRSS"], hwm_kb=values["VmHWM"], cpu_s=(utime + stime) / CLOCK_TICKS)
 
 
+def machine_cpu_s() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, all cores, from /proc/stat."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    return (sum(ticks) - idle) / CLOCK_TICKS, sum(ticks) / CLOCK_TICKS
+
+
 @dataclass
 class ProcSampler:
     """`async with ProcSampler(pid) as s:` samples every `every_s` until the block ends."""
@@ -45,9 +52,12 @@ class ProcSampler:
     every_s: float = 0.2
     samples: list[Sample] = field(default_factory=list)
     _task: asyncio.Task[None] | None = None
+    _machine: tuple[float, float] = (0.0, 0.0)
+    _machine_busy: float = 0.0
 
     async def __aenter__(self) -> ProcSampler:
         self.samples.append(read_sample(self.pid))
+        self._machine = machine_cpu_s()
         self._task = asyncio.create_task(self._run())
         return self
 
@@ -56,6 +66,8 @@ class ProcSampler:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+        busy, total = machine_cpu_s()
+        self._machine_busy = (busy - self._machine[0]) / max(total - self._machine[1], 1e-9)
         with contextlib.suppress(OSError):  # the process may have died: keep what was sampled
             self.samples.append(read_sample(self.pid))
 
@@ -89,5 +101,11 @@ class ProcSampler:
         return (
             f"worker RSS {self.first.rss_kb / 1024:.0f} MB before, peak {self.peak_rss_mb:.0f} MB, "
             f"{self.last.rss_kb / 1024:.0f} MB after; CPU {self.cpu_s:.1f} s in {wall_s:.1f} s "
-            f"({100 * self.cpu_s / wall_s:.0f}% of one core)"
+            f"({100 * self.cpu_s / wall_s:.0f}% of one core); whole machine {100 * self.machine_busy:.0f}% busy "
+            f"({os.cpu_count()} cores: dev server, dockerd, engines and test included)"
         )
+
+    @property
+    def machine_busy(self) -> float:
+        """Share of all cores' time the machine was busy inside the block (0-1)."""
+        return self._machine_busy
