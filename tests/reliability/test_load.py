@@ -22,6 +22,7 @@ from typing import Any
 import aiodocker
 import pytest
 from temporalio.api.enums.v1 import EventType
+from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
@@ -116,24 +117,34 @@ def in_order(ids: list[str]) -> bool:
 
 async def first_task_delays(runs: list[PlannedRun]) -> list[str]:
     """Evidence for an order failure: per run, its start time and how long after it the run's first
-    workflow task started and its lock request (the acquire activity) was scheduled."""
+    workflow task started and its lock request was made (an acquire activity scheduled, or a local
+    activity's marker recorded)."""
     lines = []
     for planned in runs:
         events = [e async for e in planned.run.handle.fetch_history_events()]
-        started = events[0].event_time.ToDatetime()
-        task = next(e for e in events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED)
-        acquire = next(
-            e
-            for e in events
-            if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
-            and e.activity_task_scheduled_event_attributes.activity_type.name == ACQUIRE_ACTIVITY
-        )
+        first = events[0]
+        task = next((e for e in events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED), None)
+        lock = next((e for e in events if is_lock_request(e)), None)
         lines.append(
-            f"{planned.run.handle.id}: started {started:%H:%M:%S.%f}, first task "
-            f"+{(task.event_time.ToDatetime() - started).total_seconds():.2f} s, lock request "
-            f"+{(acquire.event_time.ToDatetime() - started).total_seconds():.2f} s"
+            f"{planned.run.handle.id}: started {first.event_time.ToDatetime():%H:%M:%S.%f}, "
+            f"first task {since(first, task)}, lock request {since(first, lock)}"
         )
     return lines
+
+
+def since(first: HistoryEvent, event: HistoryEvent | None) -> str:
+    if event is None:
+        return "none"
+    return f"+{(event.event_time.ToDatetime() - first.event_time.ToDatetime()).total_seconds():.2f} s"
+
+
+def is_lock_request(event: HistoryEvent) -> bool:
+    if event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED:
+        return True  # the jobs' only local activity is the lock request
+    return (
+        event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        and event.activity_task_scheduled_event_attributes.activity_type.name == ACQUIRE_ACTIVITY
+    )
 
 
 def check_game(game_id: str, runs: list[PlannedRun], ids: list[str], finished: list[JobResult]) -> str | None:
