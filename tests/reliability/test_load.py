@@ -6,9 +6,10 @@ are sent at once (one `asyncio.gather`); inside a game its jobs are sent one aft
 Runtime Manager does, so their start times (the lock's order key) are in the planned order.
 
 The verdict: exactly one entry per job run, the one the run published (its `status` query names
-the entry id); for each game, its entries in the order its jobs were started, each with the
-outcome, code and container id that the game's sequence implies; each game's container state
-that of its last job; nothing else left. Worker RSS and CPU are printed for the README.
+the entry id); for each game, each entry with the outcome, code and container id that the order
+its jobs ran in implies, the game's container state that of its last job, nothing else left; and
+that order (the entries' order) is the order the jobs were started in. Worker RSS and CPU are
+printed for the README.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ ORDER_SETTLE_S = Settings.model_fields["order_settle_s"].default  # the worker r
 
 @dataclass
 class PlannedRun:
-    """A run with what its game's sequence says it must report (container `None`: any fresh id)."""
+    """A run, its kind, and what it reports when its game's jobs run in the planned order."""
 
     run: Run
     kind: str
@@ -147,27 +148,32 @@ def is_lock_request(event: HistoryEvent) -> bool:
     )
 
 
-def check_game(game_id: str, runs: list[PlannedRun], ids: list[str], finished: list[JobResult]) -> str | None:
-    """Order and container ids of one game's results; returns the container id left running, if any.
+def check_game(runs: list[PlannedRun], ids: list[str], finished: list[JobResult]) -> str | None:
+    """Codes and container ids of one game's results, in the order its jobs actually ran (their
+    entries' order), so that this holds even where the start order was not kept; returns the
+    container id the game's last job left running, if any.
 
     A start replay and a fresh stop name the container the game runs; a fresh start makes a new one.
     """
+    ran = sorted(zip(runs, ids, finished, strict=True), key=lambda r: entry_key(r[1]))
+    expected = expected_codes([planned.kind for planned, _, _ in ran])
     live: str | None = None
     made: set[str] = set()
-    for planned, result in zip(runs, finished, strict=True):
+    for (planned, _, result), want in zip(ran, expected, strict=True):
+        job = planned.run.handle.id
         got = (result.outcome, result.error_code)
-        assert got == planned.expected, (planned.run.handle.id, result)
+        assert got == want, (job, result, [p.run.handle.id for p, _, _ in ran])
         if planned.kind == START and got == FRESH:
-            assert result.container_id and result.container_id not in made, (planned.run.handle.id, result)
+            assert result.container_id and result.container_id not in made, (job, result)
             made.add(result.container_id)
             live = result.container_id
         elif planned.kind == START:
-            assert result.container_id == live, (planned.run.handle.id, result, live)
+            assert result.container_id == live, (job, result, live)
         elif got == FRESH:
-            assert result.container_id == live, (planned.run.handle.id, result, live)
+            assert result.container_id == live, (job, result, live)
             live = None
         else:
-            assert result.container_id == "", (planned.run.handle.id, result)
+            assert result.container_id == "", (job, result)
     return live
 
 
@@ -222,21 +228,28 @@ async def test_500_jobs_in_flight(
         assert entry_id in entries, f"{planned.run.handle.id}: entry {entry_id!r} not on the stream"
         assert JobResult.model_validate(entries[entry_id]) == result, (planned.run.handle.id, entries[entry_id])
 
-    # Per game: start order kept, codes and container ids as its sequence implies, final state.
+    # Per game: codes, container ids and final state as the order its jobs ran implies; that order
+    # is the one they were started in.
     position = 0
     left_running: dict[str, str] = {}
     out_of_order: list[tuple[list[PlannedRun], list[str]]] = []
     for game_runs in sent:
         n = len(game_runs)
-        game_id = game_runs[0].run.game_id
         game_ids = ids[position : position + n]
+        live = check_game(game_runs, game_ids, finished[position : position + n])
+        if live is not None:
+            left_running[game_runs[0].run.game_id] = live
         if not in_order(game_ids):
             out_of_order.append((game_runs, game_ids))
-        else:
-            live = check_game(game_id, game_runs, game_ids, finished[position : position + n])
-            if live is not None:
-                left_running[game_id] = live
         position += n
+
+    found = await containers_by_game(docker_engine.url, game_prefix)
+    strays = {g: [c["Id"][:12] for c in cs] for g, cs in found.items() if g not in left_running}
+    assert not strays, f"containers left by games whose last job removed (or never made) one: {strays}"
+    for game_id, container_id in left_running.items():
+        states = [(c["Id"], c["State"]) for c in found.get(game_id, [])]
+        assert states == [(container_id, "running")], (game_id, container_id, states)
+
     if out_of_order:
         evidence = []
         for game_runs, game_ids in out_of_order[:3]:
@@ -247,10 +260,3 @@ async def test_500_jobs_in_flight(
             f"{len(out_of_order)} of {multi} games with several jobs got their entries out of start order "
             f"(the lock waits {ORDER_SETTLE_S} s for earlier-started jobs); first ones:\n" + "\n".join(evidence)
         )
-
-    found = await containers_by_game(docker_engine.url, game_prefix)
-    strays = {g: [c["Id"][:12] for c in cs] for g, cs in found.items() if g not in left_running}
-    assert not strays, f"containers left by games whose last job removed (or never made) one: {strays}"
-    for game_id, container_id in left_running.items():
-        states = [(c["Id"], c["State"]) for c in found.get(game_id, [])]
-        assert states == [(container_id, "running")], (game_id, container_id, states)
