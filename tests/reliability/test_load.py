@@ -8,8 +8,11 @@ Runtime Manager does, so their start times (the lock's order key) are in the pla
 The verdict: exactly one entry per job run, the one the run published (its `status` query names
 the entry id); for each game, each entry with the outcome, code and container id that the order
 its jobs ran in implies, the game's container state that of its last job, nothing else left; and
-that order (the entries' order) is the order the jobs were started in. Worker RSS and CPU are
-printed for the README.
+that order (the entries' order) is the order the jobs were started in, except where the README's
+stated limit applies: an earlier-started job whose lock request came later than
+RTJOBS_ORDER_SETTLE_S after the later job's start (its first workflow task sat in a backlog) is
+ordered at its arrival. Such inversions are counted and printed; any other inversion fails the test.
+Worker RSS and CPU are printed for the README.
 """
 
 from __future__ import annotations
@@ -133,6 +136,29 @@ async def first_task_delays(runs: list[PlannedRun]) -> list[str]:
     return lines
 
 
+async def start_and_lock_times(runs: list[PlannedRun]) -> list[tuple[float, float]]:
+    """Per run: its start time and the time of its lock request (epoch seconds, server clock)."""
+    times = []
+    for planned in runs:
+        events = [e async for e in planned.run.handle.fetch_history_events()]
+        lock = next(e for e in events if is_lock_request(e))
+        times.append((events[0].event_time.ToDatetime().timestamp(), lock.event_time.ToDatetime().timestamp()))
+    return times
+
+
+async def unexplained_inversions(game_runs: list[PlannedRun], game_ids: list[str]) -> list[str]:
+    """Pairs run out of start order that the settle window does not explain: job A started before B,
+    B's entry came first, yet A asked for its turn within the settle window after B's start."""
+    times = await start_and_lock_times(game_runs)
+    keys = [entry_key(i) for i in game_ids]
+    bad = []
+    for a in range(len(game_runs)):
+        for b in range(a + 1, len(game_runs)):
+            if keys[b] < keys[a] and times[a][1] <= times[b][0] + ORDER_SETTLE_S:
+                bad.append(f"{game_runs[a].run.handle.id} before {game_runs[b].run.handle.id}")
+    return bad
+
+
 def since(first: HistoryEvent, event: HistoryEvent | None) -> str:
     if event is None:
         return "none"
@@ -250,13 +276,21 @@ async def test_500_jobs_in_flight(
         states = [(c["Id"], c["State"]) for c in found.get(game_id, [])]
         assert states == [(container_id, "running")], (game_id, container_id, states)
 
-    if out_of_order:
+    unexplained = []
+    for game_runs, game_ids in out_of_order:
+        unexplained += await unexplained_inversions(game_runs, game_ids)
+    multi = sum(len(g) > 1 for g in sent)
+    print(
+        f"load order: {len(out_of_order)} of {multi} games with several jobs ran out of start order "
+        f"(an earlier job's first workflow task came > {ORDER_SETTLE_S} s late); "
+        f"unexplained inversions: {len(unexplained)}"
+    )
+    if unexplained:
         evidence = []
         for game_runs, game_ids in out_of_order[:3]:
             delays = await first_task_delays(game_runs)
             evidence += [f"  {line}; entry {entry_id}" for line, entry_id in zip(delays, game_ids, strict=True)]
-        multi = sum(len(g) > 1 for g in sent)
         raise AssertionError(
-            f"{len(out_of_order)} of {multi} games with several jobs got their entries out of start order "
-            f"(the lock waits {ORDER_SETTLE_S} s for earlier-started jobs); first ones:\n" + "\n".join(evidence)
+            f"jobs ran out of start order though the earlier one asked for its turn within the {ORDER_SETTLE_S} s "
+            f"settle window: {unexplained[:5]}\n" + "\n".join(evidence)
         )
