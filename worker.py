@@ -301,6 +301,7 @@ def build_worker(client: Client, settings: Settings, redis: Redis, engine: Engin
         graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_timeout_s),
         # Heartbeats are otherwise throttled to 0.8 x the heartbeat timeout (16 s): a cancelled job
         # would learn of it that late, and its start could finish instead of being cancelled.
+        max_cached_workflows=settings.max_cached_workflows,
         max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
         default_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
     )

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     docker_call_timeout_s: float = Field(default=30.0, gt=0)
 
     graceful_shutdown_timeout_s: float = Field(default=30.0, ge=0)
+    # Workflows kept in the worker's memory between tasks (each holds a sandbox of ~200 KB); jobs
+    # waiting on a long activity are evicted and cheaply replayed from history when they resume.
+    max_cached_workflows: int = Field(default=100, ge=0)
 
     # Per-game order: a job gets its turn no earlier than this after it was started, so that a job
     # of the same game started just before it, whose first workflow task ran later, still goes first.

@@ -156,7 +156,9 @@ class _RuntimeJob:
         )
 
         async def acquire() -> None:
-            await workflow.execute_activity(
+            # A local activity: one signal-with-start RPC from this worker, without the round trips of
+            # scheduling an activity task; a retry after a crash re-sends it and the lock dedupes.
+            await workflow.execute_local_activity(
                 ACQUIRE_ACTIVITY,
                 request,
                 start_to_close_timeout=LOCK_ACTIVITY_TIMEOUT,
