@@ -320,10 +320,13 @@ async def history_problems(r: Ran) -> list[str]:
     ]
     if any(a > 1 for a in activity_attempts):
         problems.append(f"activity attempts {activity_attempts}")
+    # The lock request is the jobs' only local activity: it shows as a marker, not a scheduled task.
     scheduled = [
         e.activity_task_scheduled_event_attributes.activity_type.name
-        for e in events
         if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        else "acquire_game_lock"
+        for e in events
+        if e.event_type in (EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED, EventType.EVENT_TYPE_MARKER_RECORDED)
     ]
     if r.case.game_id is None:
         expected = []
