@@ -29,6 +29,7 @@ test: $(STAMP) system-deps lint
 bench: $(STAMP) system-deps
 	$(PY) bench/publish.py
 	$(PY) bench/docker.py
+	$(PY) bench/e2e.py
 
 clean:
 	rm -rf $(VENV) .state .pytest_cache .mypy_cache .ruff_cache

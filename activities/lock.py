@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import WorkflowIDReusePolicy
@@ -22,15 +25,21 @@ from workflows.lock import GameLock
 class LockActivities:
     """Holds the worker's Temporal client: a workflow cannot signal-with-start by itself."""
 
-    def __init__(self, client: Client, *, order_settle_s: float = 0.5) -> None:
+    def __init__(self, client: Client, *, order_settle_s: float) -> None:
         self._client = client
         self._order_settle_s = order_settle_s
 
     @activity.defn(name=ACQUIRE_ACTIVITY)
     async def acquire_game_lock(self, request: LockRequest) -> None:
+        # Ask no earlier than the settle time after the job started: a job of the same game started
+        # just before, whose first workflow task ran later, then still asks first. (Waiting here, a
+        # precise sleep, and not as a timer in the lock: server timers fire with ~1 s granularity.)
+        early = request.started_at.timestamp() + self._order_settle_s - time.time()
+        if early > 0:
+            await asyncio.sleep(early)
         await self._client.start_workflow(
             GameLock.run,
-            LockState(game_id=request.game_id, order_settle_s=self._order_settle_s),
+            LockState(game_id=request.game_id),
             id=lock_workflow_id(request.game_id, activity.info().task_queue),
             task_queue=activity.info().task_queue,
             start_signal=ACQUIRE_SIGNAL,

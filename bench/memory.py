@@ -47,6 +47,7 @@ from tests.support.redis_server import RedisServer
 from workflows.search import SEARCH_ATTRIBUTE_KEYS
 
 TARGET_MB = 150
+TUNING_VARS = ("RTJOBS_MAX_CACHED_WORKFLOWS", "RTJOBS_ORDER_SETTLE_S", "RTJOBS_DOCKER_POLL_INTERVAL_S")
 ACTIVITY_SLOTS = 100  # temporalio's default max_concurrent_activities; worker.py sets none
 SEND_CONCURRENCY = 100
 
@@ -148,6 +149,8 @@ async def main() -> None:
                 RTJOBS_RESULTS_STREAM=f"bench:memory:{run}",
                 RTJOBS_GAME_NETWORK=network,
                 RTJOBS_START_TIMEOUT_S="3600",
+                # Worker tuning given to the bench (e.g. RTJOBS_MAX_CACHED_WORKFLOWS) reaches the worker.
+                **{k: v for k, v in os.environ.items() if k in TUNING_VARS},
             ),
         )
         await worker.wait_for("worker polling task queue")

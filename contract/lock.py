@@ -61,6 +61,5 @@ class LockState(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     game_id: str
-    order_settle_s: float = Field(default=0.5, ge=0)
     waiting: list[LockRequest] = Field(default_factory=list)
     recent_runs: list[str] = Field(default_factory=list)

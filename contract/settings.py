@@ -45,10 +45,10 @@ class Settings(BaseSettings):
     # waiting on a long activity are evicted and cheaply replayed from history when they resume.
     max_cached_workflows: int = Field(default=100, ge=0)
 
-    # Per-game order: a job gets its turn no earlier than this after it was started, so that a job
-    # of the same game started just before it, whose first workflow task ran later, still goes first.
-    # 0 grants at once (lower latency, order only as the first tasks ran). Applies to new lock runs.
-    order_settle_s: float = Field(default=0.5, ge=0, le=60)
+    # Per-game order: a job asks for its turn no earlier than this after it was started, so that a
+    # job of the same game started just before it, whose first workflow task ran later, still goes
+    # first. 0 asks at once (lower latency, order as the first workflow tasks ran).
+    order_settle_s: float = Field(default=0.25, ge=0, le=5)
     state_dir: Path = DEFAULT_STATE_DIR
 
     redis_url: str = Field(

@@ -296,19 +296,21 @@ async def test_a_job_whose_first_task_is_late_within_the_settle_window_still_run
 ) -> None:
     """Start order is the order the server started the jobs, not the order their first workflow tasks
     happened to run (task-queue dispatch, a backlog): the stop started first must run first, so the
-    start started after it leaves the engine running. The lock holds each turn until
-    RTJOBS_ORDER_SETTLE_S (default 0.5 s) after the job's start, which bounds how late a first task may be."""
-    assert worker.order_settle_s == 0.5
+    start started 0.1 s after it leaves the engine running. A job asks for its turn no earlier than
+    RTJOBS_ORDER_SETTLE_S (default 0.25 s) after its start, which bounds how late a first task may be;
+    without that, the start (whose first task runs at once) would go first."""
+    assert worker.order_settle_s == 0.25
     gid = games()
-    # The delay stands in for the first job's workflow task being late by 0.3 s.
+    # The delay stands in for the first job's workflow task being late by 0.2 s.
     stop = await client.start_workflow(
         "StopRuntimeJob",
         {"game_id": gid},
         id=f"runtime-stop-{gid}-late",
         task_queue=worker.task_queue,
         result_type=JobResult,
-        start_delay=timedelta(seconds=0.3),
+        start_delay=timedelta(seconds=0.2),
     )
+    await asyncio.sleep(0.1)
     start = await start_job(client, gid, task_queue=worker.task_queue)
     assert (await stop.describe()).start_time < (await start.describe()).start_time
     stopped, started = await asyncio.gather(result_of(stop), result_of(start))

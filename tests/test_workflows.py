@@ -32,6 +32,7 @@ from contract.engine import (
     EnsureEngineRunning,
 )
 from contract.models import JobResult, JobStatus
+from contract.settings import Settings
 from tests.support.streams import read_entries
 from workflows import ALL_WORKFLOWS, StartRuntimeJob, StopRuntimeJob
 from workflows.search import GAME_ID, JOB_KIND
@@ -83,7 +84,7 @@ async def job_worker(
 ) -> AsyncIterator[None]:
     redis = redis_client(redis_url)
     publisher = ResultPublisher(redis, stream=stream, dedup_ttl_s=3600)
-    locks = LockActivities(client)
+    locks = LockActivities(client, order_settle_s=Settings().order_settle_s)
     async with Worker(
         client,
         task_queue=task_queue,

@@ -57,7 +57,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.search import GAME_ID, JOB_KIND
 
-LOCK_ACTIVITY_TIMEOUT = timedelta(seconds=10)
+LOCK_ACTIVITY_TIMEOUT = timedelta(seconds=15)  # > the largest RTJOBS_ORDER_SETTLE_S (5 s) + an RPC
 LOCK_RETRY_POLICY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=5))
 # A payload without a usable game id (or not JSON at all) fails the run at once, not its task forever.
 FAILURE_TYPES = [UnusableJobInput, pydantic.ValidationError]

@@ -5,10 +5,10 @@ and a lock must survive worker crashes. Protocol (ids and signals are internal t
 
 1. the job runs the `acquire_game_lock` activity: signal-with-start of
    `runtime-lock-{task_queue}-{game_id}` with its `LockRequest`;
-2. the lock grants turns in the order the jobs were started (workflow start time, then id) and
-   signals `lock_granted` to the job. A job is granted no earlier than `order_settle_s` after it was
-   started, so that a job started just before it, whose first workflow task ran later (task-queue
-   dispatch is not strictly FIFO), still goes first;
+2. the lock grants turns in the order the jobs were started (workflow start time, then id) among
+   those waiting, and signals `lock_granted` to the job. The acquire activity sends a request no
+   earlier than RTJOBS_ORDER_SETTLE_S after its job started, so a job started just before it whose
+   first workflow task ran later (task-queue dispatch is not strictly FIFO) still arrives first;
 3. the job does its Docker step and its publish, then signals `release` to the lock.
 
 Cost per job: one short activity, one signal each way, and one lock workflow task per signal.
@@ -73,7 +73,6 @@ class GameLock:
         for request in state.waiting:
             self.acquire(request)
         self._recent = list(state.recent_runs)
-        settle = timedelta(seconds=state.order_settle_s)
         grants = 0
         while True:
             has_waiter = await self._wait(lambda: bool(self._waiting), IDLE_EXIT)
@@ -82,10 +81,6 @@ class GameLock:
                     return
                 continue
             self._waiting.sort(key=lambda w: (w.started_at, w.workflow_id))
-            too_early = self._waiting[0].started_at + settle - workflow.now()
-            if too_early > timedelta(0):
-                await workflow.sleep(too_early)  # an earlier-started job may still be on its way
-                continue
             holder = self._waiting.pop(0)
             self._holder = holder
             self._remember(holder.run_id)
@@ -97,9 +92,7 @@ class GameLock:
             if not self._waiting and (
                 grants >= GRANTS_BEFORE_CONTINUE_AS_NEW or workflow.info().is_continue_as_new_suggested()
             ):
-                workflow.continue_as_new(
-                    LockState(game_id=state.game_id, order_settle_s=state.order_settle_s, recent_runs=self._recent)
-                )
+                workflow.continue_as_new(LockState(game_id=state.game_id, recent_runs=self._recent))
 
     async def _wait(self, condition: Callable[[], bool], within: timedelta) -> bool:
         try:
