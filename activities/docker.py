@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import aiodocker
 import aiohttp
 from aiodocker.exceptions import DockerError, DockerStreamError
+from aiodocker.networks import DockerNetwork
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -146,6 +147,7 @@ class EngineActivities:
         self._settings = settings
         self._docker = docker
         self._known_networks: set[str] = set()
+        self._network_lock = asyncio.Lock()
 
     @property
     def settings(self) -> Settings:
@@ -330,9 +332,19 @@ class EngineActivities:
         return normalize_image_ref(configured) == normalize_image_ref(image)
 
     async def _ensure_network(self) -> str:
+        """The game network, created on first use. Docker before API 1.44 can create two networks of one
+        name when two creates race (then every create on it fails as ambiguous): creates in this process
+        are serialised, and duplicates made by another process are removed, keeping the oldest."""
         network = self._settings.game_network
         if network in self._known_networks:
             return network
+        async with self._network_lock:
+            if network not in self._known_networks:
+                await self._create_network(network)
+                self._known_networks.add(network)
+        return network
+
+    async def _create_network(self, network: str) -> None:
         code = ErrorCode.CONTAINER_START_FAILED
         try:
             await self._call(
@@ -341,22 +353,31 @@ class EngineActivities:
                 code,
                 passthrough={404},
             )
+            return
         except DockerError:
-            config = {
-                "Name": network,
-                "Driver": "bridge",
-                "CheckDuplicate": True,  # API < 1.44 would otherwise allow two networks of one name
-                "Labels": {LABEL_MANAGED_BY: MANAGED_BY},
-            }
-            with suppress(DockerError):  # 409: a concurrent creator made it first
-                await self._call(
-                    f"create network {network}",
-                    lambda: self.docker.networks.create(config),
-                    code,
-                    passthrough={409},
-                )
-        self._known_networks.add(network)
-        return network
+            pass
+        config = {
+            "Name": network,
+            "Driver": "bridge",
+            "CheckDuplicate": True,
+            "Labels": {LABEL_MANAGED_BY: MANAGED_BY},
+        }
+        with suppress(DockerError):  # 409: a concurrent creator made it first
+            await self._call(
+                f"create network {network}",
+                lambda: self.docker.networks.create(config),
+                code,
+                passthrough={409},
+            )
+        same_name = await self._call(
+            f"list networks {network}",
+            lambda: self.docker.networks.list(filters={"name": [network]}),
+            code,
+        )
+        duplicates = sorted((n for n in same_name if n["Name"] == network), key=lambda n: (n["Created"], n["Id"]))
+        for extra in duplicates[1:]:
+            with suppress(DockerError):
+                await DockerNetwork(self.docker, extra["Id"]).delete()  # type: ignore[no-untyped-call]
 
     def _container_config(self, game_id: str, image: str, network: str, job_run: str = "") -> dict[str, Any]:
         s = self._settings

@@ -288,7 +288,7 @@ async def test_jobs_of_one_game_started_together_run_one_at_a_time_in_start_orde
 
 async def test_a_job_whose_first_task_is_late_within_the_settle_window_still_runs_first(
     client: Client,
-    worker: Settings,
+    make_settings: MakeSettings,
     docker: aiodocker.Docker,
     redis: aioredis.Redis,
     stream: str,
@@ -296,24 +296,32 @@ async def test_a_job_whose_first_task_is_late_within_the_settle_window_still_run
 ) -> None:
     """Start order is the order the server started the jobs, not the order their first workflow tasks
     happened to run (task-queue dispatch, a backlog): the stop started first must run first, so the
-    start started 0.1 s after it leaves the engine running. A job asks for its turn no earlier than
-    RTJOBS_ORDER_SETTLE_S (default 0.25 s) after its start, which bounds how late a first task may be;
-    without that, the start (whose first task runs at once) would go first."""
-    assert worker.order_settle_s == 0.25
+    start started 0.5 s after it leaves the engine running. A job asks for its turn no earlier than
+    RTJOBS_ORDER_SETTLE_S after its start, which bounds how late a first task may be; without that,
+    the start (whose first task runs at once) would go first. The window is 3 s here because the
+    server fires a start delay with about 1 s granularity."""
+    settings = make_settings(order_settle_s=3.0)
     gid = games()
-    # The delay stands in for the first job's workflow task being late by 0.2 s.
-    stop = await client.start_workflow(
-        "StopRuntimeJob",
-        {"game_id": gid},
-        id=f"runtime-stop-{gid}-late",
-        task_queue=worker.task_queue,
-        result_type=JobResult,
-        start_delay=timedelta(seconds=0.2),
-    )
-    await asyncio.sleep(0.1)
-    start = await start_job(client, gid, task_queue=worker.task_queue)
-    assert (await stop.describe()).start_time < (await start.describe()).start_time
-    stopped, started = await asyncio.gather(result_of(stop), result_of(start))
+    async with real_worker(client, settings):
+        # The delay stands in for the first job's workflow task being late (by about 1 s).
+        stop = await client.start_workflow(
+            "StopRuntimeJob",
+            {"game_id": gid},
+            id=f"runtime-stop-{gid}-late",
+            task_queue=settings.task_queue,
+            result_type=JobResult,
+            start_delay=timedelta(seconds=1),
+        )
+        await asyncio.sleep(0.5)
+        start = await start_job(client, gid, task_queue=settings.task_queue)
+        assert (await stop.describe()).start_time < (await start.describe()).start_time
+        stopped, started = await asyncio.gather(result_of(stop), result_of(start))
+    first_tasks = {}
+    for name, handle in (("stop", stop), ("start", start)):
+        events = (await handle.fetch_history()).events
+        task = next(e for e in events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED)
+        first_tasks[name] = task.event_time.ToDatetime()
+    assert first_tasks["start"] < first_tasks["stop"], "the start's first task must have run first"
     assert [r.error_code for r in await stream_results(redis, stream)] == ["replay_no_op", ""], (
         "the stop started first must be published first (a replay: there was no engine yet)"
     )

@@ -249,7 +249,28 @@ class PrivateDockerd:
                 continue
         return pids
 
+    def _bridges(self) -> list[str]:
+        """Host interfaces of our daemon's bridge networks (`br-` + the network id's first 12 hex)."""
+        import json
+        import socket
+
+        try:
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.settimeout(5.0)
+                sock.connect(str(self.socket))
+                sock.sendall(b"GET /networks HTTP/1.0\r\n\r\n")
+                reply = b""
+                while chunk := sock.recv(65536):
+                    reply += chunk
+            networks = json.loads(reply.split(b"\r\n\r\n", 1)[1])
+        except (OSError, ValueError, IndexError):
+            return []
+        return [f"br-{n['Id'][:12]}" for n in networks if n.get("Driver") == "bridge"]
+
     def close(self) -> None:
+        # A stopped daemon leaves its networks' bridges on the host, holding their address ranges:
+        # enough of them and no new daemon finds a free pool. Remove ours once it is down.
+        bridges = self._bridges() if self.proc is not None else []
         if self.proc is not None:
             if self.proc.poll() is None:
                 self.proc.terminate()
@@ -262,6 +283,8 @@ class PrivateDockerd:
         for pid in self._our_pids():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        for bridge in bridges:
+            subprocess.run(["ip", "link", "delete", bridge], check=False, capture_output=True)
         self._unmount_below()
         shutil.rmtree(self.dir, ignore_errors=True)
 
