@@ -42,7 +42,7 @@ from starter import start_job
 from tests.support.binaries import temporal_cli
 from tests.support.docker_engine import acquire_engine, import_image, rootfs_tar
 from tests.support.proc_stats import ProcSampler, read_sample
-from tests.support.processes import Process, process_env
+from tests.support.processes import WORKER_READY, Process, process_env
 from tests.support.redis_server import RedisServer
 from workflows.search import SEARCH_ATTRIBUTE_KEYS
 
@@ -153,7 +153,7 @@ async def main() -> None:
                 **{k: v for k, v in os.environ.items() if k in TUNING_VARS},
             ),
         )
-        await worker.wait_for("worker polling task queue")
+        await worker.wait_for(WORKER_READY)
         await asyncio.sleep(3)
         idle = read_sample(worker.proc.pid)
 

@@ -7,6 +7,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
+import aiodocker
 import pytest
 import redis.asyncio as aioredis
 from temporalio.client import Client
@@ -14,7 +15,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from tests.support.binaries import temporal_cli
-from tests.support.docker_engine import DockerEngine, EngineUnavailable, acquire_engine
+from tests.support.docker_engine import DockerEngine, EngineImages, EngineUnavailable, acquire_engine
 from tests.support.processes import DEAD_DOCKER, Process, process_env
 from tests.support.redis_server import RedisServer, port_answers
 from workflows.search import SEARCH_ATTRIBUTE_KEYS
@@ -161,3 +162,16 @@ async def docker_engine() -> AsyncIterator[DockerEngine]:
         pytest.skip(f"no Docker engine: {err}")
     yield engine
     await engine.close()
+
+
+@pytest.fixture
+def images(docker_engine: DockerEngine) -> EngineImages:
+    return docker_engine.images
+
+
+@pytest.fixture
+async def docker(docker_engine: DockerEngine) -> AsyncIterator[aiodocker.Docker]:
+    """A plain client for arranging and checking, independent of the worker's or the activities' own."""
+    client = aiodocker.Docker(url=docker_engine.url)
+    yield client
+    await client.close()

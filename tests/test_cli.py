@@ -16,7 +16,7 @@ from redis.typing import EncodableT, FieldT
 
 from contract.models import JobResult, engine_endpoint
 from tests.support.docker_engine import DockerEngine
-from tests.support.processes import ROOT, Process, process_env, start_worker
+from tests.support.processes import ROOT, Process, process_env, start_ready_worker
 from tests.support.redis_server import free_port
 from tests.support.streams import read_entries
 
@@ -139,8 +139,7 @@ async def test_start_and_stop_wait_print_the_result_table(
     stream: str,
 ) -> None:
     env = {**worker_env, "DOCKER_HOST": docker_engine.url}
-    worker = start_worker(processes, env)
-    await worker.wait_for("worker polling task queue")
+    await start_ready_worker(processes, env)
     game = f"cli-{uuid.uuid4().hex[:10]}"
 
     start = await asyncio.to_thread(rtjobs, "start", game, "--image", docker_engine.images.healthy, "--wait", env=env)

@@ -50,19 +50,6 @@ def settings_for(url: str, **overrides: Any) -> Settings:
 
 
 @pytest.fixture
-def images(docker_engine: DockerEngine) -> EngineImages:
-    return docker_engine.images
-
-
-@pytest.fixture
-async def docker(docker_engine: DockerEngine) -> AsyncIterator[aiodocker.Docker]:
-    """A plain client for arranging and checking, independent of the activities' own."""
-    client = aiodocker.Docker(url=docker_engine.url)
-    yield client
-    await client.close()
-
-
-@pytest.fixture
 async def make_activities(docker_engine: DockerEngine) -> AsyncIterator[MakeActivities]:
     made: list[EngineActivities] = []
 

@@ -47,19 +47,6 @@ MakeSettings = Callable[..., Settings]
 
 
 @pytest.fixture
-def images(docker_engine: DockerEngine) -> EngineImages:
-    return docker_engine.images
-
-
-@pytest.fixture
-async def docker(docker_engine: DockerEngine) -> AsyncIterator[aiodocker.Docker]:
-    """A client of our own for checking, independent of the worker's."""
-    client = aiodocker.Docker(url=docker_engine.url)
-    yield client
-    await client.close()
-
-
-@pytest.fixture
 async def games(docker: aiodocker.Docker) -> AsyncIterator[Callable[[], str]]:
     """New unique game ids; every container of these games is removed at teardown."""
     made: list[str] = []

@@ -33,7 +33,7 @@ from contract.models import LABEL_GAME_ID, LABEL_MANAGED_BY, MANAGED_BY, contain
 from contract.settings import Settings
 from starter import stop_job
 from tests.support.docker_engine import DockerEngine
-from tests.support.processes import ROOT, STARTUP_S, Process, start_worker
+from tests.support.processes import ROOT, STARTUP_S, Process, start_ready_worker, start_worker
 from tests.support.redis_server import RedisServer, free_port
 
 STREAM = "runtime:job_results"  # the default, so the documented ACL line applies verbatim
@@ -174,8 +174,7 @@ async def test_job_publishes_over_verified_tls_as_the_least_privilege_acl_user(
         "RTJOBS_RESULTS_STREAM": STREAM,
         "DOCKER_HOST": docker_engine.url,
     }
-    worker = start_worker(processes, env)
-    await worker.wait_for("worker polling task queue")
+    worker = await start_ready_worker(processes, env)
     game_id = f"sec-{uuid.uuid4().hex[:10]}"
 
     # A stop of a game without a container: one Docker inspect, then the publish over TLS.

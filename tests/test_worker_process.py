@@ -25,7 +25,7 @@ from contract.models import JobResult
 from starter import start_job, stop_job
 from tests.support.binaries import temporal_cli
 from tests.support.docker_engine import DockerEngine
-from tests.support.processes import STARTUP_S, Process, start_worker
+from tests.support.processes import STARTUP_S, WORKER_READY, Process, start_ready_worker, start_worker
 from tests.support.redis_server import free_port
 from tests.support.streams import read_entries
 
@@ -75,8 +75,7 @@ async def test_invalid_configuration_is_one_line_error(processes: list[Process],
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 async def test_idle_worker_exits_0_on_signal(processes: list[Process], worker_env: dict[str, str], signum: int) -> None:
-    worker = start_worker(processes, worker_env)
-    await worker.wait_for("worker polling task queue")
+    worker = await start_ready_worker(processes, worker_env)
     # Docker being away is only a warning: the worker runs, start jobs report docker_unavailable.
     assert "WARNING rtjobs.worker: Docker unreachable" in worker.output()
     began = time.monotonic()
@@ -92,8 +91,7 @@ async def test_registers_missing_search_attributes(processes: list[Process], wor
     )
     try:
         env = {**worker_env, "TEMPORAL_ADDRESS": bare.client.service_client.config.target_host}
-        worker = start_worker(processes, env)
-        await worker.wait_for("worker polling task queue")
+        worker = await start_ready_worker(processes, env)
         assert "registered search attributes GameId, RuntimeJobKind in namespace default" in worker.output()
         listed = await bare.client.operator_service.list_search_attributes(
             ListSearchAttributesRequest(namespace="default")
@@ -125,8 +123,7 @@ async def test_sigterm_mid_job_completes_with_exactly_one_result(
     game_id: str,
 ) -> None:
     env = {**worker_env, "DOCKER_HOST": docker_engine.url, "RTJOBS_GRACEFUL_SHUTDOWN_TIMEOUT_S": "30"}
-    first = start_worker(processes, env)
-    await first.wait_for("worker polling task queue")
+    first = await start_ready_worker(processes, env)
     client = temporal_env.client
     # ~3 s from container start to healthy: long enough to stop the worker inside the activity.
     handle = await start_job(client, game_id, image=docker_engine.images.slow_healthy, task_queue=task_queue)
@@ -138,7 +135,7 @@ async def test_sigterm_mid_job_completes_with_exactly_one_result(
     assert time.monotonic() - began > 1.0, "the worker did not wait for the running activity"
 
     second = start_worker(processes, env)  # the rest of the job (the publish) needs a worker
-    await second.wait_for("worker polling task queue")
+    await second.wait_for(WORKER_READY)
     result = await asyncio.wait_for(handle.result(), 60)
     assert result.outcome == "success", result
     entries = await read_entries(redis, stream)
@@ -185,7 +182,7 @@ async def test_dev_mode_runs_embedded_server_with_ui_and_stops_it(
     }
     worker = Process(["worker.py", "--dev"], env)
     processes.append(worker)
-    await worker.wait_for("worker polling task queue")
+    await worker.wait_for(WORKER_READY)
     assert f"UI http://127.0.0.1:{ui_port}" in worker.output()
     assert f"TEMPORAL_ADDRESS=127.0.0.1:{port}" in worker.output()
     assert (tmp_path / "temporal-dev.db").is_file()

@@ -28,7 +28,7 @@ from tests.reliability.runs import (
 )
 from tests.reliability.test_worker_kill import until_containers_exist
 from tests.support.docker_engine import DockerEngine
-from tests.support.processes import Process, start_worker
+from tests.support.processes import Process, start_ready_worker
 from tests.support.redis_server import RedisServer
 
 CANCELLED = frozenset({("failure", "cancelled")})
@@ -45,8 +45,7 @@ async def test_cancel_while_engine_starts(
     results_stream: str,
     game_prefix: str,
 ) -> None:
-    worker = start_worker(processes, worker_env_for(DOCKER_HOST=docker_engine.url))
-    await worker.wait_for("worker polling task queue")
+    await start_ready_worker(processes, worker_env_for(DOCKER_HOST=docker_engine.url))
     game = f"{game_prefix}-c"
     [run] = await start_runs(
         temporal_env.client, task_queue, [game], image=docker_engine.images.never_healthy, accepted=CANCELLED
@@ -73,8 +72,7 @@ async def test_cancel_while_publish_is_retried(
     results_stream: str,
     game_prefix: str,
 ) -> None:
-    worker = start_worker(processes, worker_env_for(DOCKER_HOST=docker_engine.url))
-    await worker.wait_for("worker polling task queue")
+    await start_ready_worker(processes, worker_env_for(DOCKER_HOST=docker_engine.url))
     own_redis.stop()
     [run] = await stop_replay_runs(temporal_env.client, task_queue, [f"{game_prefix}-p"])
     await until_pending([run], PUBLISH_ACTIVITY, min_attempt=2, timeout_s=20)

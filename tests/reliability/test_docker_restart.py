@@ -17,7 +17,7 @@ from tests.reliability.conftest import WorkerEnv
 from tests.reliability.runs import assert_no_orphans, assert_one_entry_per_run, results, start_runs, until_pending
 from tests.reliability.test_worker_kill import until_containers_exist
 from tests.support.docker_engine import EngineUnavailable, build_test_images, static_busybox
-from tests.support.processes import Process, start_worker
+from tests.support.processes import Process, start_ready_worker
 from tests.support.redis_server import RedisServer
 from tests.support.restartable_dockerd import RestartableDockerd
 
@@ -60,8 +60,7 @@ async def test_docker_restart_during_start(
     task_queue: str,
     results_stream: str,
 ) -> None:
-    worker = start_worker(processes, worker_env_for(DOCKER_HOST=dockerd.url))
-    await worker.wait_for("worker polling task queue")
+    await start_ready_worker(processes, worker_env_for(DOCKER_HOST=dockerd.url))
     prefix = f"dr{uuid.uuid4().hex[:8]}"
     games = [f"{prefix}-{i}" for i in range(2)]
     runs = await start_runs(

@@ -38,7 +38,7 @@ from tests.reliability.conftest import WorkerEnv
 from tests.reliability.runs import Run, results
 from tests.support.docker_engine import DockerEngine
 from tests.support.proc_stats import ProcSampler
-from tests.support.processes import Process, start_worker
+from tests.support.processes import Process, start_ready_worker
 from tests.support.redis_server import RedisServer
 from tests.support.streams import read_entries_at
 
@@ -224,8 +224,7 @@ async def test_500_jobs_in_flight(
     results_stream: str,
     game_prefix: str,
 ) -> None:
-    worker = start_worker(processes, worker_env_for(DOCKER_HOST=docker_engine.url))
-    await worker.wait_for("worker polling task queue")
+    worker = await start_ready_worker(processes, worker_env_for(DOCKER_HOST=docker_engine.url))
     client = temporal_env.client
     games = plan(game_prefix)
 

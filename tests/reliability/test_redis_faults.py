@@ -18,7 +18,7 @@ from tests.reliability.conftest import WorkerEnv
 from tests.reliability.runs import Run, assert_one_entry_per_run, stop_replay_runs, until_entries, until_pending
 from tests.support.docker_engine import DockerEngine
 from tests.support.fault_proxy import FaultProxy
-from tests.support.processes import Process, start_worker
+from tests.support.processes import Process, start_ready_worker
 from tests.support.redis_server import RedisServer
 
 JOBS = 20
@@ -63,8 +63,7 @@ async def test_redis_restart_lands_every_held_result_once(
     results_stream: str,
     game_prefix: str,
 ) -> None:
-    worker = start_worker(processes, worker_env_for(DOCKER_HOST=docker_engine.url))
-    await worker.wait_for("worker polling task queue")
+    await start_ready_worker(processes, worker_env_for(DOCKER_HOST=docker_engine.url))
     client = temporal_env.client
     # A few results land before the outage: the restart (AOF) must neither lose nor repeat them.
     early = await stop_replay_runs(client, task_queue, [f"{game_prefix}-early-{i}" for i in range(3)])
@@ -108,8 +107,7 @@ async def test_lost_replies_never_double_an_entry(
     game_prefix: str,
 ) -> None:
     async with FaultProxy(own_redis.port, drop_share=0.3, seed=7) as proxy:
-        worker = start_worker(processes, worker_env_for(DOCKER_HOST=docker_engine.url, REDIS_URL=proxy.url))
-        await worker.wait_for("worker polling task queue")
+        await start_ready_worker(processes, worker_env_for(DOCKER_HOST=docker_engine.url, REDIS_URL=proxy.url))
         runs = await stop_replay_runs(temporal_env.client, task_queue, [f"{game_prefix}-{i}" for i in range(JOBS)])
         began = time.monotonic()
         entries = await assert_one_entry_per_run(own_redis.url, results_stream, runs)

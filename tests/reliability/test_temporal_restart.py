@@ -22,7 +22,7 @@ from tests.reliability.runs import (
     until_pending,
 )
 from tests.support.docker_engine import DockerEngine
-from tests.support.processes import Process, start_worker
+from tests.support.processes import Process, start_ready_worker
 from tests.support.redis_server import RedisServer
 from tests.support.temporal_server import TemporalDevServer
 
@@ -51,8 +51,7 @@ async def test_temporal_killed_and_restarted_mid_run(
     game_prefix: str,
 ) -> None:
     env = worker_env_for(DOCKER_HOST=docker_engine.url, TEMPORAL_ADDRESS=temporal_server.address)
-    worker = start_worker(processes, env)
-    await worker.wait_for("worker polling task queue")
+    await start_ready_worker(processes, env)
     client = await Client.connect(temporal_server.address, data_converter=pydantic_data_converter)
     starts = await start_runs(
         client, task_queue, [f"{game_prefix}-s{i}" for i in range(3)], image=docker_engine.images.slow_healthy

@@ -27,7 +27,7 @@ from tests.reliability.runs import (
 )
 from tests.support.docker_engine import DockerEngine
 from tests.support.fault_proxy import FaultProxy
-from tests.support.processes import Process, start_worker
+from tests.support.processes import Process, start_ready_worker
 from tests.support.redis_server import RedisServer
 
 GAMES = 3
@@ -70,8 +70,7 @@ async def test_worker_killed_during_readiness_wait(
 ) -> None:
     # A short readiness limit, so that the never-healthy engine's failure comes within the test's time.
     env = worker_env_for(DOCKER_HOST=docker_engine.url, RTJOBS_START_TIMEOUT_S=str(READINESS_S))
-    first = start_worker(processes, env)
-    await first.wait_for("worker polling task queue")
+    first = await start_ready_worker(processes, env)
     client = temporal_env.client
     games = [f"{game_prefix}-{i}" for i in range(GAMES)]
     # slow-healthy: ~3 s from container start to healthy; the job created it, so a fresh success.
@@ -85,8 +84,7 @@ async def test_worker_killed_during_readiness_wait(
     killed = time.monotonic()
     assert "healthy" not in health.values(), f"the kill came too late, after readiness: {health}"
 
-    second = start_worker(processes, env)
-    await second.wait_for("worker polling task queue")
+    await start_ready_worker(processes, env)
     finished = await results(runs, 120)
     took = time.monotonic() - killed
     print(
@@ -111,8 +109,7 @@ async def test_worker_killed_after_publish_wrote(
     games = [f"{game_prefix}-{i}" for i in range(GAMES)]
     async with FaultProxy(own_redis.port) as proxy:
         proxy.holding = True
-        first = start_worker(processes, worker_env_for(DOCKER_HOST=docker_engine.url, REDIS_URL=proxy.url))
-        await first.wait_for("worker polling task queue")
+        first = await start_ready_worker(processes, worker_env_for(DOCKER_HOST=docker_engine.url, REDIS_URL=proxy.url))
         runs = await start_runs(temporal_env.client, task_queue, games, image=docker_engine.images.healthy)
         written = await until_entries(own_redis.url, results_stream, GAMES, 60)
         await until_held(proxy, GAMES)
@@ -120,8 +117,7 @@ async def test_worker_killed_after_publish_wrote(
         killed = time.monotonic()
         assert len(written) == GAMES and proxy.held >= GAMES, (written, proxy.held)
 
-    second = start_worker(processes, worker_env_for(DOCKER_HOST=docker_engine.url))
-    await second.wait_for("worker polling task queue")
+    await start_ready_worker(processes, worker_env_for(DOCKER_HOST=docker_engine.url))
     finished = await results(runs, 60)
     took = time.monotonic() - killed
     entries = await assert_one_entry_per_run(own_redis.url, results_stream, runs)

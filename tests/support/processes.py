@@ -78,3 +78,13 @@ def start_worker(processes: list[Process], env: Mapping[str, str]) -> Process:
     proc = Process(["worker.py"], env)
     processes.append(proc)
     return proc
+
+
+WORKER_READY = "worker polling task queue"  # what worker.py logs once it polls
+
+
+async def start_ready_worker(processes: list[Process], env: Mapping[str, str]) -> Process:
+    """A real `python worker.py` that has connected everything and polls its task queue."""
+    worker = start_worker(processes, env)
+    await worker.wait_for(WORKER_READY)
+    return worker
