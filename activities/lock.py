@@ -50,10 +50,19 @@ class LockActivities:
 
     @activity.defn(name=HOLDER_RUNNING_ACTIVITY)
     async def game_lock_holder_running(self, check: HolderCheck) -> bool:
+        """Whether the job holding a turn still runs. A job reset by an operator runs on as a new run of
+        the same chain (same first run id): it still holds the turn, so the latest run is asked."""
+        run_id = None if check.first_run_id else check.run_id
         try:
-            desc = await self._client.get_workflow_handle(check.workflow_id, run_id=check.run_id).describe()
+            desc = await self._client.get_workflow_handle(check.workflow_id, run_id=run_id).describe()
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND:
                 return False
             raise
-        return desc.status == WorkflowExecutionStatus.RUNNING
+        if desc.status != WorkflowExecutionStatus.RUNNING:
+            return False
+        if not check.first_run_id:
+            return True
+        # The latest run under this id must belong to the holder's chain (not a later job reusing the id).
+        chain = desc.raw_description.workflow_execution_info.first_run_id or desc.run_id
+        return chain == check.first_run_id

@@ -72,10 +72,6 @@ class ResultPublisher:
         self._maxlen = maxlen
         self._script = redis.register_script(_PUBLISH_ONCE_LUA)
 
-    @property
-    def stream(self) -> str:
-        return self._stream
-
     async def publish(self, result: JobResult, workflow_id: str, run_id: str) -> str:
         """Append `result` once for the job run (workflow_id, run_id); returns the entry id."""
         fields = result.stream_fields()
@@ -104,4 +100,4 @@ class ResultPublisher:
                 type=INVALID_JOB_RESULT,
                 non_retryable=True,
             )
-        return await self.publish(result, info.workflow_id, info.workflow_run_id)
+        return await self.publish(result, info.workflow_id, request.first_run_id or info.workflow_run_id)

@@ -23,6 +23,8 @@ import aiodocker
 from temporalio.testing import ActivityEnvironment
 
 from activities.docker import EngineActivities
+from activities.engine_spec import container_config
+from activities.readiness import seconds_since
 from contract.engine import EnsureEngineRemoved, EnsureEngineRunning
 from contract.models import container_name
 from contract.settings import Settings
@@ -36,19 +38,27 @@ class Direct:
 
     def __init__(self, docker: aiodocker.Docker, acts: EngineActivities) -> None:
         self.docker = docker
-        self.acts = acts  # only for the identical container config
+        self.acts = acts  # only for the identical container config and readiness settings
         self.poll_s = acts.settings.docker_poll_interval_s
 
     async def start(self, game_id: str, image: str) -> str:
-        config = self.acts._container_config(game_id, image, NETWORK)
+        config = container_config(self.acts.settings, game_id, image, NETWORK)
         container = await self.docker.containers.create(config, name=container_name(game_id))
         await container.start()
+        # The same readiness decision: healthy, or without a HEALTHCHECK running for the stability window.
+        window = self.acts.settings.engine_min_running_s
         while True:
             state: dict[str, Any] = (await container.show())["State"]
             health = state.get("Health")
-            if state.get("Running") and (not health or health.get("Status") == "healthy"):
+            if state.get("Running") and health and health.get("Status") == "healthy":
                 return str(container.id)
-            await asyncio.sleep(self.poll_s)
+            pause = self.poll_s
+            if state.get("Running") and not health:
+                running_for = seconds_since(state.get("StartedAt", ""))
+                if running_for >= window:
+                    return str(container.id)
+                pause = min(pause, window - running_for)
+            await asyncio.sleep(pause)
 
     async def stop(self, game_id: str, grace: int) -> None:
         container = self.docker.containers.container(container_name(game_id))

@@ -6,6 +6,9 @@ from pydantic import BaseModel, ConfigDict
 
 ENSURE_RUNNING_ACTIVITY = "ensure_engine_running"
 ENSURE_REMOVED_ACTIVITY = "ensure_engine_removed"
+# Compensation after a failed or cancelled start: removes every container that this job run made
+# (label `galaxy.job-run` = "{workflow_id}/{run_id}" of the calling run), whatever its state.
+REMOVE_FAILED_START_ACTIVITY = "remove_failed_start"
 
 # ApplicationError.type of a Docker engine that did not answer (retryable; the workflow reports
 # `docker_unavailable` once the retry budget is spent). Permanent failures carry the contract's
@@ -41,3 +44,20 @@ class EngineOutcome(BaseModel):
 
     container_id: str
     replay: bool
+
+
+class RemoveFailedStart(BaseModel):
+    """Input of `remove_failed_start`: the game whose start failed. The job run is the calling
+    workflow run (from the activity's info), the same value the start wrote into `galaxy.job-run`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    game_id: str
+
+
+class FailedStartRemoved(BaseModel):
+    """What `remove_failed_start` removed (ids; empty when the start left nothing behind)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    removed: list[str]

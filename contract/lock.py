@@ -18,8 +18,20 @@ ACQUIRE_SIGNAL = "acquire"
 
 IDLE_EXIT = timedelta(minutes=5)
 HOLDER_CHECK_EVERY = timedelta(minutes=10)
+# A holder check that cannot get an answer (e.g. an API key without describe permission) gives up
+# after this many attempts and keeps the turn with the holder, so the lock goes on watching for the
+# release instead of blocking on the check.
+HOLDER_CHECK_ATTEMPTS = 3
 GRANTS_BEFORE_CONTINUE_AS_NEW = 1000
 RECENT_RUNS_KEPT = 200
+# A waiting job sends its request again this often: a lock run that was terminated (or lost the
+# request) is then started anew with it, and the job is not stranded.
+REQUEST_AGAIN_EVERY = timedelta(seconds=60)
+
+# Patch ids (workflow.patched) of the workflow changes since the first released shape; histories of
+# that shape (tests/histories/v1) replay without them.
+LOCK_PATCH_V2 = "lock-v2-continue-busy-bounded-check"
+JOB_PATCH_V2 = "job-v2-request-again-clean-up-failed-start"
 
 
 def lock_workflow_id(game_id: str, task_queue: str) -> str:
@@ -34,18 +46,27 @@ def lock_workflow_id(game_id: str, task_queue: str) -> str:
 
 
 class LockRequest(BaseModel):
+    """A job run's request for its game's turn.
+
+    `first_run_id` names the job across a `temporal workflow reset` (the reset run has a new run id,
+    the same first run id), so that a reset holder keeps the turn and can release it. Empty in
+    requests of the first released shape.
+    """
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     game_id: str
     workflow_id: str
     run_id: str
     started_at: datetime
+    first_run_id: str = ""
 
 
 class LockRelease(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     run_id: str
+    first_run_id: str = ""
 
 
 class HolderCheck(BaseModel):
@@ -53,6 +74,7 @@ class HolderCheck(BaseModel):
 
     workflow_id: str
     run_id: str
+    first_run_id: str = ""
 
 
 class LockState(BaseModel):

@@ -58,9 +58,6 @@ class ErrorCode(StrEnum):
     INTERNAL_ERROR = "internal_error"
 
 
-FAILURE_CODES: tuple[ErrorCode, ...] = tuple(c for c in ErrorCode if c is not ErrorCode.REPLAY_NO_OP)
-
-
 class Outcome(StrEnum):
     SUCCESS = "success"
     FAILURE = "failure"
@@ -255,7 +252,11 @@ class PublishRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     result: dict[str, Any]
+    # The job's first run id (`workflow.info().first_execution_run_id`): the idempotency key names the
+    # job, not the run, so a run made by `temporal workflow reset` of a job that already published
+    # appends nothing. Empty (requests of the first released shape): the calling run's id.
+    first_run_id: str = ""
 
     @classmethod
-    def of(cls, result: JobResult) -> PublishRequest:
-        return cls(result=result.stream_fields())
+    def of(cls, result: JobResult, *, first_run_id: str = "") -> PublishRequest:
+        return cls(result=result.stream_fields(), first_run_id=first_run_id)

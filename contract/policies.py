@@ -10,7 +10,7 @@ from datetime import timedelta
 
 from temporalio.common import RetryPolicy
 
-from contract.models import ErrorCode
+from contract.models import MAX_STOP_TIMEOUT_S, ErrorCode
 
 PUBLISH_ACTIVITY = "publish_job_result"
 INVALID_JOB_RESULT = "InvalidJobResult"
@@ -47,9 +47,37 @@ DOCKER_RETRY_POLICY = RetryPolicy(
     maximum_attempts=5,
     non_retryable_error_types=[code.value for code in RAISED_CODES],
 )
-# Outer bounds only: the workflow cannot read config, so the activity enforces RTJOBS_START_TIMEOUT_S
-# (at most 3600 s) and the pull bound itself; these just exceed the largest configurable values.
-ENSURE_RUNNING_START_TO_CLOSE = timedelta(minutes=75)
-ENSURE_REMOVED_START_TO_CLOSE = timedelta(minutes=65)
+# Outer bounds only: the workflow cannot read config, so the activities enforce their own limits and
+# these exceed the longest attempt the largest configurable values allow (contract.settings uses the
+# maxima below). A start attempt is at most: the pull (RTJOBS_DOCKER_PULL_TIMEOUT_S), the readiness
+# wait (RTJOBS_START_TIMEOUT_S, from after the pull), and Engine API calls, each bounded by
+# RTJOBS_DOCKER_CALL_TIMEOUT_S: at most START_ATTEMPT_CALLS of them outside those two windows
+# (inspect and removal of a stopped container: 4; up to 4 create rounds of network check 4, create 1,
+# inspect and image inspect after a 409: 28; image inspect after the pull 1; start 1; the readiness
+# wait's overshoot by its last inspect, the liveness probe and the log tail 3; removal of a failed
+# start 3). A stop attempt: inspect 1, stop (grace + call deadline + 1 s), removal 3.
+MAX_START_TIMEOUT_S = 3600
+MAX_PULL_TIMEOUT_S = 3600
+MAX_DOCKER_CALL_TIMEOUT_S = 120
+START_ATTEMPT_CALLS = 40
+ENSURE_RUNNING_START_TO_CLOSE = timedelta(
+    seconds=MAX_PULL_TIMEOUT_S + MAX_START_TIMEOUT_S + START_ATTEMPT_CALLS * MAX_DOCKER_CALL_TIMEOUT_S
+)  # 3 h 20 min
+ENSURE_REMOVED_START_TO_CLOSE = timedelta(seconds=MAX_STOP_TIMEOUT_S + 5 * MAX_DOCKER_CALL_TIMEOUT_S + 60)  # 71 min
+# The compensating clean-up of a failed or cancelled start: it must outlast a Docker outage longer than
+# the start's own budget (the container the first attempt made stays otherwise), so it retries
+# without an attempt limit, bounded by the schedule-to-close time; the game's turn is held meanwhile.
+REMOVE_FAILED_START_RETRY_POLICY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=15),
+    maximum_attempts=0,
+    non_retryable_error_types=[code.value for code in RAISED_CODES],
+)
+# An attempt lists the run's containers and removes each (3 call deadlines apiece): 2 min covers one
+# container at the default 30 s deadline; a longer attempt (a hung daemon with a larger deadline) is
+# cut and retried, which is harmless: the clean-up is idempotent.
+REMOVE_FAILED_START_START_TO_CLOSE = timedelta(minutes=2)
+REMOVE_FAILED_START_SCHEDULE_TO_CLOSE = timedelta(minutes=15)
 # Liveness: the activities heartbeat every second while they wait; a dead worker is noticed this fast.
 DOCKER_HEARTBEAT_TIMEOUT = timedelta(seconds=20)

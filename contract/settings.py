@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from contract.policies import MAX_DOCKER_CALL_TIMEOUT_S, MAX_PULL_TIMEOUT_S, MAX_START_TIMEOUT_S
 
 DEFAULT_STATE_DIR = Path(__file__).resolve().parent.parent / ".state"
 
@@ -23,7 +25,7 @@ class Settings(BaseSettings):
     results_stream: str = Field(default="runtime:job_results", min_length=1)
     engine_image: str = Field(default="galaxy/engine:latest", min_length=1)
     game_network: str = Field(default="galaxy-games", min_length=1)
-    start_timeout_s: float = Field(default=120.0, gt=0, le=3600)
+    start_timeout_s: float = Field(default=120.0, gt=0, le=MAX_START_TIMEOUT_S)
     stop_timeout_s: int = Field(default=30, ge=0, le=3600)
 
     # Publish: how long a job run's idempotency key is kept (a retry later than this could append
@@ -37,8 +39,14 @@ class Settings(BaseSettings):
     engine_pids_limit: int = Field(default=256, ge=16)
     engine_cap_add: list[str] = Field(default_factory=list)
 
-    # Docker: client-side deadline of each Engine API call.
-    docker_call_timeout_s: float = Field(default=30.0, gt=0)
+    # Docker: client-side deadline of each Engine API call (bounded, so that the activities' own
+    # start-to-close timeouts in contract.policies can exceed every configurable attempt).
+    docker_call_timeout_s: float = Field(default=30.0, gt=0, le=MAX_DOCKER_CALL_TIMEOUT_S)
+
+    # Readiness of an image without HEALTHCHECK: it must have been running this long (counted from
+    # its State.StartedAt), so that an engine crashing at start is reported `container_exited`, not a
+    # success. Every fresh start of such an image takes at least this long; 0 = ready once running.
+    engine_min_running_s: float = Field(default=1.0, ge=0, le=600)
 
     graceful_shutdown_timeout_s: float = Field(default=30.0, ge=0)
     # Workflows kept in the worker's memory between tasks (each holds a sandbox of ~200 KB); jobs
@@ -58,7 +66,7 @@ class Settings(BaseSettings):
 
     # Docker: upper bound of an image pull (a registry that trickles must not hang a start), and how
     # often a starting engine's state is polled.
-    docker_pull_timeout_s: float = Field(default=600.0, gt=0, le=3600)
+    docker_pull_timeout_s: float = Field(default=600.0, gt=0, le=MAX_PULL_TIMEOUT_S)
     docker_poll_interval_s: float = Field(default=0.2, gt=0, le=10)
 
     # Worker process: log level, and the fixed ports of the embedded dev server (`worker.py --dev`),
@@ -66,6 +74,15 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     dev_port: int = Field(default=7233, ge=1, le=65535)
     dev_ui_port: int = Field(default=8233, ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _window_fits_the_start_timeout(self) -> Settings:
+        if self.engine_min_running_s >= self.start_timeout_s:
+            raise ValueError(
+                "RTJOBS_ENGINE_MIN_RUNNING_S must be below RTJOBS_START_TIMEOUT_S: "
+                "otherwise no engine without HEALTHCHECK could ever be ready"
+            )
+        return self
 
     @field_validator("log_level", mode="before")
     @classmethod

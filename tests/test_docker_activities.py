@@ -8,21 +8,42 @@ import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import aiodocker
 import pytest
-from aiodocker.exceptions import DockerError
+from aiodocker.exceptions import DockerError, DockerStreamError
 from aiodocker.networks import DockerNetwork
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.docker import EngineActivities, normalize_image_ref
-from contract.engine import DOCKER_UNAVAILABLE_TYPE, EngineOutcome, EnsureEngineRemoved, EnsureEngineRunning
-from contract.models import LABEL_GAME_ID, LABEL_MANAGED_BY, MANAGED_BY, ErrorCode, container_name
+from activities.docker import EngineActivities
+from activities.docker_gateway import DockerGateway, Inspect
+from activities.engine_spec import normalize_image_ref
+from activities.readiness import Readiness, seconds_since
+from contract.engine import (
+    DOCKER_UNAVAILABLE_TYPE,
+    EngineOutcome,
+    EnsureEngineRemoved,
+    EnsureEngineRunning,
+    FailedStartRemoved,
+    RemoveFailedStart,
+)
+from contract.models import LABEL_GAME_ID, LABEL_JOB_RUN, LABEL_MANAGED_BY, MANAGED_BY, ErrorCode, container_name
 from contract.policies import DOCKER_RETRY_POLICY
 from contract.settings import Settings
-from tests.support.docker_engine import DockerEngine, EngineImages
+from tests.support.docker_engine import (
+    IMAGE_CHANGES,
+    DockerEngine,
+    EngineImages,
+    EngineUnavailable,
+    image_ref,
+    import_image,
+    rootfs_tar,
+    static_busybox,
+)
+from tests.support.restartable_dockerd import RestartableDockerd
 
 pytestmark = pytest.mark.docker
 
@@ -305,12 +326,114 @@ async def test_slow_engine_that_becomes_healthy_within_the_timeout_succeeds(
     assert info is not None and info["State"]["Health"]["Status"] == "healthy"
 
 
-async def test_engine_without_healthcheck_is_ready_when_running(
+async def test_engine_without_healthcheck_is_ready_once_it_ran_for_the_stability_window(
     make_activities: MakeActivities, docker: aiodocker.Docker, images: EngineImages, game_id: str
 ) -> None:
-    outcome = await start(make_activities(), game_id, images.ignores_term)
+    acts = make_activities(engine_min_running_s=2.0)
+    t0 = time.monotonic()
+    outcome = await start(acts, game_id, images.ignores_term)
+    elapsed = time.monotonic() - t0
     info = await inspect(docker, outcome.container_id)
     assert info is not None and info["State"]["Running"] and "Health" not in info["State"]
+    # The window counts from the container's StartedAt, which lies after t0: success came no earlier.
+    # (A lower bound only; 0.05 s allows for the wall clock StartedAt is on being slewed meanwhile.)
+    assert elapsed >= 2.0 - 0.05, elapsed
+    assert seconds_since(info["State"]["StartedAt"]) >= 2.0 - 0.05
+
+
+async def test_replay_of_an_engine_running_longer_than_the_window_does_not_wait_again(
+    make_activities: MakeActivities, images: EngineImages, game_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counted from State.StartedAt, not from when this attempt first looked: one look suffices."""
+    acts = make_activities(engine_min_running_s=1.0)
+    first = await start(acts, game_id, images.ignores_term)  # returns once it has run for 1 s
+    looks = 0
+    real_inspect = acts.gateway.inspect
+
+    async def counting(ref: str, code: ErrorCode) -> dict[str, Any] | None:
+        nonlocal looks
+        looks += 1
+        return await real_inspect(ref, code)
+
+    monkeypatch.setattr(acts.gateway, "inspect", counting)
+    assert await start(acts, game_id, images.ignores_term) == EngineOutcome(
+        container_id=first.container_id, replay=True
+    )
+    assert looks == 2  # the replay's own inspect and one readiness look; a re-counted window needs ~10
+
+
+@pytest.mark.parametrize("image", ["exits_at_once", "exits_soon"])
+async def test_engine_without_healthcheck_crashing_at_start_is_always_container_exited(
+    image: str, make_activities: MakeActivities, docker: aiodocker.Docker, images: EngineImages
+) -> None:
+    """Measured before the window existed: the at-once image was reported a success in 4-5 of 10 starts
+    (the first inspect found it still running), the 0.3 s one in all of them. With the default window
+    (1 s) every start must be container_exited with the log tail, and leave nothing."""
+    acts = make_activities()
+    assert acts.settings.engine_min_running_s == 1.0
+    for attempt in range(10):
+        gid = f"t-{uuid.uuid4().hex[:10]}"
+        try:
+            err = await expect_error(start(acts, gid, getattr(images, image)), ErrorCode.CONTAINER_EXITED)
+            assert "exited with code 3" in err.message, (attempt, err.message)
+            assert "fatal: no map" in err.message and "engine booting" in err.message, (attempt, err.message)
+            assert await inspect(docker, container_name(gid)) is None
+        finally:
+            with contextlib.suppress(DockerError):
+                await docker.containers.container(container_name(gid)).delete(force=True, v=True)
+
+
+class ScriptedGateway(DockerGateway):
+    """Inspect answers from a script (state of the n-th look): readiness decisions without a daemon."""
+
+    def __init__(self, settings: Settings, state: Callable[[int], dict[str, Any]]) -> None:
+        super().__init__(settings)
+        self.state = state
+        self.looks = 0
+
+    async def inspect(self, ref: str, code: ErrorCode) -> Inspect | None:
+        state = self.state(self.looks)
+        self.looks += 1
+        restarts = state.pop("RestartCount", 0)
+        return {"State": {"Status": "running", "Running": True, **state}, "RestartCount": restarts}
+
+
+async def test_stability_window_counts_from_started_at_and_restarts_count_again() -> None:
+    settings = settings_for("unix:///nonexistent.sock", start_timeout_s=2.0, engine_min_running_s=0.5)
+    loop = asyncio.get_running_loop()
+
+    async def wait(gateway: ScriptedGateway, deadline_s: float = 60) -> None:
+        await Readiness(gateway, settings).until_ready("c", "engine", loop.time() + deadline_s)
+
+    def now() -> str:
+        return datetime.now(UTC).isoformat()
+
+    # Started long ago (a replay, a retried attempt): ready at the first look.
+    old = ScriptedGateway(settings, lambda _: {"StartedAt": "2000-01-01T00:00:00.123456789Z"})
+    await wait(old)
+    assert old.looks == 1
+
+    # StartedAt unknown: the wait counts the time it watched the same run itself.
+    unknown = ScriptedGateway(settings, lambda _: {"StartedAt": ""})
+    await wait(unknown)
+    assert unknown.looks >= 2
+
+    # Restarted at every look (StartedAt moves on, or the restart count grows): never stable, so the
+    # start fails engine_unhealthy when its timeout ends instead of passing a crash-looping engine.
+    for restarting in (
+        ScriptedGateway(settings, lambda _: {"StartedAt": now()}),
+        ScriptedGateway(settings, lambda n: {"StartedAt": "", "RestartCount": n}),
+    ):
+        with pytest.raises(ApplicationError) as caught:
+            await wait(restarting, deadline_s=2.0)
+        assert caught.value.type == ErrorCode.ENGINE_UNHEALTHY.value, caught.value
+        assert restarting.looks >= 5
+
+
+def test_a_window_as_long_as_the_start_timeout_is_rejected() -> None:
+    with pytest.raises(ValueError, match="RTJOBS_ENGINE_MIN_RUNNING_S"):
+        settings_for("unix:///x.sock", start_timeout_s=5.0, engine_min_running_s=5.0)
+    assert settings_for("unix:///x.sock", engine_min_running_s=0).engine_min_running_s == 0
 
 
 async def test_cancelled_start_removes_the_container_it_made(
@@ -340,7 +463,7 @@ async def test_concurrently_created_container_of_ours_is_adopted_after_a_409(
 ) -> None:
     other = await start(make_activities(), game_id, images.healthy)
     acts = make_activities()
-    real_inspect = acts._inspect
+    real_inspect = acts.gateway.inspect
     calls = 0
 
     async def first_inspect_misses(ref: str, code: ErrorCode) -> dict[str, Any] | None:
@@ -349,7 +472,7 @@ async def test_concurrently_created_container_of_ours_is_adopted_after_a_409(
         calls += 1
         return None if calls == 1 else await real_inspect(ref, code)
 
-    monkeypatch.setattr(acts, "_inspect", first_inspect_misses)
+    monkeypatch.setattr(acts.gateway, "inspect", first_inspect_misses)
     outcome = await start(acts, game_id, images.healthy)
     assert outcome == EngineOutcome(container_id=other.container_id, replay=True)
 
@@ -363,7 +486,7 @@ async def test_concurrently_created_foreign_container_is_a_clean_conflict_after_
 ) -> None:
     foreign = await foreign_container(docker, game_id, images.healthy)
     acts = make_activities()
-    real_inspect = acts._inspect
+    real_inspect = acts.gateway.inspect
     calls = 0
 
     async def first_inspect_misses(ref: str, code: ErrorCode) -> dict[str, Any] | None:
@@ -371,7 +494,7 @@ async def test_concurrently_created_foreign_container_is_a_clean_conflict_after_
         calls += 1
         return None if calls == 1 else await real_inspect(ref, code)
 
-    monkeypatch.setattr(acts, "_inspect", first_inspect_misses)
+    monkeypatch.setattr(acts.gateway, "inspect", first_inspect_misses)
     await expect_error(start(acts, game_id, images.healthy), ErrorCode.CONTAINER_CONFLICT)
     info = await inspect(docker, container_name(game_id))
     assert info is not None and info["Id"] == foreign
@@ -517,9 +640,11 @@ async def test_pull_from_a_registry_that_never_answers_is_bounded(
         await server.wait_closed()
 
 
-async def test_docker_call_classification(make_activities: MakeActivities) -> None:
-    """Which daemon answers are retryable (DockerUnavailable) and which are the permanent code."""
-    acts = make_activities(docker_call_timeout_s=0.2)
+async def test_docker_call_classification(make_activities: MakeActivities, tmp_path: Any) -> None:
+    """The one classification: which daemon answers are retryable (DockerUnavailable), which the
+    permanent code, and that a daemon's error verdict counts only while the daemon still answers."""
+    gateway = make_activities().gateway
+    quick = make_activities(docker_call_timeout_s=0.2).gateway  # for the deadline cases only
     code = ErrorCode.CONTAINER_START_FAILED
 
     def failing(status: int) -> Callable[[], Any]:
@@ -528,17 +653,41 @@ async def test_docker_call_classification(make_activities: MakeActivities) -> No
 
         return call
 
+    async def in_stream_error() -> None:
+        raise DockerStreamError("manifest unknown")
+
     async def hangs() -> None:
         await asyncio.sleep(5)
 
     for status in (900, 500, 502, 503):  # connection failure, daemon errors, proxy in front of it
-        await expect_error(acts._call("op", failing(status), code), DOCKER_UNAVAILABLE_TYPE)
-    await expect_error(acts._call("op", failing(500), code, daemon_errors_permanent=True), code.value)
-    await expect_error(acts._call("op", failing(400), code), code.value)
-    err = await expect_error(acts._call("op", hangs, code), DOCKER_UNAVAILABLE_TYPE)
+        await expect_error(gateway.call("op", failing(status), code), DOCKER_UNAVAILABLE_TYPE)
+    await expect_error(gateway.call("op", failing(500), code, daemon_errors_permanent=True), code.value)
+    await expect_error(gateway.call("op", in_stream_error, code, daemon_errors_permanent=True), code.value)
+    await expect_error(gateway.call("op", failing(400), code), code.value)
+    err = await expect_error(quick.call("op", hangs, code), DOCKER_UNAVAILABLE_TYPE)
     assert "within 0.2s" in err.message
+    # A bound on work the daemon does while answering (a pull) is that work's failure, not unavailability.
+    err = await expect_error(
+        quick.call("op", hangs, code, overrun_code=ErrorCode.IMAGE_PULL_FAILED), "image_pull_failed"
+    )
+    assert "did not finish within 0.2s" in err.message
     with pytest.raises(DockerError):
-        await acts._call("op", failing(404), code, passthrough={404})
+        await gateway.call("op", failing(404), code, passthrough={404})
+
+    # The same 500 from a daemon that no longer answers a new connection (one shutting down fails what
+    # is in flight on its open connections) is unavailability, not the request's fault.
+    gone = DockerGateway(settings_for(f"unix://{tmp_path}/no-docker.sock"))
+    try:
+        assert await gateway.daemon_is_up() and not await gone.daemon_is_up()
+        err = await expect_error(
+            gone.call("op", failing(500), code, daemon_errors_permanent=True), DOCKER_UNAVAILABLE_TYPE
+        )
+        assert "going away" in err.message
+        await expect_error(
+            gone.call("op", in_stream_error, code, daemon_errors_permanent=True), DOCKER_UNAVAILABLE_TYPE
+        )
+    finally:
+        await gone.close()
 
 
 async def test_engine_oom_killed_before_healthy_fails_container_exited_saying_so(
@@ -549,3 +698,130 @@ async def test_engine_oom_killed_before_healthy_fails_container_exited_saying_so
     assert "(OOM-killed)" in err.message
     assert "filling memory" in err.message and "survived" not in err.message
     assert await inspect(docker, container_name(game_id)) is None
+
+
+# --- compensation of a failed start (remove_failed_start) -------------------------------------------
+
+
+def job_run_of(env: ActivityEnvironment) -> str:
+    return f"{env.info.workflow_id}/{env.info.workflow_run_id}"
+
+
+async def test_remove_failed_start_removes_this_runs_containers_in_any_state_and_nothing_else(
+    make_activities: MakeActivities, docker: aiodocker.Docker, images: EngineImages, game_id: str
+) -> None:
+    acts = make_activities()
+    env = job_env()
+    run = job_run_of(env)
+    made: list[str] = []
+
+    async def labelled(image: str, labels: dict[str, str], *, started: bool = True) -> str:
+        container = await docker.containers.create(
+            {"Image": image, "Labels": labels, "HostConfig": {"NetworkMode": "none"}}
+        )
+        made.append(str(container.id))
+        if started:
+            await container.start()
+        return str(container.id)
+
+    ours = {LABEL_GAME_ID: game_id, LABEL_MANAGED_BY: MANAGED_BY, LABEL_JOB_RUN: run}
+    try:
+        # Running: the engine this run's own start made, labelled by the create itself.
+        request = EnsureEngineRunning(game_id=game_id, image=images.healthy)
+        running = (await env.run(acts.ensure_engine_running, request)).container_id
+        created = await labelled(images.healthy, ours, started=False)
+        exited = await labelled(images.exits, ours)
+        await docker.containers.container(exited).wait()
+        kept = [
+            await labelled(images.ignores_term, {**ours, LABEL_JOB_RUN: job_run_of(job_env())}),  # another run's
+            await labelled(images.ignores_term, {**ours, LABEL_GAME_ID: f"{game_id}-x"}),  # another game's
+            await labelled(images.ignores_term, {LABEL_GAME_ID: game_id, LABEL_JOB_RUN: run}),  # not rtjobs'
+            await labelled(images.ignores_term, {}),  # foreign
+        ]
+        states = {}
+        for container_id in (running, created, exited):
+            info = await inspect(docker, container_id)
+            assert info is not None
+            states[container_id] = info["State"]["Status"]
+        assert states == {running: "running", created: "created", exited: "exited"}
+
+        removed = await env.run(acts.remove_failed_start, RemoveFailedStart(game_id=game_id))
+
+        assert sorted(removed.removed) == sorted([running, created, exited])
+        for container_id in (running, created, exited):
+            assert await inspect(docker, container_id) is None
+        for container_id in kept:
+            info = await inspect(docker, container_id)
+            assert info is not None and info["State"]["Running"], container_id
+        # A retried attempt (its reply was lost) finds nothing more to do.
+        assert await env.run(acts.remove_failed_start, RemoveFailedStart(game_id=game_id)) == FailedStartRemoved(
+            removed=[]
+        )
+    finally:
+        for container_id in made:
+            with contextlib.suppress(DockerError):
+                await docker.containers.container(container_id).delete(force=True, v=True)
+
+
+async def test_remove_failed_start_with_docker_unreachable_is_retryable_docker_unavailable(
+    docker_engine: DockerEngine, tmp_path: Any
+) -> None:
+    acts = EngineActivities(settings_for(f"unix://{tmp_path}/no-docker.sock"))
+    try:
+        err = await expect_error(
+            job_env().run(acts.remove_failed_start, RemoveFailedStart(game_id="g-1")), DOCKER_UNAVAILABLE_TYPE
+        )
+        assert "unavailable" in err.message.lower()
+        # A start with an invalid game id never made anything: nothing to ask Docker.
+        nothing = await job_env().run(acts.remove_failed_start, RemoveFailedStart(game_id="Bad_Id"))
+        assert nothing == FailedStartRemoved(removed=[])
+    finally:
+        await acts.close()
+
+
+# --- a daemon that shuts down during the readiness wait ------------------------------------------------
+
+
+@pytest.fixture
+async def stoppable_dockerd() -> AsyncIterator[RestartableDockerd]:
+    """A dockerd of this test's own (it will be SIGTERMed), with the never-healthy image."""
+    try:
+        static_busybox()
+        daemon = RestartableDockerd().start()
+    except EngineUnavailable as err:
+        pytest.skip(f"no private dockerd: {err}")
+    try:
+        async with aiodocker.Docker(url=daemon.url) as client:
+            await import_image(client, image_ref("never-healthy"), rootfs_tar(), IMAGE_CHANGES["never-healthy"])
+        yield daemon
+    finally:
+        daemon.close()
+
+
+async def test_engine_stopped_by_its_daemon_shutting_down_is_docker_unavailable_not_container_exited(
+    stoppable_dockerd: RestartableDockerd,
+) -> None:
+    """dockerd on SIGTERM closes its listener at once, then stops its containers while it still answers
+    on open connections: the waiting start sees its engine `exited with code 0`. That is the daemon
+    going away, not the engine failing: retryable DockerUnavailable, not a permanent container_exited."""
+    daemon = stoppable_dockerd
+    acts = EngineActivities(settings_for(daemon.url, start_timeout_s=120.0, docker_poll_interval_s=0.05))
+    gid = f"t-{uuid.uuid4().hex[:10]}"
+    try:
+        task = asyncio.create_task(start(acts, gid, image_ref("never-healthy")))
+        async with aiodocker.Docker(url=daemon.url) as client:
+            deadline = time.monotonic() + 60  # generous: creating on vfs is slow on a loaded 2-core machine
+            while True:
+                info = await inspect(client, container_name(gid))
+                if info is not None and info["State"]["Running"]:
+                    break
+                assert time.monotonic() < deadline and not task.done(), task
+                await asyncio.sleep(0.05)
+        assert info["State"]["Health"]["Status"] == "starting"
+        await asyncio.to_thread(daemon.stop_daemon)
+        err = await expect_error(task, DOCKER_UNAVAILABLE_TYPE)
+        # The scenario really happened: the start saw its engine exited (over the open connection), and
+        # it was a new connection's refusal that made this unavailability rather than container_exited.
+        assert "exited with code" in err.message and "going away" in err.message, err.message
+    finally:
+        await acts.close()

@@ -1,12 +1,16 @@
-"""Replay safety: the committed histories of real runs (tests/histories/) replay on today's workflow code.
+"""Replay safety: the committed histories of real runs (tests/histories/VERSION/) replay on today's code.
 
 A change that makes the workflows non-deterministic (another activity, timer or signal before an
 existing step, a reordered step) would break every run still open when it is deployed; here it fails
-CI first. Re-record with `python -m tests.histories.record` only for a deliberate, versioned change.
+CI first. Every released shape keeps its histories: a version's files are checked against its
+`VERSION.sha256`, so none is replaced or dropped. A workflow change goes behind `workflow.patched`
+and gets its histories recorded as a new version beside the old ones
+(`python -m tests.histories.record v3`); all versions replay.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -19,6 +23,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 from temporalio.workflow import NondeterminismError
 
+from contract.lock import JOB_PATCH_V2, LOCK_PATCH_V2
 from contract.models import JobRequest, JobResult
 from workflows import ALL_WORKFLOWS, GameLock, StartRuntimeJob, StopRuntimeJob
 from workflows.jobs import FAILURE_TYPES
@@ -39,31 +44,76 @@ EXPECTED: dict[str, str | None] = {
     "stop_together_waited": "",
 }
 LOCK_HISTORIES = {"game_lock"}
+VERSIONS = sorted(p.name for p in HISTORIES.iterdir() if p.is_dir() and (HISTORIES / f"{p.name}.sha256").exists())
+# The newest version is recorded from today's workflow code; older ones from released shapes.
+CURRENT = VERSIONS[-1]
+ALL_RECORDED = [(v, n) for v in VERSIONS for n in sorted(set(EXPECTED) | LOCK_HISTORIES)]
 
 
-def load(name: str) -> WorkflowHistory:
-    return WorkflowHistory.from_json(f"recorded-{name}", (HISTORIES / f"{name}.json").read_text())
+def load(name: str, version: str = CURRENT) -> WorkflowHistory:
+    return WorkflowHistory.from_json(f"recorded-{version}-{name}", (HISTORIES / version / f"{name}.json").read_text())
 
 
 def replayer(workflows: list[type]) -> Replayer:
     return Replayer(workflows=workflows, data_converter=pydantic_data_converter)
 
 
-def test_every_scenario_is_recorded_and_nothing_else() -> None:
+def test_released_histories_are_kept_unchanged() -> None:
+    """The first released shape (v1) and every later version stay, byte for byte, as recorded."""
+    assert VERSIONS[0] == "v1" and len(VERSIONS) >= 2, VERSIONS
+    for version in VERSIONS:
+        listed = {}
+        for line in (HISTORIES / f"{version}.sha256").read_text().splitlines():
+            digest, name = line.split()
+            listed[name] = digest
+        files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (HISTORIES / version).glob("*.json")}
+        assert files == listed, f"histories of {version} changed or went missing"
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_every_scenario_is_recorded_and_nothing_else(version: str) -> None:
     """A history deleted (or added without a stated expectation) must not go unnoticed."""
-    assert {p.stem for p in HISTORIES.glob("*.json")} == set(EXPECTED) | LOCK_HISTORIES
+    assert {p.stem for p in (HISTORIES / version).glob("*.json")} == set(EXPECTED) | LOCK_HISTORIES
 
 
-@pytest.mark.parametrize("name", sorted(set(EXPECTED) | LOCK_HISTORIES))
-async def test_recorded_history_replays_on_the_current_workflows(name: str) -> None:
-    result = await replayer(ALL_WORKFLOWS).replay_workflow(load(name))
+@pytest.mark.parametrize(("version", "name"), ALL_RECORDED)
+async def test_recorded_history_replays_on_the_current_workflows(version: str, name: str) -> None:
+    result = await replayer(ALL_WORKFLOWS).replay_workflow(load(name, version))
     assert result.replay_failure is None
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_recorded_history_is_the_scenario_it_is_named_for(name: str) -> None:
+def _markers(events: Any) -> set[str]:
+    found = set()
+    for e in events:
+        if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED:
+            details = e.marker_recorded_event_attributes.details
+            if e.marker_recorded_event_attributes.marker_name == "core_patch" and "patch-data" in details:
+                found.add(json.loads(details["patch-data"].payloads[0].data)["id"])
+    return found
+
+
+@pytest.mark.parametrize("name", sorted(set(EXPECTED) - {"start_bad_payload"}) + sorted(LOCK_HISTORIES))
+def test_current_histories_carry_the_patches_and_v1_none(name: str) -> None:
+    """The newest version exercises the patched code paths; v1 the first shape's."""
+    patch = LOCK_PATCH_V2 if name in LOCK_HISTORIES else JOB_PATCH_V2
+    assert patch in _markers(load(name, CURRENT).events)
+    assert not _markers(load(name, "v1").events)
+
+
+def test_a_failed_start_removes_what_it_left_before_its_turn_ends() -> None:
+    events = load("start_container_exited").events
+    scheduled = [
+        e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+    ]
+    assert scheduled == ["ensure_engine_running", "publish_job_result", "remove_failed_start"]
+
+
+@pytest.mark.parametrize(("version", "name"), [(v, n) for v in VERSIONS for n in sorted(EXPECTED)])
+def test_recorded_history_is_the_scenario_it_is_named_for(version: str, name: str) -> None:
     """Guards the recorder: a history must show the outcome its name promises, or replaying it proves little."""
-    events = load(name).events
+    events = load(name, version).events
     last = events[-1]
     expected = EXPECTED[name]
     if expected is None:
@@ -82,14 +132,15 @@ def test_recorded_history_is_the_scenario_it_is_named_for(name: str) -> None:
         signalled = [e for e in events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED]
         start_done = [
             e.event_time.ToDatetime()
-            for e in load("start_together_first").events
+            for e in load("start_together_first", version).events
             if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED
         ]
         assert signalled and signalled[0].event_time.ToDatetime() >= max(start_done)
 
 
-def test_lock_history_granted_two_jobs() -> None:
-    events = load("game_lock").events
+@pytest.mark.parametrize("version", VERSIONS)
+def test_lock_history_granted_two_jobs(version: str) -> None:
+    events = load("game_lock", version).events
     grants = [
         e
         for e in events
@@ -113,8 +164,8 @@ class StartRuntimeJobWithExtraTimer(StartRuntimeJob):
         return await self._job(request)
 
 
-@pytest.mark.parametrize("name", ["start_fresh", "start_cancelled"])
-async def test_a_non_deterministic_change_fails_replay(name: str) -> None:
+@pytest.mark.parametrize(("version", "name"), [(v, n) for v in VERSIONS for n in ("start_fresh", "start_cancelled")])
+async def test_a_non_deterministic_change_fails_replay(version: str, name: str) -> None:
     workflows: list[type[Any]] = [StartRuntimeJobWithExtraTimer, StopRuntimeJob, GameLock]
     with pytest.raises(NondeterminismError):
-        await replayer(workflows).replay_workflow(load(name))
+        await replayer(workflows).replay_workflow(load(name, version))

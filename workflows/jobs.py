@@ -23,14 +23,19 @@ with workflow.unsafe.imports_passed_through():
         DOCKER_UNAVAILABLE_TYPE,
         ENSURE_REMOVED_ACTIVITY,
         ENSURE_RUNNING_ACTIVITY,
+        REMOVE_FAILED_START_ACTIVITY,
         EngineOutcome,
         EnsureEngineRemoved,
         EnsureEngineRunning,
+        FailedStartRemoved,
+        RemoveFailedStart,
     )
     from contract.lock import (
         ACQUIRE_ACTIVITY,
         GRANT_SIGNAL,
+        JOB_PATCH_V2,
         RELEASE_SIGNAL,
+        REQUEST_AGAIN_EVERY,
         LockRelease,
         LockRequest,
         lock_workflow_id,
@@ -54,7 +59,11 @@ with workflow.unsafe.imports_passed_through():
         PUBLISH_ACTIVITY,
         PUBLISH_RETRY_POLICY,
         PUBLISH_START_TO_CLOSE_TIMEOUT,
+        REMOVE_FAILED_START_RETRY_POLICY,
+        REMOVE_FAILED_START_SCHEDULE_TO_CLOSE,
+        REMOVE_FAILED_START_START_TO_CLOSE,
     )
+    from workflows.awaiting import holds_within, shielded
     from workflows.search import GAME_ID, JOB_KIND
 
 LOCK_ACTIVITY_TIMEOUT = timedelta(seconds=15)  # > the largest RTJOBS_ORDER_SETTLE_S (5 s) + an RPC
@@ -73,6 +82,7 @@ class _RuntimeJob:
         self._status = JobStatus(step="received")
         self._granted = False
         self._game_id = ""
+        self._engine_step_begun = False
 
     @workflow.signal(name=GRANT_SIGNAL)
     def lock_granted(self) -> None:
@@ -87,20 +97,25 @@ class _RuntimeJob:
             JobRequest.model_validate(None)  # raises UnusableJobInput, the same one line as for JSON null
         assert request is not None
         game_id = self._game_id = request.game_id
+        # False only while replaying a run begun by the first released shape (tests/histories/v1).
+        current = workflow.patched(JOB_PATCH_V2)
         # A search attribute value is limited to 2 KB; only an invalid (over-long) game id is cut.
         workflow.upsert_search_attributes(
             [GAME_ID.value_set(game_id[:SEARCH_VALUE_MAX_CHARS]), JOB_KIND.value_set(self.kind.value)]
         )
         self._step(f"{self.kind} job for game {game_id}: waiting for the game's earlier jobs")
-        cancelled = await self._take_turn(game_id)
+        cancelled = await self._take_turn(game_id, request_again=current)
         try:
             if cancelled:
                 result = JobResult.failure(game_id, ErrorCode.CANCELLED, "cancelled before it started")
             else:
                 result = await self._outcome(request)
             await self._publish(result)
+            if current and self._engine_step_begun and result.outcome == "failure":
+                await self._remove_failed_start(game_id)
         finally:
-            await asyncio.shield(self._release(game_id))
+            # A cancellation now must neither cut the release short nor undo the result published.
+            await shielded(self._release(game_id))
         self._step(f"{self.kind} job for game {game_id}: {result.outcome} {result.error_code}".rstrip())
         return result
 
@@ -128,6 +143,7 @@ class _RuntimeJob:
 
     async def _engine(self, activity: str, arg: Any, limit: timedelta, summary: str) -> EngineOutcome:
         self._step(summary)
+        self._engine_step_begun = activity == ENSURE_RUNNING_ACTIVITY
         outcome: EngineOutcome = await workflow.execute_activity(
             activity,
             arg,
@@ -141,7 +157,7 @@ class _RuntimeJob:
         )
         return outcome
 
-    async def _take_turn(self, game_id: str) -> bool:
+    async def _take_turn(self, game_id: str, *, request_again: bool) -> bool:
         """Wait for the game's turn; returns whether the job was cancelled meanwhile.
 
         A cancelled job still waits for its turn, so that its `cancelled` result keeps its place in
@@ -153,9 +169,10 @@ class _RuntimeJob:
             workflow_id=info.workflow_id,
             run_id=info.run_id,
             started_at=info.workflow_start_time,
+            first_run_id=info.first_execution_run_id,
         )
 
-        async def acquire() -> None:
+        async def ask() -> None:
             # A local activity: one signal-with-start RPC from this worker, without the round trips of
             # scheduling an activity task; a retry after a crash re-sends it and the lock dedupes.
             await workflow.execute_local_activity(
@@ -165,44 +182,79 @@ class _RuntimeJob:
                 retry_policy=LOCK_RETRY_POLICY,
                 summary=f"queue for game {game_id}",
             )
-            await workflow.wait_condition(lambda: self._granted)
 
-        turn = asyncio.ensure_future(acquire())
+        async def turn() -> None:
+            await ask()
+            if not request_again:  # the first released shape (replay of its histories)
+                await workflow.wait_condition(lambda: self._granted)
+                return
+            # Asking again is harmless (the lock dedupes) and revives a lock run that is gone.
+            while not await holds_within(lambda: self._granted, REQUEST_AGAIN_EVERY):
+                await ask()
+
         cancelled = False
-        while True:
-            try:
-                await asyncio.shield(turn)
-                return cancelled
-            except asyncio.CancelledError:
-                cancelled = True
-                self._step(f"{self.kind} job for game {game_id}: cancelled, waiting for its turn to report")
+
+        def note_cancel() -> None:
+            nonlocal cancelled
+            cancelled = True
+            self._step(f"{self.kind} job for game {game_id}: cancelled, waiting for its turn to report")
+
+        await shielded(turn(), note_cancel)
+        return cancelled
 
     async def _publish(self, result: JobResult) -> None:
         self._step(f"{self.kind} job for game {result.game_id}: publishing {result.outcome}")
         self._status = self._status.model_copy(update={"result": result})
         publish = workflow.execute_activity(
             PUBLISH_ACTIVITY,
-            PublishRequest.of(result),
+            PublishRequest.of(result, first_run_id=workflow.info().first_execution_run_id),
             start_to_close_timeout=PUBLISH_START_TO_CLOSE_TIMEOUT,
             retry_policy=PUBLISH_RETRY_POLICY,
             result_type=str,
             summary=f"publish {result.outcome} {result.error_code} for game {result.game_id}".rstrip(),
         )
-        task = asyncio.ensure_future(publish)
-        while True:  # a cancellation arriving now must not stop the publish
-            try:
-                entry_id = await asyncio.shield(task)
-                break
-            except asyncio.CancelledError:
-                continue
+        entry_id = await shielded(publish)  # a cancellation arriving now must not stop the publish
         self._status = self._status.model_copy(update={"entry_id": entry_id})
 
-    async def _release(self, game_id: str) -> None:
-        if self._granted:
-            info = workflow.info()
-            await workflow.get_external_workflow_handle(lock_workflow_id(game_id, info.task_queue)).signal(
-                RELEASE_SIGNAL, LockRelease(run_id=info.run_id)
+    async def _remove_failed_start(self, game_id: str) -> None:
+        """Compensation: remove whatever this run's failed start left, before the game's next job runs.
+
+        The start activity removes its container itself when it can; this covers a Docker engine that
+        came back only after the start's retry budget, and a cancellation in the middle of a create.
+        """
+        summary = f"remove what the failed start left for game {game_id}"
+        self._step(f"start job for game {game_id}: {summary}")
+        try:
+            removed = await shielded(
+                workflow.execute_activity(
+                    REMOVE_FAILED_START_ACTIVITY,
+                    RemoveFailedStart(game_id=game_id),
+                    start_to_close_timeout=REMOVE_FAILED_START_START_TO_CLOSE,
+                    schedule_to_close_timeout=REMOVE_FAILED_START_SCHEDULE_TO_CLOSE,
+                    retry_policy=REMOVE_FAILED_START_RETRY_POLICY,
+                    result_type=FailedStartRemoved,
+                    summary=summary,
+                )
             )
+        except ActivityError as err:
+            workflow.logger.warning("could not remove what the failed start of %s left: %s", game_id, err.cause)
+            return
+        if removed.removed:
+            workflow.logger.info("removed %s left by the failed start of %s", removed.removed, game_id)
+
+    async def _release(self, game_id: str) -> None:
+        if not self._granted:
+            return
+        info = workflow.info()
+        release = LockRelease(run_id=info.run_id, first_run_id=info.first_execution_run_id)
+        try:
+            await workflow.get_external_workflow_handle(lock_workflow_id(game_id, info.task_queue)).signal(
+                RELEASE_SIGNAL, release
+            )
+        except ApplicationError as err:
+            # The lock run is gone (terminated): there is nothing to release, and the result the job
+            # already published stands. The next request starts a new lock run.
+            workflow.logger.warning("could not release the turn of game %s: %s", game_id, err)
 
     def _step(self, step: str) -> None:
         self._status = self._status.model_copy(update={"step": step})

@@ -11,27 +11,37 @@ and a lock must survive worker crashes. Protocol (ids and signals are internal t
    first workflow task ran later (task-queue dispatch is not strictly FIFO) still arrives first;
 3. the job does its Docker step and its publish, then signals `release` to the lock.
 
-Cost per job: one short activity, one signal each way, and one lock workflow task per signal.
-A lock with no waiters for `IDLE_EXIT` ends; the next acquire starts a new run. A holder that
-stopped without releasing (terminated by an operator) is detected after `HOLDER_CHECK_EVERY`.
+Cost per job: one local activity (the request, a marker in the job's history), one signal each
+way, and one lock workflow task per signal. A lock with no waiters for `IDLE_EXIT` ends; the next
+request starts a new run. A busy lock continues-as-new between turns (after
+`GRANTS_BEFORE_CONTINUE_AS_NEW` grants or when Temporal suggests it), carrying its waiters. A holder
+that stopped without releasing (terminated by an operator) is detected after `HOLDER_CHECK_EVERY`;
+a check that cannot get an answer never blocks the lock (the holder keeps the turn and its release
+is still seen). A job waiting on a lock run that is gone sends its request again
+(`REQUEST_AGAIN_EVERY`), which starts a new run.
+
+Versions: runs begun before `LOCK_PATCH_V2` (histories in tests/histories/v1) keep the first
+shape's behaviour to their end; see the README's development section for the rule.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import ApplicationError
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from contract.lock import (
         ACQUIRE_SIGNAL,
         GRANT_SIGNAL,
         GRANTS_BEFORE_CONTINUE_AS_NEW,
+        HOLDER_CHECK_ATTEMPTS,
         HOLDER_CHECK_EVERY,
         HOLDER_RUNNING_ACTIVITY,
         IDLE_EXIT,
+        LOCK_PATCH_V2,
         LOCK_WORKFLOW,
         RECENT_RUNS_KEPT,
         RELEASE_SIGNAL,
@@ -40,14 +50,20 @@ with workflow.unsafe.imports_passed_through():
         LockRequest,
         LockState,
     )
+    from workflows.awaiting import holds_within
 
 
 @workflow.defn(name=LOCK_WORKFLOW)
 class GameLock:
-    def __init__(self) -> None:
+    @workflow.init
+    def __init__(self, state: LockState) -> None:
+        # State is restored here, not in run(): the signals of a run's first activation are handled
+        # before run() starts, and their dedup must already know the runs carried over.
         self._waiting: list[LockRequest] = []
         self._holder: LockRequest | None = None
-        self._recent: list[str] = []
+        self._recent: list[str] = list(state.recent_runs)
+        for request in state.waiting:
+            self.acquire(request)
 
     @workflow.signal(name=ACQUIRE_SIGNAL)
     def acquire(self, request: LockRequest) -> None:
@@ -60,7 +76,12 @@ class GameLock:
 
     @workflow.signal(name=RELEASE_SIGNAL)
     def release(self, release: LockRelease) -> None:
-        if self._holder is not None and self._holder.run_id == release.run_id:
+        holder = self._holder
+        if holder is None:
+            return
+        # A reset job releases from its new run: the first run id still names it.
+        same_job = bool(release.first_run_id) and release.first_run_id == holder.first_run_id
+        if holder.run_id == release.run_id or same_job:
             self._holder = None
 
     @workflow.query(name="queue")
@@ -70,13 +91,16 @@ class GameLock:
 
     @workflow.run
     async def run(self, state: LockState) -> None:
-        for request in state.waiting:
-            self.acquire(request)
-        self._recent = list(state.recent_runs)
+        # False only while replaying a run begun by the first released shape: it keeps that behaviour.
+        current = workflow.patched(LOCK_PATCH_V2)
         grants = 0
         while True:
-            has_waiter = await self._wait(lambda: bool(self._waiting), IDLE_EXIT)
+            has_waiter = await holds_within(lambda: bool(self._waiting), IDLE_EXIT)
             if not has_waiter:
+                if current:
+                    if not self._waiting:  # a request may have come with the idle timer
+                        return
+                    continue
                 if workflow.all_handlers_finished():
                     return
                 continue
@@ -86,20 +110,17 @@ class GameLock:
             self._remember(holder.run_id)
             workflow.set_current_details(f"held by {holder.workflow_id}; {len(self._waiting)} waiting")
             if await self._grant(holder):
-                await self._hold(holder)
+                await (self._hold(holder) if current else self._hold_first_shape(holder))
             self._holder = None
             grants += 1
-            if not self._waiting and (
-                grants >= GRANTS_BEFORE_CONTINUE_AS_NEW or workflow.info().is_continue_as_new_suggested()
-            ):
+            suggested = grants >= GRANTS_BEFORE_CONTINUE_AS_NEW or workflow.info().is_continue_as_new_suggested()
+            if current and suggested:
+                # Between turns, with the waiters: a busy game's history stays bounded.
+                workflow.continue_as_new(
+                    LockState(game_id=state.game_id, waiting=list(self._waiting), recent_runs=self._recent)
+                )
+            if not current and not self._waiting and suggested:
                 workflow.continue_as_new(LockState(game_id=state.game_id, recent_runs=self._recent))
-
-    async def _wait(self, condition: Callable[[], bool], within: timedelta) -> bool:
-        try:
-            await workflow.wait_condition(condition, timeout=within)
-        except TimeoutError:
-            return False
-        return True
 
     async def _grant(self, holder: LockRequest) -> bool:
         try:
@@ -110,7 +131,33 @@ class GameLock:
         return True
 
     async def _hold(self, holder: LockRequest) -> None:
-        while not await self._wait(lambda: self._holder is None, HOLDER_CHECK_EVERY):
+        """Until the holder releases, or is found gone by a check; a check never blocks the lock."""
+        while not await holds_within(lambda: self._holder is None, HOLDER_CHECK_EVERY):
+            check = workflow.start_activity(
+                HOLDER_RUNNING_ACTIVITY,
+                HolderCheck(workflow_id=holder.workflow_id, run_id=holder.run_id, first_run_id=holder.first_run_id),
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=RetryPolicy(maximum_attempts=HOLDER_CHECK_ATTEMPTS),
+                result_type=bool,
+                summary=f"is {holder.workflow_id} still running?",
+            )
+            await workflow.wait_condition(lambda: self._holder is None or check.done())  # noqa: B023
+            if not check.done():
+                return  # released while the check ran; its answer no longer matters
+            try:
+                running = check.result()
+            except ActivityError as err:
+                workflow.logger.warning(
+                    "could not check whether job %s still runs (%s); it keeps the turn", holder.workflow_id, err.cause
+                )
+                continue
+            if not running:
+                workflow.logger.warning("job %s ended without releasing; lock freed", holder.workflow_id)
+                return
+
+    async def _hold_first_shape(self, holder: LockRequest) -> None:
+        """The first released shape's hold, kept for runs begun before LOCK_PATCH_V2 (replay)."""
+        while not await holds_within(lambda: self._holder is None, HOLDER_CHECK_EVERY):
             running: bool = await workflow.execute_activity(
                 HOLDER_RUNNING_ACTIVITY,
                 HolderCheck(workflow_id=holder.workflow_id, run_id=holder.run_id),

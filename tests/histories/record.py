@@ -1,4 +1,7 @@
-"""Record the histories that tests/test_replay.py replays: `python -m tests.histories.record`.
+"""Record the histories that tests/test_replay.py replays: `python -m tests.histories.record VERSION`.
+
+Writes `tests/histories/VERSION/*.json` and `VERSION.sha256`, and refuses a version that exists:
+a history of a released workflow shape is never replaced (README, "Changing workflow code").
 
 Every history comes from a real run: its own Temporal dev server, Redis (REDIS_URL, default
 127.0.0.1:6379), Docker (DOCKER_HOST when it answers, else a private dockerd, as in the tests) and
@@ -9,6 +12,7 @@ breaks replay of the committed histories would break every run still open in pro
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import sys
@@ -100,7 +104,7 @@ class Recorder:
         await self.save("game_lock", self.client.get_workflow_handle(lock_workflow_id(together, tq)))
 
 
-async def main() -> None:
+async def main(out: Path) -> None:
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(temporal_cli()),
         data_converter=pydantic_data_converter,
@@ -117,7 +121,7 @@ async def main() -> None:
         # Long enough for a cancellation to reach the never-healthy start before it times out.
         start_timeout_s=60.0,
     )
-    recorder = Recorder(env.client, engine, settings, HERE)
+    recorder = Recorder(env.client, engine, settings, out)
     try:
         async with real_worker(env.client, settings):
             await recorder.run()
@@ -132,6 +136,18 @@ async def main() -> None:
         await env.shutdown()
 
 
+def write_checksums(out: Path) -> None:
+    lines = [f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}\n" for p in sorted(out.glob("*.json"))]
+    (out.parent / f"{out.name}.sha256").write_text("".join(lines))
+
+
 if __name__ == "__main__":
-    asyncio.run(main())
+    if len(sys.argv) != 2 or not sys.argv[1].isidentifier():
+        raise SystemExit("usage: python -m tests.histories.record VERSION   (e.g. v3)")
+    target = HERE / sys.argv[1]
+    if target.exists():
+        raise SystemExit(f"{target} exists: released histories are never replaced; record a new version")
+    target.mkdir()
+    asyncio.run(main(target))
+    write_checksums(target)
     os._exit(0)  # temporalio's core can abort at interpreter exit (sdk-python issue #300)

@@ -62,6 +62,10 @@ IMAGE_CHANGES: dict[str, list[str]] = {
         _cmd("echo engine booting; echo loading map; echo 'fatal: no map' >&2; exit 3"),
         "HEALTHCHECK --interval=1s CMD true",
     ],
+    # Without HEALTHCHECK ("running" would be ready): crash at once, or after ~0.3 s of booting. Only the
+    # readiness stability window (RTJOBS_ENGINE_MIN_RUNNING_S) tells them from a healthy engine.
+    "exits-at-once": [_cmd("echo engine booting; echo loading map; echo 'fatal: no map' >&2; exit 3")],
+    "exits-soon": [_cmd("echo engine booting; sleep 0.3; echo loading map; echo 'fatal: no map' >&2; exit 3")],
     "slow-healthy": [
         _cmd("trap 'exit 0' TERM; (sleep 3; touch /tmp/ready) & httpd -f -p 8080 -h /www & wait"),
         "HEALTHCHECK --interval=1s --timeout=1s --retries=30 CMD test -f /tmp/ready",
@@ -83,6 +87,8 @@ class EngineImages:
     never_healthy: str
     unhealthy: str
     exits: str
+    exits_at_once: str
+    exits_soon: str
     slow_healthy: str
     ignores_term: str
     oom: str
@@ -98,6 +104,8 @@ TEST_IMAGES = EngineImages(
     never_healthy=image_ref("never-healthy"),
     unhealthy=image_ref("unhealthy"),
     exits=image_ref("exits"),
+    exits_at_once=image_ref("exits-at-once"),
+    exits_soon=image_ref("exits-soon"),
     slow_healthy=image_ref("slow-healthy"),
     ignores_term=image_ref("ignores-term"),
     oom=image_ref("oom"),
