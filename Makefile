@@ -30,6 +30,7 @@ bench: $(STAMP) system-deps
 	$(PY) bench/publish.py
 	$(PY) bench/docker.py
 	$(PY) bench/e2e.py
+	$(PY) bench/latency.py
 
 clean:
 	rm -rf $(VENV) .state .pytest_cache .mypy_cache .ruff_cache

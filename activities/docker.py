@@ -47,6 +47,8 @@ from contract.settings import Settings
 # A create may meet a name taken and freed again by concurrent creators; after this many rounds the
 # start gives up rather than chase them (it also bounds an attempt's calls: see contract.policies).
 CREATE_ROUNDS = 4
+# How long the clean-up of a start that failed during a Docker outage waits before it looks again.
+OUTAGE_SETTLE_S = 2.0
 
 
 class EngineActivities:
@@ -171,13 +173,23 @@ class EngineActivities:
         run = job_run()
         if not run or not is_valid_game_id(request.game_id):
             return FailedStartRemoved(removed=[])  # a start without a job run or a valid game makes nothing
-        code = ErrorCode.CONTAINER_START_FAILED
+        removed: list[str] = []
         async with heartbeating(""):
-            found = await self.gateway.list_containers(job_run_filters(request.game_id, run), code)
-            for container_id in found:
-                activity.logger.info("removing container %s left by failed start of %s", container_id[:12], run)
-                await self.gateway.remove(container_id, code)
-        return FailedStartRemoved(removed=found)
+            removed += await self._remove_containers_of(run, request.game_id)
+            if request.after_outage or activity.info().attempt > 1:
+                # A daemon that did not answer still carries out the requests it had accepted once it
+                # answers again (a create landed 7-25 ms after a frozen dockerd was thawed): look again.
+                await asyncio.sleep(OUTAGE_SETTLE_S)
+                removed += await self._remove_containers_of(run, request.game_id)
+        return FailedStartRemoved(removed=removed)
+
+    async def _remove_containers_of(self, run: str, game_id: str) -> list[str]:
+        code = ErrorCode.CONTAINER_START_FAILED
+        found = await self.gateway.list_containers(job_run_filters(game_id, run), code)
+        for container_id in found:
+            activity.logger.info("removing container %s left by failed start of %s", container_id[:12], run)
+            await self.gateway.remove(container_id, code)
+        return found
 
     # --- steps -------------------------------------------------------------------------------------
 

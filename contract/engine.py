@@ -48,11 +48,16 @@ class EngineOutcome(BaseModel):
 
 class RemoveFailedStart(BaseModel):
     """Input of `remove_failed_start`: the game whose start failed. The job run is the calling
-    workflow run (from the activity's info), the same value the start wrote into `galaxy.job-run`."""
+    workflow run (from the activity's info), the same value the start wrote into `galaxy.job-run`.
+
+    `after_outage`: the start failed because Docker did not answer; a create it sent then may still be
+    carried out once the daemon answers again, so the clean-up looks twice, a moment apart.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     game_id: str
+    after_outage: bool = False
 
 
 class FailedStartRemoved(BaseModel):

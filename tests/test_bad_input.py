@@ -2,8 +2,8 @@
 
 The payloads are the bytes a starter in any language sends (`json/plain` payloads through
 `RawValue`, like `temporal workflow start --input`), served by an in-process worker with the real
-publish and lock activities, the real Redis, and the stand-in Docker activities of test_workflows.py
-(validation comes before Docker, so invalid input must never reach them).
+publish and lock activities, the real Redis, and the stand-in Docker activities of
+tests/support/stand_ins.py (validation comes before Docker, so invalid input must never reach them).
 
 Every job must end quickly, and without a retry storm, in exactly one of:
 
@@ -41,7 +41,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 from temporalio.api.common.v1 import Payload
-from temporalio.api.enums.v1 import EventType
+from temporalio.api.enums.v1 import EventType, WorkflowTaskFailedCause
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.common import RawValue
 from temporalio.testing import WorkflowEnvironment
@@ -49,10 +49,14 @@ from temporalio.testing import WorkflowEnvironment
 import cli
 from contract.models import IMAGE_REF_PATTERN, MAX_STOP_TIMEOUT_S, ImageRef, JobResult
 from tests.support.docker_engine import DockerEngine
-from tests.test_workflows import StandInEngine, job_worker
+from tests.support.stand_ins import StandInEngine, job_worker
 
 START, STOP = "StartRuntimeJob", "StopRuntimeJob"
-JOB_DEADLINE_S = 10.0  # "quickly": a bad input ends in well under a second; this is slack for CI
+LOCAL_ACTIVITY_MARKER = "core_local_activity"  # the SDK core's marker name for a local activity's result
+# Only a hang detector (a job stuck in a retry loop never ends), not a speed check: a batch ends in
+# 1-2 s, but on a loaded 2-core machine a batch of eleven jobs can take several times that. "Without a
+# retry storm" is checked on each run's history instead (`history_problems`).
+JOB_DEADLINE_S = 60.0
 BATCH = 10
 BATCHES = 6
 ImageRefAdapter: TypeAdapter[str] = TypeAdapter(ImageRef)
@@ -300,33 +304,42 @@ async def run_batch(rig: Rig, batch: list[Case]) -> list[Ran]:
 
 
 async def history_problems(r: Ran) -> list[str]:
-    """Retry storms and unexpected work: task failures, retried tasks or activities, Docker calls."""
+    """Retry storms and unexpected work: failed workflow tasks, activities retried after a failure,
+    unexpected activities or Docker calls.
+
+    A retry is counted by its cause. A workflow task that *failed* (the worker reported an error, with
+    a cause) or an activity attempt that *failed* is what a bad input can provoke, so any counts. A
+    workflow task or an activity attempt that *timed out* (the worker did not answer in time: a loaded
+    machine) is the machine's doing, not the input's, and is retried by design; it is not counted.
+    """
     problems = []
     events = (await r.handle.fetch_history()).events
-    failed = [e for e in events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED]
+    failed = [
+        e.workflow_task_failed_event_attributes for e in events if e.HasField("workflow_task_failed_event_attributes")
+    ]
     if failed:
-        problems.append(f"{len(failed)} workflow task failure(s): {failed[0].workflow_task_failed_event_attributes}")
-    task_attempts = [
-        e.workflow_task_scheduled_event_attributes.attempt
-        for e in events
-        if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED
+        causes = [WorkflowTaskFailedCause.Name(f.cause) for f in failed]
+        problems.append(f"{len(failed)} workflow task failure(s), causes {causes}: {failed[0].failure.message[:300]}")
+    retried_after_failure = [
+        f"{attempt.attempt} after: {attempt.last_failure.message[:150]}"
+        for attempt in (
+            e.activity_task_started_event_attributes
+            for e in events
+            if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
+        )
+        if attempt.attempt > 1 and not attempt.last_failure.HasField("timeout_failure_info")
     ]
-    if any(a > 1 for a in task_attempts):
-        problems.append(f"workflow task attempts {task_attempts}")
-    activity_attempts = [
-        e.activity_task_started_event_attributes.attempt
-        for e in events
-        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
-    ]
-    if any(a > 1 for a in activity_attempts):
-        problems.append(f"activity attempts {activity_attempts}")
+    if retried_after_failure:
+        problems.append(f"activity attempts retried after a failure: {retried_after_failure}")
     # The lock request is the jobs' only local activity: it shows as a marker, not a scheduled task.
+    # (Other markers, e.g. a `workflow.patched` version marker, are not activities.)
     scheduled = [
         e.activity_task_scheduled_event_attributes.activity_type.name
         if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
         else "acquire_game_lock"
         for e in events
-        if e.event_type in (EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED, EventType.EVENT_TYPE_MARKER_RECORDED)
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        or e.marker_recorded_event_attributes.marker_name == LOCAL_ACTIVITY_MARKER
     ]
     if r.case.game_id is None:
         expected = []
@@ -497,8 +510,8 @@ async def test_undecodable_json_fails_at_once_without_retrying(rig: Rig, raw: by
 
 @pytest.mark.parametrize(
     ("workflow", "game_id"),
-    [(START, "x" * 990), (STOP, "é" * 1100), (START, "x" * 20_000)],
-    ids=["longer-than-a-workflow-id", "over-2KB-utf8", "20k-chars"],
+    [(START, "x" * 990), (STOP, "é" * 1100), (START, "x" * 20_000), (START, "\U0001f600" * 200)],
+    ids=["longer-than-a-workflow-id", "over-2KB-utf8", "20k-chars", "200-chars-outside-the-BMP"],
 )
 async def test_huge_game_id_publishes_one_invalid_request(rig: Rig, workflow: str, game_id: str) -> None:
     """The contract: every run with a non-empty game_id publishes, however long the id is.

@@ -20,8 +20,14 @@ from tests.support.processes import ROOT, Process, process_env, start_ready_work
 from tests.support.redis_server import free_port
 from tests.support.streams import read_entries
 
+# Only stops a hung command; no test here times the CLI. `start --wait` of the tiny engine takes ~3 s
+# (interpreter start-up, connect, the job), far more on a loaded 2-core machine.
+HANG_S = 120.0
 
-def rtjobs(*args: str, env: Mapping[str, str] | None = None, timeout_s: float = 30) -> subprocess.CompletedProcess[str]:
+
+def rtjobs(
+    *args: str, env: Mapping[str, str] | None = None, timeout_s: float = HANG_S
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "cli.py", *args],
         cwd=ROOT,
@@ -104,7 +110,7 @@ async def test_results_follow_prints_new_entries_of_the_game(
     await follower.wait_for('"error_code": "old"')
     await redis.xadd(stream, _entry("g-b", code="other-game"))
     await redis.xadd(stream, _entry("g-a", code="new"))
-    await follower.wait_for('"error_code": "new"', timeout_s=10)
+    await follower.wait_for('"error_code": "new"', timeout_s=HANG_S)
     assert "other-game" not in follower.output()
     follower.send(signal.SIGTERM)
 

@@ -277,7 +277,9 @@ async def test_missing_image_that_cannot_be_pulled_fails_image_pull_failed(
 ) -> None:
     t0 = time.monotonic()
     err = await expect_error(start(make_activities(), game_id, ABSENT_IMAGE), ErrorCode.IMAGE_PULL_FAILED)
-    assert time.monotonic() - t0 < 15
+    # Upper bounds in this file are generous on purpose (a loaded 2-core machine): each is far below
+    # the wait it proves was not taken (here the 600 s pull bound), so only a real hang fails it.
+    assert time.monotonic() - t0 < 120
     assert ABSENT_IMAGE in err.message
     assert "connection refused" in err.message  # the reason is in the message
     assert await inspect(docker, container_name(game_id)) is None
@@ -300,7 +302,7 @@ async def test_engine_never_healthy_fails_engine_unhealthy_after_start_timeout_l
     t0 = time.monotonic()
     err = await expect_error(start(acts, game_id, images.never_healthy), ErrorCode.ENGINE_UNHEALTHY)
     elapsed = time.monotonic() - t0
-    assert 3.0 <= elapsed < 8.0, elapsed
+    assert 3.0 <= elapsed < 60.0, elapsed  # waited the timeout out, then gave up (did not wait forever)
     assert "not healthy within 3s" in err.message
     assert await inspect(docker, container_name(game_id)) is None
 
@@ -308,10 +310,10 @@ async def test_engine_never_healthy_fails_engine_unhealthy_after_start_timeout_l
 async def test_engine_reported_unhealthy_fails_engine_unhealthy_at_once_leaving_nothing(
     make_activities: MakeActivities, docker: aiodocker.Docker, images: EngineImages, game_id: str
 ) -> None:
-    acts = make_activities(start_timeout_s=30.0)
+    acts = make_activities(start_timeout_s=600.0)
     t0 = time.monotonic()
     err = await expect_error(start(acts, game_id, images.unhealthy), ErrorCode.ENGINE_UNHEALTHY)
-    assert time.monotonic() - t0 < 15  # reported, not waited out
+    assert time.monotonic() - t0 < 300  # reported when Docker said unhealthy, not at the 600 s timeout
     assert "reported unhealthy" in err.message
     assert await inspect(docker, container_name(game_id)) is None
 
@@ -506,8 +508,8 @@ async def test_stop_removes_the_engine_and_reports_its_id(
     acts = make_activities()
     started = await start(acts, game_id, images.healthy)
     t0 = time.monotonic()
-    stopped = await stop(acts, game_id, stop_timeout_s=10)
-    assert time.monotonic() - t0 < 5  # it honoured SIGTERM; no grace period waited out
+    stopped = await stop(acts, game_id, stop_timeout_s=600)
+    assert time.monotonic() - t0 < 300  # it honoured SIGTERM: the 600 s grace period was not waited out
     assert stopped == EngineOutcome(container_id=started.container_id, replay=False)
     assert await inspect(docker, started.container_id) is None
 
@@ -535,7 +537,8 @@ async def test_engine_ignoring_sigterm_is_killed_after_the_grace_period(
     t0 = time.monotonic()
     stopped = await stop(acts, game_id, stop_timeout_s=2)
     elapsed = time.monotonic() - t0
-    assert 2.0 <= elapsed < 6.0, elapsed
+    # Waited the grace period; that the kill followed is proven by the removal below, not by a clock.
+    assert elapsed >= 2.0, elapsed
     assert stopped == EngineOutcome(container_id=started.container_id, replay=False)
     assert await inspect(docker, started.container_id) is None
 
@@ -550,7 +553,7 @@ async def test_unreachable_docker_is_a_quick_retryable_docker_unavailable(
         err = await expect_error(start(acts, game_id), DOCKER_UNAVAILABLE_TYPE)
         assert "unavailable" in err.message.lower()
         err = await expect_error(stop(acts, game_id), DOCKER_UNAVAILABLE_TYPE)
-        assert time.monotonic() - t0 < 3
+        assert time.monotonic() - t0 < 20  # refused at once, not after the 10 s call deadline of each call
     finally:
         await acts.close()
 
@@ -630,7 +633,7 @@ async def test_pull_from_a_registry_that_never_answers_is_bounded(
         err = await expect_error(
             start(acts, game_id, f"127.0.0.1:{port}/rtjobs-test/silent:1"), ErrorCode.IMAGE_PULL_FAILED
         )
-        assert 2.0 <= time.monotonic() - t0 < 6.0
+        assert 2.0 <= time.monotonic() - t0 < 120  # stopped at its 2 s bound (the default is 600 s)
         assert "did not finish within 2s" in err.message
         assert await inspect(docker, container_name(game_id)) is None
     finally:

@@ -20,6 +20,7 @@ import aiodocker
 import pytest
 import redis.asyncio as aioredis
 from temporalio.api.enums.v1 import EventType
+from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
@@ -42,7 +43,10 @@ from workflows.search import GAME_ID, JOB_KIND
 
 pytestmark = pytest.mark.docker
 
-RESULT_WAIT_S = 60.0
+# Every wait in this file only stops a hang: none times the product (speed is measured in bench/, e.g.
+# bench/latency.py for the cancellation), so each is far beyond what a loaded 2-core machine takes.
+RESULT_WAIT_S = 120.0  # a job here takes 1-4 s (the slow-healthy engine: ~3 s), a game's chain ~12 s
+CLOSE_WAIT_S = 60.0  # a run without a usable game id fails within a second; a task retry loop never ends
 MakeSettings = Callable[..., Settings]
 
 
@@ -95,6 +99,32 @@ async def stream_results(redis: aioredis.Redis, stream: str) -> list[JobResult]:
 async def inspect_container(docker: aiodocker.Docker, game_id: str) -> dict[str, Any]:
     info: dict[str, Any] = await docker.containers.container(f"galaxy-game-{game_id}").show()
     return info
+
+
+STARTED = EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED  # written when an attempt ends, with a retry policy
+
+
+def activity_trail(events: list[HistoryEvent], activity_type: str) -> list[tuple[EventType.ValueType, int]]:
+    """(event type, index in `events`) of every event of the run's first `activity_type` call, in order."""
+    scheduled_id = next(
+        (
+            e.event_id
+            for e in events
+            if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+            and e.activity_task_scheduled_event_attributes.activity_type.name == activity_type
+        ),
+        None,
+    )
+    trail = []
+    for index, event in enumerate(events):
+        attributes = event.WhichOneof("attributes")
+        if event.event_id == scheduled_id or (
+            attributes is not None
+            and attributes.startswith("activity_task_")
+            and getattr(getattr(event, attributes), "scheduled_event_id", None) == scheduled_id
+        ):
+            trail.append((event.event_type, index))
+    return trail
 
 
 async def run_cli(*args: str) -> str:
@@ -198,24 +228,31 @@ async def test_cancel_mid_start_publishes_cancelled_and_leaves_no_container(
     images: EngineImages,
 ) -> None:
     gid = games()
-    # Never healthy: unless the cancellation reaches the Docker activity, the start ends engine_unhealthy
-    # after 10 s. An operator's cancel must land promptly, well within that.
-    settings = make_settings(start_timeout_s=10.0)
+    # Never healthy: the start can end only by its readiness limit (engine_unhealthy) or by the
+    # cancellation. The limit is far beyond what a cancellation takes to land (0.9 s from the request to
+    # the result, measured by bench/latency.py), so that a slow machine cannot turn this into a race;
+    # how fast it lands is the benchmark's figure, not a bound here.
+    settings = make_settings(start_timeout_s=RESULT_WAIT_S / 2)
     async with real_worker(client, settings):
         handle = await start_job(client, gid, image=images.never_healthy, task_queue=settings.task_queue)
         await until_running_container(docker, gid)
-        began = time.monotonic()
         await handle.cancel()
         result = await result_of(handle)
-        took = time.monotonic() - began
     assert (result.outcome, result.error_code, result.container_id) == ("failure", "cancelled", ""), result
-    assert took < 5.0, f"the cancellation took {took:.1f}s to reach the Docker activity"
     assert await game_containers(docker, gid) == []
     assert await stream_results(redis, stream) == [result]
-    docker_step = await activity_events(handle, "ensure_engine_running")
-    assert "completed" not in docker_step
-    kinds = [e.event_type for e in (await handle.fetch_history()).events]
-    assert EventType.EVENT_TYPE_ACTIVITY_TASK_CANCELED in kinds
+
+    # The cancellation reached the running Docker activity, which ended as cancelled (not completed, failed
+    # or timed out), and the publish was scheduled only after that.
+    events = list((await handle.fetch_history()).events)
+    docker_step = [(kind, i) for kind, i in activity_trail(events, "ensure_engine_running") if kind != STARTED]
+    assert [kind for kind, _i in docker_step] == [
+        EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED,
+        EventType.EVENT_TYPE_ACTIVITY_TASK_CANCEL_REQUESTED,
+        EventType.EVENT_TYPE_ACTIVITY_TASK_CANCELED,
+    ], [EventType.Name(kind) for kind, _i in docker_step]
+    publish_scheduled = activity_trail(events, "publish_job_result")[0][1]
+    assert publish_scheduled > docker_step[-1][1], "the publish must follow the Docker activity's cancellation"
 
 
 # --- one game, several jobs -------------------------------------------------------------------------
@@ -285,19 +322,23 @@ async def test_a_job_whose_first_task_is_late_within_the_settle_window_still_run
     happened to run (task-queue dispatch, a backlog): the stop started first must run first, so the
     start started 0.5 s after it leaves the engine running. A job asks for its turn no earlier than
     RTJOBS_ORDER_SETTLE_S after its start, which bounds how late a first task may be; without that,
-    the start (whose first task runs at once) would go first. The window is 3 s here because the
-    server fires a start delay with about 1 s granularity."""
-    settings = make_settings(order_settle_s=3.0)
+    the start (whose first task runs at once) would go first.
+
+    The times leave room for a slow machine (the server fires a start delay with about 1 s
+    granularity): the stop's first task comes 2-3 s after its start, so the start's first task has
+    1.5-2.5 s to run before it; the window is the largest allowed (5 s), so the stop's late task
+    still has 2-3 s to ask for its turn before the start asks."""
+    settings = make_settings(order_settle_s=5.0)
     gid = games()
     async with real_worker(client, settings):
-        # The delay stands in for the first job's workflow task being late (by about 1 s).
+        # The delay stands in for the first job's workflow task being late (by about 2 s).
         stop = await client.start_workflow(
             "StopRuntimeJob",
             {"game_id": gid},
             id=f"runtime-stop-{gid}-late",
             task_queue=settings.task_queue,
             result_type=JobResult,
-            start_delay=timedelta(seconds=1),
+            start_delay=timedelta(seconds=2),
         )
         await asyncio.sleep(0.5)
         start = await start_job(client, gid, task_queue=settings.task_queue)
@@ -376,7 +417,7 @@ async def test_search_attribute_query_finds_the_jobs_of_a_game(
     query = f'GameId="{gid}"'
 
     found: dict[str, str | None] = {}
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + RESULT_WAIT_S
     while len(found) < 2 and time.monotonic() < deadline:  # visibility is eventually consistent
         found = {wf.id: wf.typed_search_attributes.get(JOB_KIND) async for wf in client.list_workflows(query)}
         await asyncio.sleep(0.2)
@@ -484,7 +525,7 @@ async def test_status_query_shows_the_step_then_the_result_and_its_entry(
     gid = games()
     handle = await start_job(client, gid, image=images.slow_healthy, task_queue=worker.task_queue)
     steps: list[str] = []
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + RESULT_WAIT_S
     while time.monotonic() < deadline and not any(s.startswith("start engine") for s in steps):
         status = await handle.query(StartRuntimeJob.status)
         assert isinstance(status, JobStatus)
@@ -517,7 +558,7 @@ async def test_starting_the_same_job_id_twice_while_it_runs_runs_it_once(
     assert await stream_results(redis, stream) == [result]
 
 
-async def _until_closed(handle: WorkflowHandle[Any, Any], timeout_s: float = 20.0) -> list[Any]:
+async def _until_closed(handle: WorkflowHandle[Any, Any], timeout_s: float = CLOSE_WAIT_S) -> list[Any]:
     """The run's events once it has closed (without raising its failure)."""
     deadline = time.monotonic() + timeout_s
     closing = {

@@ -1,4 +1,5 @@
-"""Branching of the job workflows on the real dev server and real Redis, with stand-in Docker activities.
+"""Branching of the job workflows on the real dev server and real Redis, with stand-in Docker activities
+(tests/support/stand_ins.py).
 
 The stand-ins are registered under the real activity names; the real Docker activities are tested
 against a real engine in test_docker_*.py and end to end in test_e2e.py.
@@ -7,98 +8,26 @@ against a real engine in test_docker_*.py and end to end in test_e2e.py.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from temporalio import activity
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
-from temporalio.worker import Worker
 
-from activities.lock import LockActivities
-from activities.publish import ResultPublisher, redis_client
-from contract.engine import (
-    DOCKER_UNAVAILABLE_TYPE,
-    ENSURE_REMOVED_ACTIVITY,
-    ENSURE_RUNNING_ACTIVITY,
-    EngineOutcome,
-    EnsureEngineRemoved,
-    EnsureEngineRunning,
-)
+from contract.engine import DOCKER_UNAVAILABLE_TYPE, EngineOutcome
 from contract.models import JobResult, JobStatus
-from contract.settings import Settings
+from tests.support.stand_ins import StandInEngine, job_worker
 from tests.support.streams import read_entries
-from workflows import ALL_WORKFLOWS, StartRuntimeJob, StopRuntimeJob
+from workflows import StartRuntimeJob, StopRuntimeJob
 from workflows.search import GAME_ID, JOB_KIND
 
-Behaviour = Callable[[str], Any]
-
-
-@dataclass
-class StandInEngine:
-    """Stand-in Docker activities: `behaviour(game_id)` returns an EngineOutcome or raises."""
-
-    start: Behaviour = lambda game_id: EngineOutcome(container_id=f"cid-{game_id}", replay=False)
-    stop: Behaviour = lambda game_id: EngineOutcome(container_id=f"cid-{game_id}", replay=False)
-    delay_s: float = 0.0
-    calls: list[str] = field(default_factory=list)
-    running: dict[str, int] = field(default_factory=dict)
-    max_parallel_per_game: int = 0
-    cancelled: list[str] = field(default_factory=list)
-
-    async def _do(self, kind: str, game_id: str, behaviour: Behaviour) -> EngineOutcome:
-        self.calls.append(f"{kind}:{game_id}")
-        self.running[game_id] = self.running.get(game_id, 0) + 1
-        self.max_parallel_per_game = max(self.max_parallel_per_game, self.running[game_id])
-        try:
-            if self.delay_s:
-                for _ in range(int(self.delay_s / 0.05)):
-                    activity.heartbeat()
-                    await asyncio.sleep(0.05)
-            outcome: EngineOutcome = behaviour(game_id)
-            return outcome
-        except asyncio.CancelledError:
-            self.cancelled.append(game_id)
-            raise
-        finally:
-            self.running[game_id] -= 1
-
-    @activity.defn(name=ENSURE_RUNNING_ACTIVITY)
-    async def ensure_engine_running(self, request: EnsureEngineRunning) -> EngineOutcome:
-        return await self._do("start", request.game_id, self.start)
-
-    @activity.defn(name=ENSURE_REMOVED_ACTIVITY)
-    async def ensure_engine_removed(self, request: EnsureEngineRemoved) -> EngineOutcome:
-        return await self._do("stop", request.game_id, self.stop)
-
-
-@asynccontextmanager
-async def job_worker(
-    client: Client, task_queue: str, redis_url: str, stream: str, engine: StandInEngine
-) -> AsyncIterator[None]:
-    redis = redis_client(redis_url)
-    publisher = ResultPublisher(redis, stream=stream, dedup_ttl_s=3600)
-    locks = LockActivities(client, order_settle_s=Settings().order_settle_s)
-    async with Worker(
-        client,
-        task_queue=task_queue,
-        workflows=ALL_WORKFLOWS,
-        activities=[
-            publisher.publish_job_result,
-            locks.acquire_game_lock,
-            locks.game_lock_holder_running,
-            engine.ensure_engine_running,
-            engine.ensure_engine_removed,
-        ],
-    ):
-        yield
-    await redis.aclose()
+# How long a wait may last before the test calls it a hang: no check here is a speed check (those are
+# in bench/), so this only has to exceed what a loaded 2-core machine can take, with room to spare.
+HANG_S = 120.0
 
 
 def game() -> str:
@@ -184,7 +113,7 @@ async def test_input_without_a_usable_game_id_fails_the_workflow_and_publishes_n
     async with job_worker(client, task_queue, redis_url, stream, StandInEngine()):
         handle = await start(client, task_queue, "StartRuntimeJob", payload)
         with pytest.raises(WorkflowFailureError) as failure:
-            await asyncio.wait_for(handle.result(), timeout=20)
+            await asyncio.wait_for(handle.result(), timeout=HANG_S)
     assert "game_id" in str(failure.value.cause) or "valid" in str(failure.value.cause).lower()
     history = await handle.fetch_history()
     failed_tasks = [e for e in history.events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED]
@@ -220,7 +149,7 @@ async def test_docker_failures_map_to_their_error_code(
     gid = game()
     async with job_worker(client, task_queue, redis_url, stream, engine):
         handle = await start(client, task_queue, StartRuntimeJob.run, {"game_id": gid})
-        result = await asyncio.wait_for(handle.result(), timeout=60)
+        result = await asyncio.wait_for(handle.result(), timeout=HANG_S)  # retried ones: ~15 s of backoff
     assert (result.outcome, result.error_code) == ("failure", code)
     assert in_message in result.error_message
     assert [f for _i, f in await read_entries(redis, stream)] == [result.stream_fields()]
@@ -244,15 +173,18 @@ async def test_unanswering_docker_becomes_docker_unavailable_after_the_budget(
 async def test_cancel_mid_start_awaits_the_docker_cancellation_then_publishes_cancelled(
     client: Client, task_queue: str, redis_url: str, redis: aioredis.Redis, stream: str
 ) -> None:
-    gid, engine = game(), StandInEngine(delay_s=30)
+    # The stand-in's Docker step lasts far longer than a cancellation takes to reach it (the next
+    # heartbeat the SDK sends: at most 16 s here, 0.8 x the 20 s heartbeat timeout), so that a slow
+    # machine cannot let it finish first; the waits below only stop a hang, they time nothing.
+    gid, engine = game(), StandInEngine(delay_s=HANG_S)
     async with job_worker(client, task_queue, redis_url, stream, engine):
         handle = await start(client, task_queue, StartRuntimeJob.run, {"game_id": gid})
-        for _ in range(200):
-            if engine.calls:
-                break
+        deadline = asyncio.get_running_loop().time() + HANG_S
+        while not engine.calls:
+            assert asyncio.get_running_loop().time() < deadline, "the Docker step never started"
             await asyncio.sleep(0.05)
         await handle.cancel()
-        result = await asyncio.wait_for(handle.result(), timeout=30)
+        result = await asyncio.wait_for(handle.result(), timeout=HANG_S)
     assert (result.outcome, result.error_code) == ("failure", "cancelled")
     assert engine.cancelled == [gid]
     history = await handle.fetch_history()
@@ -268,18 +200,37 @@ async def test_jobs_of_one_game_never_overlap_and_publish_in_start_order(
 ) -> None:
     games = [game() for _ in range(3)]
     engine = StandInEngine(delay_s=0.3)
+    started: dict[str, list[WorkflowHandle[Any, JobResult]]] = {gid: [] for gid in games}
     async with job_worker(client, task_queue, redis_url, stream, engine):
-        handles = []
-        for n in range(4):  # start, stop, start, stop for each game, interleaved across games
+        # start, stop, start, stop for each game, interleaved across games, each start request sent once
+        # the one before it was accepted: the order the test starts them is each game's start order.
+        for n in range(4):
             for gid in games:
                 wf = StartRuntimeJob.run if n % 2 == 0 else StopRuntimeJob.run
-                handles.append((gid, n, await start(client, task_queue, wf, {"game_id": gid})))
-        await asyncio.gather(*(h.result() for _g, _n, h in handles))
-    assert engine.max_parallel_per_game == 1
+                started[gid].append(await start(client, task_queue, wf, {"game_id": gid}))
+        handles = [h for game_handles in started.values() for h in game_handles]
+        await asyncio.gather(*(h.result() for h in handles))
+        # Each run's own entry id (from its status query), so an entry is tied to the job that wrote it.
+        statuses = await asyncio.gather(*(h.query("status", result_type=JobStatus) for h in handles))
+        entry_of = {h.id: s.entry_id for h, s in zip(handles, statuses, strict=True)}
+        start_times = {h.id: (await h.describe()).start_time for h in handles}
+
     entries = await read_entries(redis, stream)
     assert len(entries) == 12
     for gid in games:
-        kinds = [c.split(":")[0] for c in engine.calls if c.endswith(gid)]
-        assert kinds == ["start", "stop", "start", "stop"]
-        published = [i for i, f in entries if f["game_id"] == gid]
-        assert published == sorted(published)
+        order = [h.id for h in started[gid]]  # the order the test started them
+        times = [start_times[job] for job in order]
+        assert all(a < b for a, b in itertools.pairwise(times)), f"the server's start times {times} disagree"
+
+        # Published in start order: the game's entries in stream order are the jobs' entries in start order.
+        published = [entry_id for entry_id, fields in entries if fields["game_id"] == gid]
+        assert published == [entry_of[job] for job in order], (
+            f"game {gid}: stream order {published}, start order {[entry_of[job] for job in order]}"
+        )
+
+        # Never overlap: each Docker step (stand-in) of the game ended before the next one began, and
+        # they ran in start order. (The stand-in records (game, job, began, ended) of every call.)
+        spans = sorted((began, ended, job) for g, job, began, ended in engine.spans if g == gid)
+        assert [job for _b, _e, job in spans] == order, f"game {gid}: Docker steps ran out of start order"
+        for (_b, ended, job), (began, _e, next_job) in itertools.pairwise(spans):
+            assert ended <= began, f"game {gid}: {next_job}'s Docker step began before {job}'s ended"

@@ -8,6 +8,7 @@ and retried without limit; its idempotency key is this run, so retries never dou
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -70,7 +71,9 @@ LOCK_ACTIVITY_TIMEOUT = timedelta(seconds=15)  # > the largest RTJOBS_ORDER_SETT
 LOCK_RETRY_POLICY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=5))
 # A payload without a usable game id (or not JSON at all) fails the run at once, not its task forever.
 FAILURE_TYPES = [UnusableJobInput, pydantic.ValidationError]
-SEARCH_VALUE_MAX_CHARS = 200
+# Temporal limits a search attribute value to 2,048 bytes as the server measures it: the JSON text,
+# with every non-ASCII character escaped (`\uXXXX`, 12 bytes for one outside the BMP).
+SEARCH_VALUE_MAX_BYTES = 1024
 
 
 class _RuntimeJob:
@@ -99,9 +102,8 @@ class _RuntimeJob:
         game_id = self._game_id = request.game_id
         # False only while replaying a run begun by the first released shape (tests/histories/v1).
         current = workflow.patched(JOB_PATCH_V2)
-        # A search attribute value is limited to 2 KB; only an invalid (over-long) game id is cut.
         workflow.upsert_search_attributes(
-            [GAME_ID.value_set(game_id[:SEARCH_VALUE_MAX_CHARS]), JOB_KIND.value_set(self.kind.value)]
+            [GAME_ID.value_set(search_value(game_id)), JOB_KIND.value_set(self.kind.value)]
         )
         self._step(f"{self.kind} job for game {game_id}: waiting for the game's earlier jobs")
         cancelled = await self._take_turn(game_id, request_again=current)
@@ -112,7 +114,7 @@ class _RuntimeJob:
                 result = await self._outcome(request)
             await self._publish(result)
             if current and self._engine_step_begun and result.outcome == "failure":
-                await self._remove_failed_start(game_id)
+                await self._remove_failed_start(game_id, after_outage=result.error_code == ErrorCode.DOCKER_UNAVAILABLE)
         finally:
             # A cancellation now must neither cut the release short nor undo the result published.
             await shielded(self._release(game_id))
@@ -216,7 +218,7 @@ class _RuntimeJob:
         entry_id = await shielded(publish)  # a cancellation arriving now must not stop the publish
         self._status = self._status.model_copy(update={"entry_id": entry_id})
 
-    async def _remove_failed_start(self, game_id: str) -> None:
+    async def _remove_failed_start(self, game_id: str, *, after_outage: bool) -> None:
         """Compensation: remove whatever this run's failed start left, before the game's next job runs.
 
         The start activity removes its container itself when it can; this covers a Docker engine that
@@ -228,7 +230,7 @@ class _RuntimeJob:
             removed = await shielded(
                 workflow.execute_activity(
                     REMOVE_FAILED_START_ACTIVITY,
-                    RemoveFailedStart(game_id=game_id),
+                    RemoveFailedStart(game_id=game_id, after_outage=after_outage),
                     start_to_close_timeout=REMOVE_FAILED_START_START_TO_CLOSE,
                     schedule_to_close_timeout=REMOVE_FAILED_START_SCHEDULE_TO_CLOSE,
                     retry_policy=REMOVE_FAILED_START_RETRY_POLICY,
@@ -302,6 +304,15 @@ class StopRuntimeJob(_RuntimeJob):
         if outcome.replay:
             return JobResult.replay(job.game_id)
         return JobResult.fresh_success(job.game_id, outcome.container_id)
+
+
+def search_value(game_id: str) -> str:
+    """The game id as a `GameId` value: whole when valid (at most 51 ASCII characters); an invalid one
+    (its job reports invalid_request) cut to what the server accepts, counted as the server counts."""
+    value = game_id[:SEARCH_VALUE_MAX_BYTES]
+    while len(json.dumps(value)) > SEARCH_VALUE_MAX_BYTES:
+        value = value[: len(value) * 3 // 4]
+    return value
 
 
 def _classify(err: ActivityError) -> tuple[ErrorCode, str]:

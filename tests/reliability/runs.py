@@ -11,6 +11,7 @@ import contextlib
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import aiodocker
@@ -121,13 +122,21 @@ async def assert_one_entry_per_run(redis_url: str, stream: str, runs: list[Run],
 
 
 async def containers_of(docker_url: str, game_ids: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
-    """Every container (any state) labelled with one of the games, as inspect data."""
+    """Every container (any state) labelled with one of the games, as inspect data.
+
+    Jobs may still be at work while this looks: a container removed between the list and its inspect
+    is gone, not an error.
+    """
     found: dict[str, list[dict[str, Any]]] = {g: [] for g in game_ids}
     async with aiodocker.Docker(url=docker_url) as docker:
         for game_id in found:
             listed = await docker.containers.list(all=True, filters={"label": [f"{LABEL_GAME_ID}={game_id}"]})
             for container in listed:
-                found[game_id].append(await container.show())
+                try:
+                    found[game_id].append(await container.show())
+                except aiodocker.DockerError as err:
+                    if err.status != 404:
+                        raise
     return found
 
 
@@ -141,6 +150,54 @@ async def assert_no_orphans(docker_url: str, runs: list[Run], finished: list[Job
             assert containers[0]["State"]["Running"], containers[0]["State"]
         else:
             assert containers == [], (run.game_id, result, [c["Id"] for c in containers])
+
+
+@dataclass
+class ActivityRun:
+    """One scheduled activity as the run's history tells it once the run has closed."""
+
+    attempt: int  # the attempt that ended it
+    last_failure: str  # ApplicationError type of the failure before that attempt ("" on attempt 1)
+    failure: str  # type of its final failure ("" when it completed)
+    completed: bool
+    result: bytes = b""  # the completed activity's result payload (JSON with the pydantic converter)
+    scheduled_at: datetime | None = None
+    closed_at: datetime | None = None  # when it completed or failed for good
+
+
+async def activity_runs(handle: Handle, activity_type: str) -> list[ActivityRun]:
+    """Each `activity_type` the run scheduled: which attempt ended it, and what failed before.
+
+    Temporal records a retried activity's failed attempts only in the last attempt's started event
+    (`attempt`, `last_failure`), so that is where an outage that hit an earlier attempt shows. The run
+    need not have closed: an activity still at work shows as neither completed nor failed.
+    """
+    scheduled: dict[int, ActivityRun] = {}
+    async for event in handle.fetch_history_events():
+        at = event.event_time.ToDatetime(tzinfo=UTC)
+        if event.HasField("activity_task_scheduled_event_attributes"):
+            if event.activity_task_scheduled_event_attributes.activity_type.name == activity_type:
+                scheduled[event.event_id] = ActivityRun(
+                    attempt=0, last_failure="", failure="", completed=False, scheduled_at=at
+                )
+        elif event.HasField("activity_task_started_event_attributes"):
+            started = event.activity_task_started_event_attributes
+            if started.scheduled_event_id in scheduled:
+                run = scheduled[started.scheduled_event_id]
+                run.attempt = started.attempt
+                run.last_failure = started.last_failure.application_failure_info.type
+        elif event.HasField("activity_task_completed_event_attributes"):
+            done = event.activity_task_completed_event_attributes
+            if done.scheduled_event_id in scheduled:
+                run = scheduled[done.scheduled_event_id]
+                run.completed, run.closed_at = True, at
+                run.result = done.result.payloads[0].data if done.result.payloads else b""
+        elif event.HasField("activity_task_failed_event_attributes"):
+            failed = event.activity_task_failed_event_attributes
+            if failed.scheduled_event_id in scheduled:
+                run = scheduled[failed.scheduled_event_id]
+                run.failure, run.closed_at = failed.failure.application_failure_info.type, at
+    return list(scheduled.values())
 
 
 async def remove_game_containers(docker_url: str, prefix: str) -> None:

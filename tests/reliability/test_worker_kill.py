@@ -31,7 +31,7 @@ from tests.support.processes import Process, start_ready_worker
 from tests.support.redis_server import RedisServer
 
 GAMES = 3
-READINESS_S = 10
+READINESS_S = 20  # the never-healthy engine's failure; above late-healthy's ~8 s
 UNHEALTHY = frozenset({("failure", "engine_unhealthy")})
 
 
@@ -73,8 +73,10 @@ async def test_worker_killed_during_readiness_wait(
     first = await start_ready_worker(processes, env)
     client = temporal_env.client
     games = [f"{game_prefix}-{i}" for i in range(GAMES)]
-    # slow-healthy: ~3 s from container start to healthy; the job created it, so a fresh success.
-    runs = await start_runs(client, task_queue, games, image=docker_engine.images.slow_healthy)
+    # late-healthy: ~8 s from container start to healthy, so that the kill surely lands in the readiness
+    # wait even when creating the four containers is slow (slow-healthy's 3 s was not always enough on a
+    # loaded 2-core machine); the job created it, so a fresh success.
+    runs = await start_runs(client, task_queue, games, image=docker_engine.images.late_healthy)
     # never-healthy: the job must fail engine_unhealthy and remove what it made.
     doomed = f"{game_prefix}-never"
     runs += await start_runs(client, task_queue, [doomed], image=docker_engine.images.never_healthy, accepted=UNHEALTHY)

@@ -70,6 +70,12 @@ IMAGE_CHANGES: dict[str, list[str]] = {
         _cmd("trap 'exit 0' TERM; (sleep 3; touch /tmp/ready) & httpd -f -p 8080 -h /www & wait"),
         "HEALTHCHECK --interval=1s --timeout=1s --retries=30 CMD test -f /tmp/ready",
     ],
+    # Healthy ~8 s after start: long enough that a scenario can act on several engines (create them all
+    # on a loaded machine, then kill a worker) while none is healthy yet.
+    "late-healthy": [
+        _cmd("trap 'exit 0' TERM; (sleep 8; touch /tmp/ready) & httpd -f -p 8080 -h /www & wait"),
+        "HEALTHCHECK --interval=1s --timeout=1s --retries=60 CMD test -f /tmp/ready",
+    ],
     # Fills memory until the kernel's OOM killer ends it (under a small memory limit).
     "oom": [
         _cmd("echo filling memory; x=$(head -c 400000000 /dev/zero | tr '\\0' a); echo survived"),
@@ -90,6 +96,7 @@ class EngineImages:
     exits_at_once: str
     exits_soon: str
     slow_healthy: str
+    late_healthy: str
     ignores_term: str
     oom: str
 
@@ -107,6 +114,7 @@ TEST_IMAGES = EngineImages(
     exits_at_once=image_ref("exits-at-once"),
     exits_soon=image_ref("exits-soon"),
     slow_healthy=image_ref("slow-healthy"),
+    late_healthy=image_ref("late-healthy"),
     ignores_term=image_ref("ignores-term"),
     oom=image_ref("oom"),
 )

@@ -9,10 +9,9 @@ Error replies (e.g. NOSCRIPT) always pass: they did not write anything.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 
-from tests.support.tcp_proxy import LossyProxy
+from tests.support.tcp_proxy import LossyProxy, pump_until_either_ends
 
 
 class FaultProxy(LossyProxy):
@@ -67,15 +66,6 @@ class FaultProxy(LossyProxy):
                 await client_w.drain()
 
         try:
-            pumps = [asyncio.create_task(client_to_upstream()), asyncio.create_task(upstream_to_client())]
-            try:
-                await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for pump in pumps:
-                    pump.cancel()
+            await pump_until_either_ends([client_to_upstream(), upstream_to_client()], (client_w, up_w))
         finally:
-            for writer in (client_w, up_w):
-                writer.close()
-                with contextlib.suppress(Exception):
-                    await writer.wait_closed()
             self._tasks.discard(task)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 
 class LossyProxy:
@@ -62,13 +64,23 @@ class LossyProxy:
         assert task is not None
         self._tasks.add(task)
         try:
-            pumps = [asyncio.create_task(client_to_upstream()), asyncio.create_task(upstream_to_client())]
-            _done, pending = await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
-            for pump in pending:
-                pump.cancel()
+            await pump_until_either_ends([client_to_upstream(), upstream_to_client()], (client_w, up_w))
         finally:
-            for writer in (client_w, up_w):
-                writer.close()
-                with contextlib.suppress(Exception):
-                    await writer.wait_closed()
             self._tasks.discard(task)
+
+
+async def pump_until_either_ends(
+    pumps: Sequence[Coroutine[Any, Any, None]], writers: Sequence[asyncio.StreamWriter]
+) -> None:
+    """Run both directions of a relayed connection until either ends (or is cancelled), then close both
+    sides: a peer that hung up, or a cut the proxy decided, ends the whole connection."""
+    tasks = [asyncio.create_task(pump) for pump in pumps]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for pump in tasks:
+            pump.cancel()
+        for writer in writers:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
