@@ -108,6 +108,9 @@ async def job_worker(
     `replace`: activity name -> an activity registered instead of the real one (e.g. a failing check).
     """
     redis = redis_client(redis_url)
+    # Connect now: redis-py imports parts of itself on first connect, and an import while a workflow
+    # activation runs in the sandbox (its import hook is process-wide) draws a warning per module.
+    await redis.ping()
     publisher = ResultPublisher(redis, stream=stream, dedup_ttl_s=3600)
     locks = LockActivities(client, order_settle_s=Settings().order_settle_s)
     activities: dict[str, Callable[..., Any]] = {
