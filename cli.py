@@ -3,6 +3,7 @@
     rtjobs start GAME [--image IMG] [--job ID] [--wait]
     rtjobs stop GAME [--timeout S] [--job ID] [--wait]
     rtjobs results [--game GAME] [--count N] [--follow] [--json]
+    rtjobs results --group G --consumer C [--claim-idle-s S] [--new-only] [--follow] [--json]
     rtjobs worker        (python worker.py)
     rtjobs dev           (python worker.py --dev)
 
@@ -24,11 +25,12 @@ from typing import Any, NoReturn, TextIO, cast
 
 import redis.asyncio as aioredis
 from pydantic import TypeAdapter, ValidationError
+from redis.exceptions import RedisClusterException
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.service import RPCError
 
 import worker
-from activities.publish import redis_client
+from activities.redis_topology import RedisClient, RedisUrlError, redis_client, scrub
 from contract.models import MAX_STOP_TIMEOUT_S, GameId, ImageRef, JobResult, JobStatus, Outcome, one_line
 from contract.settings import Settings, redact_url
 from starter import connect, connect_config, describe, start_job, stop_job
@@ -39,6 +41,9 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 RESULT_FIELDS = ("game_id", "outcome", "container_id", "engine_endpoint", "error_code", "error_message")
 FOLLOW_BLOCK_MS = 1000  # below the Redis client's 3 s socket timeout
+DEFAULT_COUNT = 20
+DEFAULT_CLAIM_IDLE_S = 60
+GROUP_READ_COUNT = 100
 STATUS_POLL_S = 0.5
 
 Entry = tuple[str, dict[str, str]]
@@ -90,6 +95,44 @@ def _positive(value: str) -> int:
     return number
 
 
+def _name(what: str) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        if not value.strip() or any(c.isspace() for c in value):
+            raise argparse.ArgumentTypeError(f"invalid {what} name {value!r}: must be non-empty, without spaces")
+        return value
+
+    return check
+
+
+def _claim_idle(value: str) -> int:
+    try:
+        seconds = int(value)
+    except ValueError:
+        seconds = 0
+    if seconds < 1:
+        raise argparse.ArgumentTypeError(f"invalid claim idle time {value!r}: must be a positive number of seconds")
+    return seconds
+
+
+def check_results_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Combinations argparse cannot express; each is one line and exit 2 (parser.error)."""
+    if args.command != "results":
+        return
+    if args.group is None:
+        for given, flag in ((args.consumer, "--consumer"), (args.claim_idle_s, "--claim-idle-s")):
+            if given is not None:
+                parser.error(f"{flag} needs --group")
+        if args.new_only:
+            parser.error("--new-only needs --group")
+        return
+    if args.consumer is None:
+        parser.error("--group needs --consumer: a name stable across restarts, so a restart gets its pending entries")
+    if args.game is not None:
+        parser.error("--game cannot be used with --group: the group acknowledges every entry it reads")
+    if args.count is not None:
+        parser.error("--count cannot be used with --group: the group reads every entry it has not acknowledged")
+
+
 def build_parser() -> argparse.ArgumentParser:
     game_id = _contract_type(TypeAdapter(GameId), "game id")
     parser = _Parser(prog="rtjobs", description="Operate runtime jobs (start/stop game engines).")
@@ -110,9 +153,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     results = commands.add_parser("results", help="read the result stream")
     results.add_argument("--game", type=game_id, help="only this game's entries")
-    results.add_argument("--count", type=_positive, default=20, help="how many recent entries (default 20)")
+    results.add_argument("--count", type=_positive, help=f"how many recent entries (default {DEFAULT_COUNT})")
     results.add_argument("--follow", action="store_true", help="then keep printing new entries")
     results.add_argument("--json", action="store_true", help="one JSON object per entry")
+    results.add_argument(
+        "--group",
+        type=_name("group"),
+        help="read as this consumer group (created if missing): print, then XACK, every entry; "
+        "without --follow, until nothing is left",
+    )
+    results.add_argument("--consumer", type=_name("consumer"), help="consumer name in --group, stable across restarts")
+    results.add_argument(
+        "--claim-idle-s",
+        type=_claim_idle,
+        help=f"claim entries other consumers left pending this long (default {DEFAULT_CLAIM_IDLE_S})",
+    )
+    results.add_argument(
+        "--new-only",
+        action="store_true",
+        help="create a missing --group at the stream's end ($) instead of its start (0)",
+    )
 
     commands.add_parser("worker", help="run the worker (TEMPORAL_ADDRESS)")
     commands.add_parser("dev", help="run the worker with the embedded Temporal dev server and UI")
@@ -196,23 +256,32 @@ def print_result(result: JobResult, out: TextIO) -> None:
 
 
 async def show_results(args: argparse.Namespace, settings: Settings) -> int:
-    redis = redis_client(settings.redis_url)
     try:
-        recent, last_id = await recent_entries(redis, settings.results_stream, args.count, args.game)
+        redis = redis_client(settings.redis_url)  # any topology: activities/redis_topology.py
+    except RedisUrlError as err:
+        raise CliError(f"invalid REDIS_URL {redact_url(settings.redis_url)}: {err}") from None
+    try:
+        if args.group is not None:
+            group = GroupReader(redis, settings.results_stream, args.group, args.consumer, as_json=args.json)
+            claim_idle_s = args.claim_idle_s or DEFAULT_CLAIM_IDLE_S
+            await group.consume(follow=args.follow, claim_idle_ms=claim_idle_s * 1000, new_only=args.new_only)
+            return EXIT_OK
+        count = args.count or DEFAULT_COUNT
+        recent, last_id = await recent_entries(redis, settings.results_stream, count, args.game)
         _print_header(args.json)
         for entry in recent:
             print_entry(entry, as_json=args.json)
         if args.follow:
             await follow(redis, settings.results_stream, last_id, args.game, args.json)
-    except aioredis.RedisError as err:
+    except (aioredis.RedisError, RedisClusterException) as err:
         where = redact_url(settings.redis_url)
-        raise CliError(f"Redis error at {where}: {one_line(str(err), 300)}") from None
+        raise CliError(f"Redis error at {where}: {scrub(one_line(str(err), 300), settings.redis_url)}") from None
     finally:
         await redis.aclose()
     return EXIT_OK
 
 
-async def recent_entries(redis: aioredis.Redis, stream: str, count: int, game: str | None) -> Recent:
+async def recent_entries(redis: RedisClient, stream: str, count: int, game: str | None) -> Recent:
     """The last `count` entries (of `game` only, if given), oldest first, and the stream's last id."""
     matched: list[Entry] = []
     last_id = "0-0"
@@ -228,7 +297,7 @@ async def recent_entries(redis: aioredis.Redis, stream: str, count: int, game: s
     return list(reversed(matched[:count])), last_id
 
 
-async def follow(redis: aioredis.Redis, stream: str, last_id: str, game: str | None, as_json: bool) -> None:
+async def follow(redis: RedisClient, stream: str, last_id: str, game: str | None, as_json: bool) -> None:
     while True:
         reply = cast(
             list[tuple[str, list[Entry]]],
@@ -267,11 +336,112 @@ def print_entry(entry: Entry, *, as_json: bool) -> None:
     )
 
 
+# --- results as a consumer group (the Game Lobby's way) ----------------------------------------------
+
+
+class GroupReader:
+    """Reads the stream as one consumer of a consumer group, so that every entry is processed at least
+    once: printed (and flushed) first, acknowledged (XACK) after. A consumer that dies between the two
+    leaves the entry pending: under the same consumer name it is read again at the next start; under
+    any other, XAUTOCLAIM hands it over once it has been idle for the claim time. Duplicates are
+    possible, losses are not."""
+
+    def __init__(self, redis: RedisClient, stream: str, group: str, consumer: str, *, as_json: bool) -> None:
+        self._redis = redis
+        self._stream = stream
+        self._group = group
+        self._consumer = consumer
+        self._as_json = as_json
+
+    async def consume(self, *, follow: bool, claim_idle_ms: int, new_only: bool = False) -> None:
+        """Own pending entries first, then (each round) entries dead consumers left pending, then new
+        ones; without `follow`, until a round finds nothing."""
+        await self.ensure_group(new_only=new_only)
+        _print_header(self._as_json)
+        await self._own_pending()
+        while True:
+            claimed = await self._claim_abandoned(claim_idle_ms)
+            new = await self._read(">", block_ms=FOLLOW_BLOCK_MS if follow else None)
+            if not follow and not claimed and not new:
+                return
+
+    async def ensure_group(self, *, new_only: bool) -> None:
+        """XGROUP CREATE ... MKSTREAM at 0 (every entry the stream still holds), or at $ with
+        `new_only`; an existing group is left as it is."""
+        start = "$" if new_only else "0"
+        try:
+            await self._redis.xgroup_create(self._stream, self._group, id=start, mkstream=True)
+        except aioredis.ResponseError as err:
+            if "BUSYGROUP" not in str(err):
+                raise
+            return
+        print(f"rtjobs: created consumer group {self._group} on {self._stream} at {start}", file=sys.stderr)
+
+    async def _own_pending(self) -> None:
+        """Entries delivered to this consumer name and never acknowledged (it died): again, at once."""
+        after = "0"
+        while entries := await self._read_batch(after, block_ms=None):
+            await self._process(entries)
+            after = entries[-1][0]
+
+    async def _claim_abandoned(self, min_idle_ms: int) -> int:
+        """XAUTOCLAIM every entry pending longer than `min_idle_ms` to any consumer; returns how many."""
+        cursor, count = "0-0", 0
+        while True:
+            reply = await self._redis.xautoclaim(
+                self._stream,
+                self._group,
+                self._consumer,
+                min_idle_time=min_idle_ms,
+                start_id=cursor,
+                count=GROUP_READ_COUNT,
+            )
+            cursor, entries = str(reply[0]), cast(list[Entry], reply[1])
+            if len(reply) > 2 and reply[2]:  # Redis 7 removed these from the group's pending list
+                self._lost(cast(list[str], reply[2]))
+            await self._process(entries)
+            count += len(entries)
+            if cursor == "0-0":
+                return count
+
+    async def _read(self, after: str, *, block_ms: int | None) -> int:
+        entries = await self._read_batch(after, block_ms=block_ms)
+        await self._process(entries)
+        return len(entries)
+
+    async def _read_batch(self, after: str, *, block_ms: int | None) -> list[Entry]:
+        reply = cast(
+            list[tuple[str, list[Entry]]],
+            await self._redis.xreadgroup(
+                self._group, self._consumer, {self._stream: after}, count=GROUP_READ_COUNT, block=block_ms
+            ),
+        )
+        return [entry for _name, entries in reply or [] for entry in entries]
+
+    async def _process(self, entries: list[Entry]) -> None:
+        for entry_id, fields in entries:
+            if not fields:  # pending, but trimmed away (RTJOBS_RESULTS_MAXLEN, XDEL): nothing to print
+                self._lost([entry_id])
+            else:
+                print_entry((entry_id, fields), as_json=self._as_json)
+                sys.stdout.flush()  # out of the process before the XACK says it was processed
+            await self._redis.xack(self._stream, self._group, entry_id)
+
+    def _lost(self, ids: list[str]) -> None:
+        print(
+            f"rtjobs: warning: {len(ids)} pending entries were deleted from {self._stream} before they were "
+            f"processed: {' '.join(ids[:10])}",
+            file=sys.stderr,
+        )
+
+
 # --- main -------------------------------------------------------------------------------------------
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_results_args(parser, args)
     if args.command in ("worker", "dev"):
         worker.main(["--dev"] if args.command == "dev" else [])
         return

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from pydantic import ValidationError
-from redis.asyncio import Redis
 from temporalio import activity, workflow
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
@@ -35,7 +34,17 @@ from temporalio.worker import Worker
 
 from activities.docker import EngineActivities
 from activities.lock import LockActivities
-from activities.publish import ResultPublisher, redis_client
+from activities.publish import ResultPublisher
+from activities.redis_topology import (
+    RedisClient,
+    RedisUrlError,
+    check_reachable,
+    check_wait_allowed,
+    parse_redis_url,
+    redis_client,
+    scrub,
+)
+from activities.retention import retention_running
 from contract.models import one_line
 from contract.settings import Settings, redact_url
 from starter import connect, connect_config, describe
@@ -194,17 +203,34 @@ async def connect_temporal(config: ClientConnectConfig) -> Client:
         raise StartupError(f"Temporal unreachable at {describe(config)}: {_short_error(err)}") from None
 
 
-async def open_redis(settings: Settings, stack: contextlib.AsyncExitStack) -> Redis:
-    """The process's one Redis client, PINGed through itself so the check tests what jobs will use."""
-    client = redis_client(settings.redis_url)
+async def open_redis(settings: Settings, stack: contextlib.AsyncExitStack) -> RedisClient:
+    """The process's one Redis client for the topology REDIS_URL names, checked through itself so the
+    check tests what jobs will use: PING the server holding the stream (Cluster: its slot's primary,
+    found from the seeds; Sentinel: the primary the sentinels name), and with
+    RTJOBS_REDIS_MIN_REPLICAS > 0 that the user may run WAIT. Each failure is one line, no password."""
+    url = settings.redis_url
+    try:
+        client = redis_client(url)
+        where = f"{redact_url(url)} ({parse_redis_url(url).describe()})"
+    except RedisUrlError as err:
+        raise StartupError(f"invalid REDIS_URL {redact_url(url)}: {scrub(str(err), url)}") from None
     stack.push_async_callback(client.aclose)
     try:
         async with asyncio.timeout(REDIS_CHECK_TIMEOUT_S):
-            await client.ping()
+            await check_reachable(client, settings.results_stream)
+    except TimeoutError:
+        raise StartupError(f"Redis check failed at {where}: no answer within {REDIS_CHECK_TIMEOUT_S:g} s") from None
     except Exception as err:
-        raise StartupError(
-            f"Redis check failed at {redact_url(settings.redis_url)}: {_short_error(err, settings.redis_url)}"
-        ) from None
+        raise StartupError(f"Redis check failed at {where}: {scrub(_short_error(err, url), url)}") from None
+    if settings.redis_min_replicas > 0:
+        try:
+            async with asyncio.timeout(REDIS_CHECK_TIMEOUT_S):
+                await check_wait_allowed(client, settings.results_stream)
+        except Exception as err:
+            raise StartupError(
+                f"Redis at {where} refused WAIT, which RTJOBS_REDIS_MIN_REPLICAS={settings.redis_min_replicas} "
+                f"needs after every publish (grant +wait: docs/security.md): {scrub(_short_error(err, url), url)}"
+            ) from None
     return client
 
 
@@ -286,12 +312,14 @@ def activity_methods(*holders: object) -> list[Callable[..., Any]]:
     return found
 
 
-def build_worker(client: Client, settings: Settings, redis: Redis, engine: EngineActivities) -> Worker:
+def build_worker(client: Client, settings: Settings, redis: RedisClient, engine: EngineActivities) -> Worker:
     publisher = ResultPublisher(
         redis,
         stream=settings.results_stream,
         dedup_ttl_s=settings.publish_dedup_ttl_s,
         maxlen=settings.results_maxlen,
+        min_replicas=settings.redis_min_replicas,
+        wait_timeout_ms=settings.redis_wait_timeout_ms,
     )
     return Worker(
         client,
@@ -353,7 +381,7 @@ async def run(options: Options, settings: Settings) -> int:
             settings.results_stream,
             redact_url(settings.redis_url),
         )
-        async with worker:
+        async with worker, retention_running(redis, settings):  # off unless RTJOBS_RESULTS_RETENTION
             await stop.wait()
             grace = settings.graceful_shutdown_timeout_s
             log.info("shutting down: waiting up to %ss for running activities", grace)

@@ -14,6 +14,9 @@ from contract.models import MAX_STOP_TIMEOUT_S, ErrorCode
 
 PUBLISH_ACTIVITY = "publish_job_result"
 INVALID_JOB_RESULT = "InvalidJobResult"
+# Retryable: the entry is on the primary but fewer than RTJOBS_REDIS_MIN_REPLICAS replicas acknowledged it
+# in time. The retry finds the entry by its idempotency key (no second entry) and waits again.
+RESULT_NOT_REPLICATED = "ResultNotReplicated"
 
 # Workflows call the publish activity with these. Unlimited attempts: a result is never dropped
 # because Redis was away for a while; the idempotency key keeps the retries from doubling it.

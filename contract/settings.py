@@ -6,6 +6,8 @@ variables (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TLS, API key), read in `worker.
 
 from __future__ import annotations
 
+import re
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -29,9 +31,19 @@ class Settings(BaseSettings):
     stop_timeout_s: int = Field(default=30, ge=0, le=3600)
 
     # Publish: how long a job run's idempotency key is kept (a retry later than this could append
-    # twice), and optional approximate trimming of the stream (0 = never trim).
+    # twice), and optional approximate trimming of the stream (0 = never trim). MAXLEN is unsafe: it
+    # drops entries whether or not a consumer group has read them.
     publish_dedup_ttl_s: int = Field(default=24 * 3600, ge=60)
     results_maxlen: int = Field(default=0, ge=0)
+    # Safe retention (activities/retention.py): entries older than this AND acknowledged by every
+    # consumer group are trimmed, once a minute. Unset (or empty) = off. `7d`, `12h`, `30m`, `1d12h`.
+    results_retention: timedelta | None = None
+    # Replication-safe acknowledgement: a publish succeeds only once this many replicas acknowledged
+    # the entry (`WAIT`), else it fails retryably and is retried (the idempotency key makes that safe).
+    # 0 = the primary's acknowledgement is enough (a failover can lose the newest entries). The wait is
+    # bounded below the client's 3 s socket timeout, so a slow replica is never taken for a dead server.
+    redis_min_replicas: int = Field(default=0, ge=0, le=100)
+    redis_wait_timeout_ms: int = Field(default=1000, ge=1, le=2500)
 
     # Engine container limits and hardening.
     engine_memory_bytes: int = Field(default=512 * 1024 * 1024, ge=6 * 1024 * 1024)
@@ -84,18 +96,53 @@ class Settings(BaseSettings):
             )
         return self
 
+    @field_validator("results_retention", mode="before")
+    @classmethod
+    def _parse_retention(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        try:
+            return parse_duration(value)
+        except ValueError as err:
+            raise ValueError(f"RTJOBS_RESULTS_RETENTION: {err}") from None
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_log_level(cls, value: object) -> object:
         return value.strip().upper() if isinstance(value, str) else value
 
 
+_DURATION_PART = re.compile(r"(\d+)([dhms])")
+_DURATION_UNITS_S = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+def parse_duration(text: str) -> timedelta | None:
+    """`7d`, `12h`, `30m`, `45s` or a sum like `1d12h` (empty: None, i.e. off). A bare number is
+    refused: operators mean days, hours or seconds, and a wrong guess would trim too early."""
+    compact = text.strip().lower().replace(" ", "")
+    if not compact:
+        return None
+    if _DURATION_PART.sub("", compact) or not _DURATION_PART.search(compact):
+        raise ValueError(f"invalid duration {text!r}: use a number with a unit d, h, m or s, e.g. 7d, 12h, 30m")
+    seconds = sum(int(n) * _DURATION_UNITS_S[unit] for n, unit in _DURATION_PART.findall(compact))
+    if seconds <= 0:
+        raise ValueError(f"invalid duration {text!r}: must be longer than 0")
+    return timedelta(seconds=seconds)
+
+
+_SECRET_OPTION = re.compile(r"(^|&)((?:sentinel_)?password)=[^&]*", re.IGNORECASE)
+
+
 def redact_url(url: str) -> str:
-    """A URL fit for logs: the password (and a bare token in the user part) replaced by `***`."""
+    """A URL fit for logs: the password (and a bare token in the user part) replaced by `***`, and so
+    are the `password` / `sentinel_password` query options (redis-py and the Sentinel URL read them)."""
     parts = urlsplit(url)
-    if not parts.netloc or "@" not in parts.netloc:
+    query = _SECRET_OPTION.sub(r"\1\2=***", parts.query)
+    if "@" not in parts.netloc and query == parts.query:
         return url
-    userinfo, host = parts.netloc.rsplit("@", 1)
-    user = userinfo.split(":", 1)[0] if ":" in userinfo else ""
-    masked = f"{user}:***" if user else "***"
-    return urlunsplit(parts._replace(netloc=f"{masked}@{host}"))
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user = userinfo.split(":", 1)[0] if ":" in userinfo else ""
+        netloc = f"{user}:***@{host}" if user else f"***@{host}"
+    return urlunsplit(parts._replace(netloc=netloc, query=query))

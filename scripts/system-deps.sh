@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs the system packages the test suite needs, only those missing: redis-server (when no Redis
-# answers), Debian's docker.io (dockerd, for the private Docker engine of the tests) and
-# busybox-static (the rootfs of the offline-built test engine images).
+# answers), redis-sentinel (the Sentinel topology tests; without it they run `redis-server --sentinel`),
+# Debian's docker.io (dockerd, for the private Docker engine of the tests) and busybox-static (the
+# rootfs of the offline-built test engine images).
 set -euo pipefail
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v redis-sentinel >/dev/null 2>&1 || need+=(redis-sentinel)
 command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
 [ -x /bin/busybox ] || [ -x /usr/bin/busybox ] || need+=(busybox-static)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
