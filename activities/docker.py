@@ -78,6 +78,10 @@ class EngineActivities:
     async def ensure_engine_running(self, request: EnsureEngineRunning) -> EngineOutcome:
         game_id = _check_game_id(request.game_id)
         image = _check_image(request.image or self._settings.engine_image)
+        # The image policy decides before any Docker call: a refused image is never pulled or created.
+        refused = self._settings.image_refusal(image)
+        if refused is not None:
+            raise permanent(ErrorCode.INVALID_REQUEST, refused)
         name = container_name(game_id)
         code = ErrorCode.CONTAINER_START_FAILED
         async with heartbeating(recorded_container_id()) as hb:

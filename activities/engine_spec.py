@@ -14,31 +14,87 @@ from contract.settings import Settings
 Inspect = dict[str, Any]
 
 
+# Where a read-only engine may write: a tmpfs (memory, counted against the engine's memory limit),
+# never executable, no set-uid, no devices.
+SCRATCH_DIR = "/tmp"
+SCRATCH_OPTIONS = "rw,noexec,nosuid,nodev"
+
+
+class UnsafeEngineConfig(ValueError):
+    """A create body that would loosen the engines' lock-down: never sent to Docker."""
+
+
 def container_config(settings: Settings, game_id: str, image: str, network: str, job_run: str = "") -> dict[str, Any]:
     """The create body: hardened, limited, labelled as ours (and as the job run's), on the game network
-    with its name as DNS alias; no restart policy, so only the jobs decide when an engine exists."""
+    with its name as DNS alias; no restart policy, so only the jobs decide when an engine exists.
+
+    Hardened: not privileged, no capabilities unless configured, no-new-privileges, Docker's default
+    seccomp profile (no `seccomp=` option, so never `unconfined`), read-only root file system with a
+    tmpfs scratch at /tmp (RTJOBS_ENGINE_READ_ONLY), a non-root user (RTJOBS_ENGINE_USER), and no
+    host path, volume or device mounted, ever (`check_locked_down` enforces it on the result).
+    """
     name = container_name(game_id)
     labels = {LABEL_GAME_ID: game_id, LABEL_MANAGED_BY: MANAGED_BY}
     if job_run:
         labels[LABEL_JOB_RUN] = job_run
-    return {
+    host: dict[str, Any] = {
+        "Privileged": False,
+        "CapDrop": ["ALL"],
+        "CapAdd": list(settings.engine_cap_add),
+        "SecurityOpt": ["no-new-privileges"],
+        "Memory": settings.engine_memory_bytes,
+        "MemorySwap": settings.engine_memory_bytes,  # no swap on top of the memory limit
+        "NanoCpus": settings.engine_nano_cpus,
+        "PidsLimit": settings.engine_pids_limit,
+        "NetworkMode": network,
+        "AutoRemove": False,
+        "RestartPolicy": {"Name": "no"},
+        "ReadonlyRootfs": settings.engine_read_only,
+    }
+    if settings.engine_read_only:
+        host["Tmpfs"] = {SCRATCH_DIR: f"{SCRATCH_OPTIONS},size={settings.engine_tmpfs_bytes}"}
+    config: dict[str, Any] = {
         "Image": image,
         "Labels": labels,
-        "HostConfig": {
-            "Privileged": False,
-            "CapDrop": ["ALL"],
-            "CapAdd": list(settings.engine_cap_add),
-            "SecurityOpt": ["no-new-privileges"],
-            "Memory": settings.engine_memory_bytes,
-            "MemorySwap": settings.engine_memory_bytes,  # no swap on top of the memory limit
-            "NanoCpus": settings.engine_nano_cpus,
-            "PidsLimit": settings.engine_pids_limit,
-            "NetworkMode": network,
-            "AutoRemove": False,
-            "RestartPolicy": {"Name": "no"},
-        },
+        "HostConfig": host,
         "NetworkingConfig": {"EndpointsConfig": {network: {"Aliases": [name]}}},
     }
+    if settings.engine_user:
+        config["User"] = settings.engine_user
+    check_locked_down(config)
+    return config
+
+
+_LOOSENING_SECURITY_OPTS = ("seccomp", "apparmor=unconfined", "apparmor:unconfined", "label=disable", "label:disable")
+_HOST_MODES = ("NetworkMode", "PidMode", "IpcMode", "UTSMode", "UsernsMode", "CgroupnsMode")
+
+
+def check_locked_down(config: dict[str, Any]) -> None:
+    """Refuse a create body that loosens the lock-down, whatever produced it.
+
+    No seccomp option at all (Docker's default profile applies; `seccomp=unconfined` or a custom
+    profile would replace it), no AppArmor/SELinux opt-out, not privileged, no host namespaces, no
+    host paths, named volumes, bind or volume mounts, devices or volumes-from: only the tmpfs scratch.
+    """
+    host: dict[str, Any] = config.get("HostConfig") or {}
+    problems = []
+    for opt in host.get("SecurityOpt") or []:
+        if str(opt).replace(" ", "").lower().startswith(_LOOSENING_SECURITY_OPTS):
+            problems.append(f"SecurityOpt {opt!r}")
+    if host.get("Privileged"):
+        problems.append("Privileged")
+    for key in ("Binds", "Mounts", "Devices", "VolumesFrom", "DeviceCgroupRules"):
+        if host.get(key):
+            problems.append(f"HostConfig.{key}")
+    if config.get("Volumes"):
+        problems.append("Volumes")
+    for key in _HOST_MODES:
+        if str(host.get(key, "")).lower() == "host":
+            problems.append(f"{key}=host")
+    if set(host.get("Tmpfs") or {}) - {SCRATCH_DIR}:
+        problems.append(f"Tmpfs {sorted(host['Tmpfs'])}")
+    if problems:
+        raise UnsafeEngineConfig(f"engine container config would loosen the lock-down: {', '.join(problems)}")
 
 
 def network_config(network: str) -> dict[str, Any]:

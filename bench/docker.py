@@ -79,7 +79,12 @@ async def main() -> None:
 
     engine = await acquire_engine()
     image = image_ref(args.image)
-    overrides: dict[str, Any] = {"DOCKER_HOST": engine.url, "game_network": NETWORK, "start_timeout_s": 60.0}
+    overrides: dict[str, Any] = {
+        "DOCKER_HOST": engine.url,
+        "game_network": NETWORK,
+        "start_timeout_s": 60.0,
+        "engine_image": image,  # the image policy's default admits its repository
+    }
     settings = Settings(**overrides)
     acts = EngineActivities(settings)
     docker = aiodocker.Docker(url=engine.url)

@@ -149,6 +149,7 @@ async def main() -> None:
                 RTJOBS_RESULTS_STREAM=f"bench:memory:{run}",
                 RTJOBS_GAME_NETWORK=network,
                 RTJOBS_START_TIMEOUT_S="3600",
+                RTJOBS_ENGINE_IMAGE=image,  # the image policy's default admits its repository
                 # Worker tuning given to the bench (e.g. RTJOBS_MAX_CACHED_WORKFLOWS) reaches the worker.
                 **{k: v for k, v in os.environ.items() if k in TUNING_VARS},
             ),

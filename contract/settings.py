@@ -15,6 +15,8 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from contract.image_policy import ImagePattern, ImagePolicyError, default_allow, parse_allow, refusal
+from contract.models import is_valid_image_ref
 from contract.policies import MAX_DOCKER_CALL_TIMEOUT_S, MAX_PULL_TIMEOUT_S, MAX_START_TIMEOUT_S
 
 DEFAULT_STATE_DIR = Path(__file__).resolve().parent.parent / ".state"
@@ -50,6 +52,21 @@ class Settings(BaseSettings):
     engine_nano_cpus: int = Field(default=1_000_000_000, ge=10_000_000)
     engine_pids_limit: int = Field(default=256, ge=16)
     engine_cap_add: list[str] = Field(default_factory=list)
+    # Read-only root file system; the engine's scratch space is then a tmpfs at /tmp of this size
+    # (noexec, nosuid, nodev; its pages count against the memory limit). False = the image's writable
+    # layer, no tmpfs.
+    engine_read_only: bool = True
+    engine_tmpfs_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024)
+    # The user the engine runs as (`uid[:gid]` or names the image knows); "" = the image's own USER.
+    engine_user: str = Field(
+        default="65534:65534", pattern=r"^(?:[A-Za-z0-9_][A-Za-z0-9_.-]*(?::[A-Za-z0-9_][A-Za-z0-9_.-]*)?)?$"
+    )
+
+    # Which images may run (contract/image_policy.py): comma-separated patterns; unset = the
+    # repository of RTJOBS_ENGINE_IMAGE, any tag or digest. With require_digest only references
+    # pinned by digest (`name@sha256:…`) run.
+    image_allow: str | None = None
+    image_require_digest: bool = False
 
     # Docker: client-side deadline of each Engine API call (bounded, so that the activities' own
     # start-to-close timeouts in contract.policies can exceed every configurable attempt).
@@ -95,6 +112,30 @@ class Settings(BaseSettings):
                 "otherwise no engine without HEALTHCHECK could ever be ready"
             )
         return self
+
+    @model_validator(mode="after")
+    def _image_policy_admits_the_default_image(self) -> Settings:
+        try:
+            allow = self.image_allow_patterns
+        except ImagePolicyError as err:
+            raise ValueError(f"RTJOBS_IMAGE_ALLOW: {err}") from None
+        if not is_valid_image_ref(self.engine_image):
+            raise ValueError(f"RTJOBS_ENGINE_IMAGE {self.engine_image[:80]!r} is not a valid image reference")
+        why = refusal(self.engine_image, allow, require_digest=self.image_require_digest)
+        if why is not None:
+            raise ValueError(f"RTJOBS_ENGINE_IMAGE (the default of every start) would be refused: {why}")
+        return self
+
+    @property
+    def image_allow_patterns(self) -> tuple[ImagePattern, ...]:
+        """The parsed RTJOBS_IMAGE_ALLOW, or its default (the engine image's repository)."""
+        if self.image_allow is None or not self.image_allow.strip():
+            return default_allow(self.engine_image)
+        return parse_allow(self.image_allow)
+
+    def image_refusal(self, image: str) -> str | None:
+        """Why the image policy refuses `image` (one line), or None when it may run."""
+        return refusal(image, self.image_allow_patterns, require_digest=self.image_require_digest)
 
     @field_validator("results_retention", mode="before")
     @classmethod

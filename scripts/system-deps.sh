@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the system packages the test suite needs, only those missing: redis-server (when no Redis
 # answers), redis-sentinel (the Sentinel topology tests; without it they run `redis-server --sentinel`),
-# Debian's docker.io (dockerd, for the private Docker engine of the tests) and busybox-static (the
-# rootfs of the offline-built test engine images).
+# Debian's docker.io (dockerd, for the private Docker engine of the tests), busybox-static (the
+# rootfs of the offline-built test engine images) and haproxy (the Docker socket proxy of
+# deploy/docker-socket-proxy, run by tests/test_socket_proxy.py).
 set -euo pipefail
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
@@ -11,6 +12,7 @@ command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
 [ -x /bin/busybox ] || [ -x /usr/bin/busybox ] || need+=(busybox-static)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then
   echo "missing system packages: ${need[*]} (run as root, or install them: apt-get install ${need[*]})" >&2

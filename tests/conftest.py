@@ -15,7 +15,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from tests.support.binaries import temporal_cli
-from tests.support.docker_engine import DockerEngine, EngineImages, EngineUnavailable, acquire_engine
+from tests.support.docker_engine import TEST_IMAGES, DockerEngine, EngineImages, EngineUnavailable, acquire_engine
 from tests.support.processes import DEAD_DOCKER, Process, process_env
 from tests.support.redis_server import RedisServer, port_answers
 from workflows.search import SEARCH_ATTRIBUTE_KEYS
@@ -146,6 +146,8 @@ def worker_env(temporal_env: WorkflowEnvironment, redis_url: str, task_queue: st
         RTJOBS_TASK_QUEUE=task_queue,
         RTJOBS_RESULTS_STREAM=stream,
         DOCKER_HOST=DEAD_DOCKER,
+        # The image policy's default admits the engine image's repository: the test images'.
+        RTJOBS_ENGINE_IMAGE=TEST_IMAGES.healthy,
     )
 
 

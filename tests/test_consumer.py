@@ -21,6 +21,7 @@ from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import NoPermissionError
 
 from tests.support.acl import acl_redis, admin_client, documented_line, refusals_of, url_as
 from tests.support.processes import ROOT, Process, process_env
@@ -295,3 +296,43 @@ async def test_the_documented_lobby_user_can_do_all_of_it() -> None:
         finally:
             await admin.aclose()
         assert await refusals_of(server, "lobby") == [], "the documented ACL lacks something the reader used"
+
+
+async def test_the_documented_lobby_user_reads_and_acknowledges_but_cannot_write() -> None:
+    """The Lobby's user, verbatim from docs/security.md: XREADGROUP and XACK work; XADD (or any other
+    write, key or command) is refused NOPERM, so a Lobby bug or a stolen Lobby password cannot forge results."""
+    password = "lobby-pass"
+    stream = "runtime:job_results"  # the documented key pattern
+    with acl_redis() as server:
+        words = documented_line("ACL SETUSER lobby ")
+        admin = admin_client(server)
+        lobby: aioredis.Redis = aioredis.Redis.from_url(url_as(server, "lobby", password), decode_responses=True)
+        try:
+            await admin.execute_command(*[w.replace(">CHANGE-ME", f">{password}") for w in words])  # type: ignore[no-untyped-call]
+            ids = await add_entries(admin, stream, 2, "acl")
+            await lobby.xgroup_create(stream, GROUP, id="0", mkstream=True)
+            read = cast(Any, await lobby.xreadgroup(GROUP, "c1", {stream: ">"}, count=10))
+            assert [entry_id for entry_id, _fields in read[0][1]] == ids
+            assert await lobby.xack(stream, GROUP, *ids) == 2
+            assert await pending_count(admin, stream) == 0
+
+            fields = {"game_id": "g-forged", "outcome": "success"}
+            refused: list[tuple[Any, ...]] = [
+                ("XADD", stream, "*", *[x for kv in fields.items() for x in kv]),
+                ("XADD", "other-stream", "*", "a", "b"),
+                ("XDEL", stream, ids[0]),
+                ("XTRIM", stream, "MAXLEN", "0"),
+                ("DEL", stream),
+                ("SET", f"{{{stream}}}:published:w:r", "1-0"),
+                ("XGROUP", "DESTROY", stream, GROUP),
+                ("XGROUP", "SETID", stream, GROUP, "$"),
+                ("XREADGROUP", "GROUP", GROUP, "c1", "STREAMS", "other-stream", ">"),
+            ]
+            for command in refused:
+                with pytest.raises(NoPermissionError, match=r"(?i)no permissions"):  # Redis's NOPERM reply
+                    await lobby.execute_command(*command)  # type: ignore[no-untyped-call]
+            assert await admin.xlen(stream) == 2, "the stream changed"
+        finally:
+            await lobby.aclose()
+            await admin.aclose()
+        assert {e["object"] for e in await refusals_of(server, "lobby")} >= {"xadd", "xdel", "xtrim", "del", "set"}

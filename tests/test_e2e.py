@@ -255,6 +255,40 @@ async def test_cancel_mid_start_publishes_cancelled_and_leaves_no_container(
     assert publish_scheduled > docker_step[-1][1], "the publish must follow the Docker activity's cancellation"
 
 
+# --- the image policy and the engines' lock-down ----------------------------------------------------
+
+
+async def test_an_image_outside_the_policy_is_invalid_request_never_pulled_and_an_allowed_one_runs_locked_down(
+    client: Client,
+    worker: Settings,
+    docker: aiodocker.Docker,
+    redis: aioredis.Redis,
+    stream: str,
+    games: Callable[[], str],
+    images: EngineImages,
+) -> None:
+    """The default policy (RTJOBS_IMAGE_ALLOW unset) admits the engine image's repository only: the same
+    repository name on another registry is refused before Docker sees it; the allowed one runs read-only
+    as 65534 with its scratch tmpfs (the test image's HEALTHCHECK passes under those defaults)."""
+    refused_gid, allowed_gid = games(), games()
+    impostor = f"127.0.0.1:9/{images.healthy}"  # other registry, same repository name; nothing answers there
+    refused = await result_of(await start_job(client, refused_gid, image=impostor, task_queue=worker.task_queue))
+    assert (refused.outcome, refused.error_code, refused.container_id) == ("failure", "invalid_request", "")
+    assert "not allowed by RTJOBS_IMAGE_ALLOW" in refused.error_message and impostor in refused.error_message
+    assert await game_containers(docker, refused_gid) == []
+    with pytest.raises(aiodocker.DockerError) as missing:
+        await docker.images.inspect(impostor)
+    assert missing.value.status == 404  # never pulled (a pull would have said image_pull_failed)
+
+    allowed = await result_of(await start_job(client, allowed_gid, image=images.healthy, task_queue=worker.task_queue))
+    assert (allowed.outcome, allowed.error_code) == ("success", "")
+    info = await inspect_container(docker, allowed_gid)
+    assert info["State"]["Health"]["Status"] == "healthy"
+    assert info["HostConfig"]["ReadonlyRootfs"] is True and info["Config"]["User"] == "65534:65534"
+    assert list(info["HostConfig"]["Tmpfs"]) == ["/tmp"]
+    assert await stream_results(redis, stream) == [refused, allowed]
+
+
 # --- one game, several jobs -------------------------------------------------------------------------
 
 

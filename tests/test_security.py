@@ -279,8 +279,8 @@ async def test_bad_redis_credentials_or_certificate_fail_start_up_in_one_line_wi
 # --- the engine container's hardening ------------------------------------------------------------
 
 
-async def _exec(docker: aiodocker.Docker, container_id: str, cmd: list[str]) -> str:
-    exe = await docker.containers.container(container_id).exec(cmd)
+async def _exec(docker: aiodocker.Docker, container_id: str, cmd: list[str], user: str = "") -> str:
+    exe = await docker.containers.container(container_id).exec(cmd, user=user)
     out = b""
     async with exe.start(detach=False) as stream:
         while (msg := await stream.read_out()) is not None:
@@ -302,9 +302,19 @@ def game_id() -> str:
 
 
 @pytest.mark.docker
-@pytest.mark.parametrize(("cap_add", "cap_eff"), [([], 0), (["NET_BIND_SERVICE"], CAP_NET_BIND_SERVICE)])
+@pytest.mark.parametrize(
+    ("cap_add", "user", "cap_eff"),
+    [
+        ([], None, 0),  # the defaults: uid/gid 65534
+        # Added to the bounding set, but a non-root process holds no capability (Docker sets no ambient
+        # ones, and no-new-privileges blocks file capabilities): only a root engine can use CapAdd.
+        (["NET_BIND_SERVICE"], None, 0),
+        (["NET_BIND_SERVICE"], "0:0", CAP_NET_BIND_SERVICE),
+    ],
+    ids=["defaults", "cap-add-non-root", "cap-add-root"],
+)
 async def test_engine_container_runs_hardened_as_the_contract_says(
-    docker_engine: DockerEngine, game_id: str, cap_add: list[str], cap_eff: int
+    docker_engine: DockerEngine, game_id: str, cap_add: list[str], user: str | None, cap_eff: int
 ) -> None:
     network = f"rtjobs-sec-{uuid.uuid4().hex[:8]}"
     values: dict[str, Any] = {
@@ -316,6 +326,7 @@ async def test_engine_container_runs_hardened_as_the_contract_says(
         "engine_nano_cpus": 250_000_000,
         "engine_pids_limit": 48,
         "engine_cap_add": cap_add,
+        **({} if user is None else {"engine_user": user}),
     }
     settings = Settings(**values)
     acts = EngineActivities(settings)
@@ -344,13 +355,40 @@ async def test_engine_container_runs_hardened_as_the_contract_says(
         assert host["UsernsMode"] != "host"
         assert not host.get("PortBindings") and not host.get("PublishAllPorts")
         assert not host.get("Binds") and not info.get("Mounts") and not host.get("Devices")
+        assert not host.get("VolumesFrom") and not info["Config"].get("Volumes")
+        # Locked down by default: read-only root, a bounded noexec tmpfs for scratch, uid/gid 65534, and
+        # Docker's default seccomp profile (no seccomp option at all, so never `unconfined`).
+        assert host["ReadonlyRootfs"] is True
+        assert host["Tmpfs"] == {"/tmp": f"rw,noexec,nosuid,nodev,size={settings.engine_tmpfs_bytes}"}
+        uid = (user or "65534:65534").split(":")[0]
+        assert info["Config"]["User"] == (user or "65534:65534")
+        assert not any("seccomp" in opt or "unconfined" in opt for opt in host["SecurityOpt"])
 
         # What the kernel enforces for the engine's PID 1.
         status = await _exec(docker, outcome.container_id, ["cat", "/proc/1/status"])
         assert int(_status_field(status, "CapEff"), 16) == cap_eff
-        assert int(_status_field(status, "CapBnd"), 16) == cap_eff
+        assert int(_status_field(status, "CapBnd"), 16) == (CAP_NET_BIND_SERVICE if cap_add else 0)
         assert _status_field(status, "NoNewPrivs") == "1"
         assert _status_field(status, "Seccomp") == "2", "Docker's default seccomp profile is not applied"
+        assert _status_field(status, "Uid").split() == [uid] * 4, f"the engine does not run as {uid}"
+        assert _status_field(status, "Gid").split() == [uid] * 4
+        # Its file systems, as the engine sees them: nothing writable but the scratch tmpfs.
+        mounts = {
+            line.split()[1]: line.split()
+            for line in (await _exec(docker, outcome.container_id, ["cat", "/proc/1/mounts"])).splitlines()
+        }
+        assert "ro" in mounts["/"][3].split(","), mounts["/"]
+        scratch = mounts["/tmp"]
+        assert scratch[2] == "tmpfs" and {"rw", "noexec", "nosuid", "nodev"} <= set(scratch[3].split(",")), scratch
+        assert f"size={settings.engine_tmpfs_bytes // 1024}k" in scratch[3].split(","), scratch
+        probe = (
+            "for f in /probe /bin/probe /www/probe /etc/probe; do echo x > $f && echo wrote $f; done;"
+            " echo x > /tmp/probe$$ && echo scratch ok"
+        )
+        for user in ("", "0"):  # as the engine; and as root (owner of /, so only the read-only mount stops it)
+            said = await _exec(docker, outcome.container_id, ["sh", "-c", probe], user)
+            assert "wrote" not in said and "scratch ok" in said, (user, said)
+            assert said.count("Read-only file system") == 4, (user, said)
     finally:
         with contextlib.suppress(Exception):
             await ActivityEnvironment().run(

@@ -10,7 +10,7 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from tests.reliability.runs import remove_game_containers
-from tests.support.docker_engine import DockerEngine
+from tests.support.docker_engine import TEST_IMAGES, DockerEngine
 from tests.support.processes import process_env
 from tests.support.redis_server import RedisServer
 
@@ -58,6 +58,8 @@ def worker_env_for(
             "RTJOBS_RESULTS_STREAM": results_stream,
             "RTJOBS_GRACEFUL_SHUTDOWN_TIMEOUT_S": "5",
             "RTJOBS_START_TIMEOUT_S": "60",
+            # The image policy's default admits the engine image's repository: the test images'.
+            "RTJOBS_ENGINE_IMAGE": TEST_IMAGES.healthy,
         }
         return process_env(**{**base, **overrides})
 

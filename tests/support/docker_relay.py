@@ -6,6 +6,10 @@ one thing it adds: `before(marker, hook)` runs `hook` (in a thread) the first ti
 bytes contain `marker` comes, and forwards those bytes only once the hook has returned. With
 `RestartableDockerd.freeze` as the hook, the daemon hangs at the exact moment that request reaches it
 (it is queued, and served when the daemon is thawed), which no polling from outside could time.
+
+It also records each request's method and target (`requests`), read from the client's byte stream
+(keep-alive connections, Content-Length and chunked bodies): the socket proxy's allowlist is derived
+from what the worker really sent (tests/test_socket_proxy.py).
 """
 
 from __future__ import annotations
@@ -18,6 +22,63 @@ from pathlib import Path
 from tests.support.tcp_proxy import pump_until_either_ends
 
 
+class RequestLog:
+    """Parses one connection's client-to-daemon bytes into (method, target) of each HTTP request."""
+
+    def __init__(self, into: list[tuple[str, str]]) -> None:
+        self._into = into
+        self._buf = b""
+        self._body_left = 0  # bytes of a Content-Length body still to skip
+        self._chunked = False
+        self.broken = False  # bytes that are no HTTP request (recording stops for this connection)
+
+    def feed(self, data: bytes) -> None:
+        if self.broken:
+            return
+        self._buf += data
+        while self._step():
+            pass
+
+    def _step(self) -> bool:
+        if self._body_left:
+            taken = min(self._body_left, len(self._buf))
+            self._buf, self._body_left = self._buf[taken:], self._body_left - taken
+            return bool(self._buf) and not self._body_left
+        if self._chunked:
+            return self._chunk()
+        head, sep, rest = self._buf.partition(b"\r\n\r\n")
+        if not sep:
+            return False
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ")
+        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+            self.broken = True
+            return False
+        self._into.append((parts[0], parts[1]))
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        self._buf = rest
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            self._chunked = True
+        else:
+            self._body_left = int(headers.get("content-length") or 0)
+        return bool(self._buf)
+
+    def _chunk(self) -> bool:
+        size_line, sep, rest = self._buf.partition(b"\r\n")
+        if not sep:
+            return False
+        size = int(size_line.split(b";")[0] or b"0", 16)
+        if size == 0:  # last chunk (no trailers from our clients): the request ends after its CRLF
+            if len(rest) < 2:
+                return False
+            self._buf, self._chunked = rest[2:], False
+            return bool(self._buf)
+        if len(rest) < size + 2:
+            return False
+        self._buf = rest[size + 2 :]
+        return bool(self._buf)
+
+
 class DockerRelay:
     def __init__(self, upstream: Path, path: Path) -> None:
         self.upstream = upstream
@@ -28,6 +89,8 @@ class DockerRelay:
         self.hook_error: BaseException | None = None
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.requests: list[tuple[str, str]] = []  # (method, target) of every request relayed, in order
+        self.unparsed = 0  # connections whose bytes were not all HTTP requests
 
     @property
     def url(self) -> str:
@@ -62,8 +125,11 @@ class DockerRelay:
             self._tasks.discard(task)
             return
 
+        log = RequestLog(self.requests)
+
         async def client_to_upstream() -> None:
             while data := await client_r.read(65536):
+                log.feed(data)
                 hook = self._hook
                 if hook is not None and self._marker in data:
                     self._hook = None
@@ -85,4 +151,5 @@ class DockerRelay:
         try:
             await pump_until_either_ends([client_to_upstream(), upstream_to_client()], (client_w, up_w))
         finally:
+            self.unparsed += log.broken
             self._tasks.discard(task)
