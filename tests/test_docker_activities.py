@@ -39,13 +39,11 @@ from tests.support.docker_engine import (
     TEST_REPO,
     DockerEngine,
     EngineImages,
-    EngineUnavailable,
     image_ref,
     import_image,
     rootfs_tar,
-    static_busybox,
 )
-from tests.support.restartable_dockerd import RestartableDockerd
+from tests.support.restartable_dockerd import RestartableDockerd, own_dockerd
 from tests.support.tiny_registry import TinyRegistry
 
 pytestmark = pytest.mark.docker
@@ -798,17 +796,12 @@ async def test_remove_failed_start_with_docker_unreachable_is_retryable_docker_u
 @pytest.fixture
 async def stoppable_dockerd() -> AsyncIterator[RestartableDockerd]:
     """A dockerd of this test's own (it will be SIGTERMed), with the never-healthy image."""
-    try:
-        static_busybox()
-        daemon = RestartableDockerd().start()
-    except EngineUnavailable as err:
-        pytest.skip(f"no private dockerd: {err}")
-    try:
-        async with aiodocker.Docker(url=daemon.url) as client:
-            await import_image(client, image_ref("never-healthy"), rootfs_tar(), IMAGE_CHANGES["never-healthy"])
+
+    async def never_healthy(client: aiodocker.Docker) -> None:
+        await import_image(client, image_ref("never-healthy"), rootfs_tar(), IMAGE_CHANGES["never-healthy"])
+
+    async with own_dockerd(never_healthy) as daemon:
         yield daemon
-    finally:
-        daemon.close()
 
 
 async def test_engine_stopped_by_its_daemon_shutting_down_is_docker_unavailable_not_container_exited(

@@ -113,7 +113,7 @@ class _RuntimeJob:
             else:
                 result = await self._outcome(request)
             await self._publish(result)
-            if current and self._engine_step_begun and result.outcome == "failure":
+            if current and self.kind is JobKind.START and self._engine_step_begun and result.outcome == "failure":
                 await self._remove_failed_start(game_id, after_outage=result.error_code == ErrorCode.DOCKER_UNAVAILABLE)
         finally:
             # A cancellation now must neither cut the release short nor undo the result published.
@@ -145,7 +145,7 @@ class _RuntimeJob:
 
     async def _engine(self, activity: str, arg: Any, limit: timedelta, summary: str) -> EngineOutcome:
         self._step(summary)
-        self._engine_step_begun = activity == ENSURE_RUNNING_ACTIVITY
+        self._engine_step_begun = True
         outcome: EngineOutcome = await workflow.execute_activity(
             activity,
             arg,

@@ -53,11 +53,11 @@ from tests.reliability.runs import (
     until_pending,
 )
 from tests.reliability.test_worker_kill import until_containers_exist
-from tests.support.docker_engine import TEST_IMAGES, EngineUnavailable, build_test_images, static_busybox
+from tests.support.docker_engine import TEST_IMAGES, build_test_images
 from tests.support.docker_relay import DockerRelay
 from tests.support.processes import Process, start_ready_worker
 from tests.support.redis_server import RedisServer
-from tests.support.restartable_dockerd import RestartableDockerd
+from tests.support.restartable_dockerd import RestartableDockerd, own_dockerd
 
 POSSIBLE = frozenset(
     {
@@ -89,17 +89,8 @@ JOBS_FINISH_S = 240
 @pytest.fixture
 async def dockerd() -> AsyncIterator[RestartableDockerd]:
     """A dockerd of this test's own, with the test images; stopped and cleaned up whatever happens."""
-    try:
-        static_busybox()
-        daemon = RestartableDockerd().start()
-    except EngineUnavailable as err:
-        pytest.skip(f"no private dockerd: {err}")
-    try:
-        async with aiodocker.Docker(url=daemon.url) as docker:
-            await build_test_images(docker)
+    async with own_dockerd(build_test_images) as daemon:
         yield daemon
-    finally:
-        daemon.close()
 
 
 @pytest.mark.slow

@@ -88,3 +88,15 @@ async def start_ready_worker(processes: list[Process], env: Mapping[str, str]) -
     worker = start_worker(processes, env)
     await worker.wait_for(WORKER_READY)
     return worker
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None, grace_s: float = 10.0) -> None:
+    """SIGTERM a helper server (redis-server, haproxy, ...), SIGKILL it after `grace_s`, and reap it."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

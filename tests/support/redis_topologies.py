@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import redis
 
+from tests.support.processes import stop_process
 from tests.support.redis_server import free_port, port_answers
 
 T = TypeVar("T")
@@ -150,13 +151,8 @@ class Node:
 
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.resume()
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            self.resume()  # a paused server would not act on the SIGTERM
+        stop_process(self.proc)
         self.proc = None
         shutil.rmtree(self.dir, ignore_errors=True)
 

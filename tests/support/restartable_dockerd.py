@@ -16,10 +16,14 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
-from tests.support.docker_engine import PrivateDockerd
+import aiodocker
+import pytest
+
+from tests.support.docker_engine import EngineUnavailable, PrivateDockerd, static_busybox
 
 
 class RestartableDockerd(PrivateDockerd):
@@ -92,3 +96,22 @@ def _all_threads_stopped(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return bool(states) and all(state in ("T", "t") for state in states)
+
+
+@asynccontextmanager
+async def own_dockerd(
+    prepare: Callable[[aiodocker.Docker], Awaitable[object]],
+) -> AsyncIterator[RestartableDockerd]:
+    """A dockerd of the test's own (it may stop, freeze or restart it), prepared by `prepare` (e.g. the
+    test images), closed whatever happens; the test is skipped (a failure under CI=true) without one."""
+    try:
+        static_busybox()
+        daemon = RestartableDockerd().start()
+    except EngineUnavailable as err:
+        pytest.skip(f"no private dockerd: {err}")
+    try:
+        async with aiodocker.Docker(url=daemon.url) as docker:
+            await prepare(docker)
+        yield daemon
+    finally:
+        daemon.close()
