@@ -1,8 +1,10 @@
 """The runtime-jobs worker process: `python worker.py` (TEMPORAL_ADDRESS) or `python worker.py --dev`.
 
 Read it top-down: main() → config (Settings, logging) → clients (Temporal, Redis, Docker, each
-checked at start-up with a one-line error) → one Worker on the task queue → wait for SIGTERM/SIGINT
-→ graceful shutdown → close the clients → exit.
+checked at start-up with a one-line error) → `serving`: the Docker engine's identity (its host in
+the fleet), a first report to the host registry, one Worker on the host's own task queue (the
+Docker activities) and one on the shared task queue (the workflows, the publish, the turn and
+placement activities) → wait for SIGTERM/SIGINT → graceful shutdown → close the clients → exit.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.docker import EngineActivities
+from activities.hosts import HostFacts, HostReporter, PlacementActivities, identify_host
 from activities.lock import LockActivities
 from activities.publish import ResultPublisher
 from activities.redis_topology import (
@@ -57,6 +60,9 @@ EXIT_OK = 0
 EXIT_STARTUP_FAILED = 1
 EXIT_INTERRUPTED = 130
 DOCKER_CHECK_TIMEOUT_S = 5.0
+# While the Docker engine does not answer, the worker serves the shared queue and asks again this often
+# who the engine is; the host's own queue is polled once it answers.
+IDENTIFY_RETRY_S = 5.0
 REDIS_CHECK_TIMEOUT_S = 5.0
 HEARTBEAT_THROTTLE = timedelta(seconds=1)
 
@@ -313,6 +319,11 @@ def activity_methods(*holders: object) -> list[Callable[..., Any]]:
 
 
 def build_worker(client: Client, settings: Settings, redis: RedisClient, engine: EngineActivities) -> Worker:
+    """The shared queue's worker: every workflow, the publish, the turn and placement activities.
+
+    The Docker activities are registered here too, for job runs begun by the single-host shape
+    (they ran their Docker step on the shared queue); runs of the fleet shape never schedule them here.
+    """
     publisher = ResultPublisher(
         redis,
         stream=settings.results_stream,
@@ -325,7 +336,12 @@ def build_worker(client: Client, settings: Settings, redis: RedisClient, engine:
         client,
         task_queue=settings.task_queue,
         workflows=ALL_WORKFLOWS,
-        activities=activity_methods(publisher, engine, LockActivities(client, order_settle_s=settings.order_settle_s)),
+        activities=activity_methods(
+            publisher,
+            engine,
+            LockActivities(client, order_settle_s=settings.order_settle_s, host_wait_s=settings.host_wait_s),
+            PlacementActivities(client),
+        ),
         graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_timeout_s),
         # Heartbeats are otherwise throttled to 0.8 x the heartbeat timeout (16 s): a cancelled job
         # would learn of it that late, and its start could finish instead of being cancelled.
@@ -333,6 +349,84 @@ def build_worker(client: Client, settings: Settings, redis: RedisClient, engine:
         max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
         default_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
     )
+
+
+def build_host_worker(client: Client, settings: Settings, engine: EngineActivities, facts: HostFacts) -> Worker:
+    """The host queue's worker: the Docker activities of this worker's engine, and nothing else."""
+    return Worker(
+        client,
+        task_queue=facts.ref.queue,
+        activities=activity_methods(engine),
+        graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_timeout_s),
+        max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
+        default_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
+    )
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    client: Client, settings: Settings, redis: RedisClient, engine: EngineActivities
+) -> AsyncIterator[None]:
+    """Both workers polling until the block ends (then shut down gracefully, host queue last)."""
+    async with contextlib.AsyncExitStack() as stack:
+        facts = await _identify(engine, settings)
+        if facts is not None:
+            await _serve_host(stack, client, settings, engine, facts)
+        else:
+            task = asyncio.create_task(_serve_host_when_docker_answers(stack, client, settings, engine))
+            stack.push_async_callback(_cancelled, task)
+        await stack.enter_async_context(build_worker(client, settings, redis, engine))
+        yield
+
+
+async def _identify(engine: EngineActivities, settings: Settings) -> HostFacts | None:
+    try:
+        async with asyncio.timeout(DOCKER_CHECK_TIMEOUT_S * 2):
+            return await identify_host(engine.gateway, settings)
+    except Exception as err:
+        log.warning("Docker engine not identified (%s): host queue not served yet", _short_error(err))
+        return None
+
+
+async def _serve_host(
+    stack: contextlib.AsyncExitStack, client: Client, settings: Settings, engine: EngineActivities, facts: HostFacts
+) -> None:
+    """First report (so a job placed right after start sees the host live), then poll its queue."""
+    reporter = HostReporter(client, engine.gateway, settings, facts)
+    try:
+        await reporter.report()
+    except Exception as err:
+        log.warning("first report of host %s to the registry failed: %s", facts.ref.name, _short_error(err))
+    await stack.enter_async_context(build_host_worker(client, settings, engine, facts))
+    await stack.enter_async_context(reporter.running())
+    log.info(
+        "host %s (engine %s, Docker %s): %s engines at most (%s); game network %s %s; host queue %s",
+        facts.ref.name,
+        facts.ref.host_id,
+        facts.docker_version,
+        facts.capacity,
+        facts.capacity_from,
+        settings.game_network,
+        facts.network_driver or "(made on the first start)",
+        facts.ref.queue,
+    )
+
+
+async def _serve_host_when_docker_answers(
+    stack: contextlib.AsyncExitStack, client: Client, settings: Settings, engine: EngineActivities
+) -> None:
+    while True:
+        await asyncio.sleep(IDENTIFY_RETRY_S)
+        facts = await _identify(engine, settings)
+        if facts is not None:
+            await _serve_host(stack, client, settings, engine, facts)
+            return
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 @contextlib.asynccontextmanager
@@ -374,14 +468,14 @@ async def run(options: Options, settings: Settings) -> int:
         except StartupError as err:
             log.error("%s", err)
             return EXIT_STARTUP_FAILED
-        worker = build_worker(client, settings, redis, engine)
         log.info(
             "worker polling task queue %s; results to stream %s on %s",
             settings.task_queue,
             settings.results_stream,
             redact_url(settings.redis_url),
         )
-        async with worker, retention_running(redis, settings):  # off unless RTJOBS_RESULTS_RETENTION
+        async with serving(client, settings, redis, engine), retention_running(redis, settings):
+            # (retention is off unless RTJOBS_RESULTS_RETENTION)
             await stop.wait()
             grace = settings.graceful_shutdown_timeout_s
             log.info("shutting down: waiting up to %ss for running activities", grace)

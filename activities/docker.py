@@ -109,6 +109,9 @@ class EngineActivities:
                     return EngineOutcome(container_id=info["Id"], replay=not own)
                 activity.logger.info("removing stopped engine container %s to make it anew", name)
                 await self.gateway.remove(info["Id"], code)
+            elif not request.create:
+                # Not here after all (a stale placement): the job looks elsewhere before anything is made.
+                return EngineOutcome(container_id="", replay=False, absent=True)
 
             container_id, adopted, deadline = await self._create(name, game_id, image)
             if adopted:

@@ -6,17 +6,19 @@ import asyncio
 import time
 
 from temporalio import activity
-from temporalio.client import Client, WorkflowExecutionStatus
-from temporalio.common import WorkflowIDReusePolicy
+from temporalio.client import Client, WithStartWorkflowOperation, WorkflowExecutionStatus
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.service import RPCError, RPCStatusCode
 
 from contract.lock import (
     ACQUIRE_ACTIVITY,
     ACQUIRE_SIGNAL,
     HOLDER_RUNNING_ACTIVITY,
+    TAKE_TURN_ACTIVITY,
     HolderCheck,
     LockRequest,
     LockState,
+    Turn,
     lock_workflow_id,
 )
 from workflows.lock import GameLock
@@ -25,18 +27,45 @@ from workflows.lock import GameLock
 class LockActivities:
     """Holds the worker's Temporal client: a workflow cannot signal-with-start by itself."""
 
-    def __init__(self, client: Client, *, order_settle_s: float) -> None:
+    def __init__(self, client: Client, *, order_settle_s: float, host_wait_s: float = 60.0) -> None:
         self._client = client
         self._order_settle_s = order_settle_s
+        self._host_wait_s = host_wait_s
 
-    @activity.defn(name=ACQUIRE_ACTIVITY)
-    async def acquire_game_lock(self, request: LockRequest) -> None:
+    async def _settle(self, request: LockRequest) -> None:
         # Ask no earlier than the settle time after the job started: a job of the same game started
         # just before, whose first workflow task ran later, then still asks first. (Waiting here, a
         # precise sleep, and not as a timer in the lock: server timers fire with ~1 s granularity.)
         early = request.started_at.timestamp() + self._order_settle_s - time.time()
         if early > 0:
             await asyncio.sleep(early)
+
+    @activity.defn(name=TAKE_TURN_ACTIVITY)
+    async def take_game_turn(self, request: LockRequest) -> Turn:
+        """The fleet's acquire: update-with-start of the game's workflow, answered with the turn (and
+        the placement) at once when the game is idle. Asking again is answered from the lock's state
+        (the holder gets its turn again), so every ask has an update id of its own: a fixed one would
+        get the answer stored in a terminated run instead of asking the new one."""
+        await self._settle(request)
+        task_queue = activity.info().task_queue
+        start = WithStartWorkflowOperation(
+            GameLock.run,
+            LockState(game_id=request.game_id),
+            id=lock_workflow_id(request.game_id, task_queue),
+            task_queue=task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+            static_summary=f"serialises the runtime jobs of game {request.game_id} and remembers its host",
+        )
+        turn = await self._client.execute_update_with_start_workflow(
+            GameLock.take_turn, request, start_workflow_operation=start
+        )
+        return turn.model_copy(update={"host_wait_s": self._host_wait_s})
+
+    @activity.defn(name=ACQUIRE_ACTIVITY)
+    async def acquire_game_lock(self, request: LockRequest) -> None:
+        """The single-host shape's acquire (signal-with-start), kept for job runs begun by it."""
+        await self._settle(request)
         await self._client.start_workflow(
             GameLock.run,
             LockState(game_id=request.game_id),

@@ -17,12 +17,17 @@ DOCKER_UNAVAILABLE_TYPE = "DockerUnavailable"
 
 
 class EnsureEngineRunning(BaseModel):
-    """Input of `ensure_engine_running`; `image` None means the worker's RTJOBS_ENGINE_IMAGE."""
+    """Input of `ensure_engine_running`; `image` None means the worker's RTJOBS_ENGINE_IMAGE.
+
+    `create` False: the job expects the game's container on this host (its placement); when there is
+    none at all, nothing is made and the outcome says `absent` (the job then asks the fleet).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     game_id: str
     image: str | None = None
+    create: bool = True
 
 
 class EnsureEngineRemoved(BaseModel):
@@ -44,6 +49,7 @@ class EngineOutcome(BaseModel):
 
     container_id: str
     replay: bool
+    absent: bool = False
 
 
 class RemoveFailedStart(BaseModel):

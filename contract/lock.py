@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from contract.hosts import Placement, PlacementNote
 from contract.models import is_valid_game_id
 
 LOCK_WORKFLOW = "RuntimeGameLock"
@@ -15,6 +16,10 @@ HOLDER_RUNNING_ACTIVITY = "game_lock_holder_running"
 GRANT_SIGNAL = "lock_granted"
 RELEASE_SIGNAL = "release"
 ACQUIRE_SIGNAL = "acquire"
+# The fleet's acquire: update-with-start of the per-game workflow, answering at once with the turn
+# (and where the game's engine lives) when the game is idle; a busy game's job gets a grant signal.
+TAKE_TURN_UPDATE = "take_turn"
+TAKE_TURN_ACTIVITY = "take_game_turn"
 
 IDLE_EXIT = timedelta(minutes=5)
 HOLDER_CHECK_EVERY = timedelta(minutes=10)
@@ -32,6 +37,10 @@ REQUEST_AGAIN_EVERY = timedelta(seconds=60)
 # that shape (tests/histories/v1) replay without them.
 LOCK_PATCH_V2 = "lock-v2-continue-busy-bounded-check"
 JOB_PATCH_V2 = "job-v2-request-again-clean-up-failed-start"
+# The fleet: the per-game workflow grants by update and remembers the game's placement; jobs run their
+# Docker step on the host's own task queue.
+LOCK_PATCH_V3 = "lock-v3-fleet-placement"
+JOB_PATCH_V3 = "job-v3-fleet-host-queues"
 
 
 def lock_workflow_id(game_id: str, task_queue: str) -> str:
@@ -63,10 +72,30 @@ class LockRequest(BaseModel):
 
 
 class LockRelease(BaseModel):
+    """`after`: what the job learnt about the game's engine; None leaves the record as it was (and is
+    all that releases of earlier shapes carry)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     run_id: str
     first_run_id: str = ""
+    after: PlacementNote | None = None
+
+
+class Turn(BaseModel):
+    """The answer to a request for the game's turn (and, with it, the grant signal's payload).
+
+    `placement_known` False: the game's workflow does not know where the engine is (a new game, a
+    record lost or cleared); the job asks the registry. `host_wait_s`: filled in by the worker's
+    take-turn activity from its RTJOBS_HOST_WAIT_S (a workflow cannot read the environment).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    granted: bool
+    placement_known: bool = False
+    placement: Placement | None = None
+    host_wait_s: float = 60.0
 
 
 class HolderCheck(BaseModel):
@@ -85,3 +114,5 @@ class LockState(BaseModel):
     game_id: str
     waiting: list[LockRequest] = Field(default_factory=list)
     recent_runs: list[str] = Field(default_factory=list)
+    placement_known: bool = False
+    placement: Placement | None = None

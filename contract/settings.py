@@ -77,6 +77,16 @@ class Settings(BaseSettings):
     # success. Every fresh start of such an image takes at least this long; 0 = ready once running.
     engine_min_running_s: float = Field(default=1.0, ge=0, le=600)
 
+    # The fleet (README "Running a fleet"). The host's name for operators (default: the Docker engine's
+    # own Name); how many engines it takes (default: the engine's `rtjobs.max-engines` label, else its
+    # memory / RTJOBS_ENGINE_MEMORY_BYTES); how often its workers report it to the registry (a host
+    # whose workers were all silent for 3 reports is not live); how long a job of a game whose host
+    # has no live worker waits for one before it reports docker_unavailable.
+    host_name: str | None = Field(default=None, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    host_max_engines: int | None = Field(default=None, ge=0)
+    host_report_every_s: float = Field(default=10.0, ge=0.2, le=300)
+    host_wait_s: float = Field(default=60.0, ge=1, le=3600)
+
     graceful_shutdown_timeout_s: float = Field(default=30.0, ge=0)
     # Workflows kept in the worker's memory between tasks (each holds a sandbox of ~200 KB); jobs
     # waiting on a long activity are evicted and cheaply replayed from history when they resume.

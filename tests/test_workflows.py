@@ -161,13 +161,17 @@ async def test_unanswering_docker_becomes_docker_unavailable_after_the_budget(
     def unreachable(_game_id: str) -> EngineOutcome:
         raise ApplicationError("cannot connect to unix:///nowhere.sock", type=DOCKER_UNAVAILABLE_TYPE)
 
-    engine = StandInEngine(stop=unreachable)
+    gid, engine = game(), StandInEngine(stop=unreachable)
     async with job_worker(client, task_queue, redis_url, stream, engine):
-        result = await (await start(client, task_queue, StopRuntimeJob.run, {"game_id": game()})).result()
+        # Started first, so that the stop knows the game's host and goes there (a game with no engine
+        # anywhere is a stop replay without a Docker call).
+        started = await (await start(client, task_queue, StartRuntimeJob.run, {"game_id": gid})).result()
+        result = await (await start(client, task_queue, StopRuntimeJob.run, {"game_id": gid})).result()
+    assert started.outcome == "success"
     assert result.error_code == "docker_unavailable"
     assert "nowhere.sock" in result.error_message
-    assert len(engine.calls) == 5
-    assert len(await read_entries(redis, stream)) == 1
+    assert engine.calls == [f"start:{gid}"] + [f"stop:{gid}"] * 5
+    assert len(await read_entries(redis, stream)) == 2
 
 
 async def test_cancel_mid_start_awaits_the_docker_cancellation_then_publishes_cancelled(

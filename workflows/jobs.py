@@ -1,8 +1,15 @@
-"""`StartRuntimeJob` and `StopRuntimeJob`: validate, take the game's turn, run the Docker step, publish.
+"""`StartRuntimeJob` and `StopRuntimeJob`: validate, take the game's turn, find the game's host, run
+the Docker step there, publish.
 
 Every run with a non-empty game id ends with exactly one publish, whatever happened before it
 (invalid input, Docker failure, cancellation, a bug): the publish is shielded from cancellation
 and retried without limit; its idempotency key is this run, so retries never double it.
+
+Where the Docker step runs (the fleet shape, `JOB_PATCH_V3`): the turn comes with the game's
+placement from its per-game workflow. A placed game's step runs on its host's task queue; a game
+without a known placement asks the host registry, which finds its engine or (for a start) chooses
+a live host with free capacity. A host with no live worker holds the step up to RTJOBS_HOST_WAIT_S
+(the activity's schedule-to-start timeout), then the job reports `docker_unavailable` naming it.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError, TimeoutType
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
@@ -31,14 +38,28 @@ with workflow.unsafe.imports_passed_through():
         FailedStartRemoved,
         RemoveFailedStart,
     )
+    from contract.hosts import (
+        ENGINE_CHANGED_SIGNAL,
+        PLACE_ACTIVITY,
+        EngineChanged,
+        HostRef,
+        PlaceAnswer,
+        Placement,
+        PlacementNote,
+        PlaceRequest,
+        registry_workflow_id,
+    )
     from contract.lock import (
         ACQUIRE_ACTIVITY,
         GRANT_SIGNAL,
         JOB_PATCH_V2,
+        JOB_PATCH_V3,
         RELEASE_SIGNAL,
         REQUEST_AGAIN_EVERY,
+        TAKE_TURN_ACTIVITY,
         LockRelease,
         LockRequest,
+        Turn,
         lock_workflow_id,
     )
     from contract.models import (
@@ -65,15 +86,29 @@ with workflow.unsafe.imports_passed_through():
         REMOVE_FAILED_START_START_TO_CLOSE,
     )
     from workflows.awaiting import holds_within, shielded
-    from workflows.search import GAME_ID, JOB_KIND
+    from workflows.search import GAME_ID, JOB_KIND, RUNTIME_HOST
 
 LOCK_ACTIVITY_TIMEOUT = timedelta(seconds=15)  # > the largest RTJOBS_ORDER_SETTLE_S (5 s) + an RPC
 LOCK_RETRY_POLICY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=5))
 # A payload without a usable game id (or not JSON at all) fails the run at once, not its task forever.
 FAILURE_TYPES = [UnusableJobInput, pydantic.ValidationError]
+# A start or stop looks for the game's engine at most this many times when hosts turn out not to
+# have it (a stale record, an engine moved by hand meanwhile).
+WHERE_ROUNDS = 3
+# While no host has a live worker, a start asks the registry again this often (up to RTJOBS_HOST_WAIT_S).
+NO_HOST_RETRY_EVERY = timedelta(seconds=2)
 # Temporal limits a search attribute value to 2,048 bytes as the server measures it: the JSON text,
 # with every non-ASCII character escaped (`\uXXXX`, 12 bytes for one outside the BMP).
 SEARCH_VALUE_MAX_BYTES = 1024
+
+
+class JobFailure(Exception):
+    """A failure the job decided itself (not from an activity): reported with its code and message."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
 
 class _RuntimeJob:
@@ -84,11 +119,21 @@ class _RuntimeJob:
     def __init__(self) -> None:
         self._status = JobStatus(step="received")
         self._granted = False
+        self._turn = Turn(granted=False)
+        self._host_wait = timedelta(seconds=Turn(granted=False).host_wait_s)
+        self._fleet = False
         self._game_id = ""
         self._engine_step_begun = False
+        # The host of the Docker step, whether the registry chose it for a new engine, and what the
+        # job learnt about the engine (for the game's workflow; None: nothing changed).
+        self._host: HostRef | None = None
+        self._new_placement = False
+        self._after: PlacementNote | None = None
 
     @workflow.signal(name=GRANT_SIGNAL)
-    def lock_granted(self) -> None:
+    def lock_granted(self, turn: Turn | None = None) -> None:
+        # Earlier shapes of the lock grant without a payload: the placement is then unknown.
+        self._turn = turn if turn is not None else Turn(granted=True)
         self._granted = True
 
     @workflow.query(name="status")
@@ -102,6 +147,8 @@ class _RuntimeJob:
         game_id = self._game_id = request.game_id
         # False only while replaying a run begun by the first released shape (tests/histories/v1).
         current = workflow.patched(JOB_PATCH_V2)
+        # False only while replaying a run begun by the single-host shape (tests/histories/v2).
+        self._fleet = current and workflow.patched(JOB_PATCH_V3)
         workflow.upsert_search_attributes(
             [GAME_ID.value_set(search_value(game_id)), JOB_KIND.value_set(self.kind.value)]
         )
@@ -115,6 +162,8 @@ class _RuntimeJob:
             await self._publish(result)
             if current and self.kind is JobKind.START and self._engine_step_begun and result.outcome == "failure":
                 await self._remove_failed_start(game_id, after_outage=result.error_code == ErrorCode.DOCKER_UNAVAILABLE)
+            if self._fleet:
+                await shielded(self._tell_registry(game_id, result))
         finally:
             # A cancellation now must neither cut the release short nor undo the result published.
             await shielded(self._release(game_id))
@@ -130,8 +179,11 @@ class _RuntimeJob:
             return JobResult.failure(game_id, ErrorCode.CANCELLED, "cancelled while it ran")
         except pydantic.ValidationError as err:
             return JobResult.failure(game_id, ErrorCode.INVALID_REQUEST, _validation_message(err))
+        except JobFailure as err:
+            self._status = self._status.model_copy(update={"last_error": f"{err.code}: {err.message}"})
+            return JobResult.failure(game_id, err.code, err.message)
         except ActivityError as err:
-            code, message = _classify(err)
+            code, message = _classify(err, self._host if self._fleet else None)
             self._status = self._status.model_copy(update={"last_error": f"{code}: {message}"})
             if code is ErrorCode.CANCELLED:
                 return JobResult.failure(game_id, code, "cancelled while it ran")
@@ -143,13 +195,26 @@ class _RuntimeJob:
     async def _docker_step(self, request: JobRequest) -> JobResult:
         raise NotImplementedError
 
-    async def _engine(self, activity: str, arg: Any, limit: timedelta, summary: str) -> EngineOutcome:
+    async def _engine(
+        self, activity: str, arg: Any, limit: timedelta, summary: str, host: HostRef | None = None
+    ) -> EngineOutcome:
+        """The Docker step; on `host`'s own task queue in the fleet shape (on the job's queue before)."""
+        if host is not None:
+            summary = f"{summary} on host {host.name}"
+            self._host = host
+            # The UI (and `temporal workflow list --query 'RuntimeHost="..."'`) shows where it ran.
+            workflow.upsert_search_attributes([RUNTIME_HOST.value_set(host.name)])
+            if self._after is None:
+                self._after = PlacementNote(known=False)  # until the step says otherwise
         self._step(summary)
         self._engine_step_begun = True
         outcome: EngineOutcome = await workflow.execute_activity(
             activity,
             arg,
+            task_queue=host.queue if host is not None else None,
             start_to_close_timeout=limit,
+            # A host with no live worker: the step waits this long for one, then fails (not retried).
+            schedule_to_start_timeout=self._host_wait if host is not None else None,
             heartbeat_timeout=DOCKER_HEARTBEAT_TIMEOUT,
             retry_policy=DOCKER_RETRY_POLICY,
             # On cancellation, wait until the activity has cleaned up what it made.
@@ -158,6 +223,66 @@ class _RuntimeJob:
             summary=summary,
         )
         return outcome
+
+    async def _where(self, game_id: str, *, create: bool, absent_on: list[str]) -> HostRef | None:
+        """The host of the game's engine, from the registry; for a start without one, the host the
+        registry chose for it. None: the game has no engine anywhere (only when not `create`)."""
+        waited = timedelta()
+        while True:
+            self._step(f"{self.kind} job for game {game_id}: finding the game's host")
+            answer: PlaceAnswer = await workflow.execute_local_activity(
+                PLACE_ACTIVITY,
+                PlaceRequest(game_id=game_id, create=create, job=workflow.info().workflow_id, absent_on=absent_on),
+                start_to_close_timeout=LOCK_ACTIVITY_TIMEOUT,
+                retry_policy=LOCK_RETRY_POLICY,
+                result_type=PlaceAnswer,
+                summary=f"find the host of game {game_id}",
+            )
+            if len(answer.found) > 1:
+                names = " and ".join(f"{h.name} ({h.host_id})" for h in answer.found)
+                raise JobFailure(
+                    ErrorCode.CONTAINER_CONFLICT,
+                    f"game {game_id} has containers on several hosts: {names}; none was touched",
+                )
+            if answer.found:
+                return answer.found[0]
+            if not create:
+                return None
+            if answer.chosen is not None:
+                self._new_placement = True
+                return answer.chosen
+            if answer.live_hosts == 0 and waited < self._host_wait:
+                # A rolling restart of the only host: wait for a worker to report, as a placed game does.
+                await workflow.sleep(NO_HOST_RETRY_EVERY)
+                waited += NO_HOST_RETRY_EVERY
+                continue
+            code = ErrorCode.DOCKER_UNAVAILABLE if answer.live_hosts == 0 else ErrorCode.CONTAINER_START_FAILED
+            raise JobFailure(code, answer.why)
+
+    def _recorded_host(self) -> HostRef | None:
+        placement = self._turn.placement if self._turn.placement_known else None
+        return placement.host if placement is not None else None
+
+    async def _tell_registry(self, game_id: str, result: JobResult) -> None:
+        """The registry counts a new engine at once (and frees a reservation that came to nothing),
+        without waiting for the host's next report."""
+        host = self._host
+        if host is None:
+            return
+        present: bool | None = None
+        if result.outcome == "success" and not result.error_code:
+            present = self.kind is JobKind.START
+        elif self._new_placement and self._after is not None and self._after.known:
+            present = False  # a failed start on a new host, whose leftovers were removed
+        if present is None:
+            return
+        try:
+            await workflow.get_external_workflow_handle(registry_workflow_id(workflow.info().task_queue)).signal(
+                ENGINE_CHANGED_SIGNAL, EngineChanged(game_id=game_id, host_id=host.host_id, present=present)
+            )
+        except ApplicationError as err:
+            # No registry run (terminated): the host's next report tells it the same.
+            workflow.logger.warning("could not tell the host registry about game %s: %s", game_id, err)
 
     async def _take_turn(self, game_id: str, *, request_again: bool) -> bool:
         """Wait for the game's turn; returns whether the job was cancelled meanwhile.
@@ -185,7 +310,28 @@ class _RuntimeJob:
                 summary=f"queue for game {game_id}",
             )
 
+        async def take() -> None:
+            # The fleet's acquire: one update-with-start, answered at once with the turn when the game
+            # is idle; otherwise the grant signal follows. Asked again, it answers the same way.
+            turn: Turn = await workflow.execute_local_activity(
+                TAKE_TURN_ACTIVITY,
+                request,
+                start_to_close_timeout=LOCK_ACTIVITY_TIMEOUT,
+                retry_policy=LOCK_RETRY_POLICY,
+                result_type=Turn,
+                summary=f"take the turn of game {game_id}",
+            )
+            # RTJOBS_HOST_WAIT_S of the worker that ran the activity (a grant signal cannot know it).
+            self._host_wait = timedelta(seconds=turn.host_wait_s)
+            if turn.granted and not self._granted:
+                self.lock_granted(turn)
+
         async def turn() -> None:
+            if self._fleet:
+                await take()
+                while not await holds_within(lambda: self._granted, REQUEST_AGAIN_EVERY):
+                    await take()
+                return
             await ask()
             if not request_again:  # the first released shape (replay of its histories)
                 await workflow.wait_condition(lambda: self._granted)
@@ -225,12 +371,17 @@ class _RuntimeJob:
         came back only after the start's retry budget, and a cancellation in the middle of a create.
         """
         summary = f"remove what the failed start left for game {game_id}"
+        host = self._host if self._fleet else None
+        if host is not None:
+            summary += f" on host {host.name}"
         self._step(f"start job for game {game_id}: {summary}")
         try:
             removed = await shielded(
                 workflow.execute_activity(
                     REMOVE_FAILED_START_ACTIVITY,
                     RemoveFailedStart(game_id=game_id, after_outage=after_outage),
+                    task_queue=host.queue if host is not None else None,
+                    schedule_to_start_timeout=self._host_wait if host is not None else None,
                     start_to_close_timeout=REMOVE_FAILED_START_START_TO_CLOSE,
                     schedule_to_close_timeout=REMOVE_FAILED_START_SCHEDULE_TO_CLOSE,
                     retry_policy=REMOVE_FAILED_START_RETRY_POLICY,
@@ -243,12 +394,17 @@ class _RuntimeJob:
             return
         if removed.removed:
             workflow.logger.info("removed %s left by the failed start of %s", removed.removed, game_id)
+        if self._new_placement:
+            # The engine was to be new on this host and nothing of it is left: the game has none.
+            self._after = PlacementNote(known=True)
 
     async def _release(self, game_id: str) -> None:
         if not self._granted:
             return
         info = workflow.info()
-        release = LockRelease(run_id=info.run_id, first_run_id=info.first_execution_run_id)
+        release = LockRelease(
+            run_id=info.run_id, first_run_id=info.first_execution_run_id, after=self._after if self._fleet else None
+        )
         try:
             await workflow.get_external_workflow_handle(lock_workflow_id(game_id, info.task_queue)).signal(
                 RELEASE_SIGNAL, release
@@ -274,15 +430,47 @@ class StartRuntimeJob(_RuntimeJob):
 
     async def _docker_step(self, request: JobRequest) -> JobResult:
         job = StartRuntimeJobInput.model_validate(request.fields())
-        outcome = await self._engine(
-            ENSURE_RUNNING_ACTIVITY,
-            EnsureEngineRunning(game_id=job.game_id, image=job.image),
-            ENSURE_RUNNING_START_TO_CLOSE,
-            f"start engine for game {job.game_id}" + (f" ({job.image})" if job.image else ""),
-        )
+        summary = f"start engine for game {job.game_id}" + (f" ({job.image})" if job.image else "")
+        if not self._fleet:
+            outcome = await self._engine(
+                ENSURE_RUNNING_ACTIVITY,
+                EnsureEngineRunning(game_id=job.game_id, image=job.image),
+                ENSURE_RUNNING_START_TO_CLOSE,
+                summary,
+            )
+        else:
+            outcome = await self._on_the_games_host(job.game_id, job.image, summary)
         if outcome.replay:
             return JobResult.replay(job.game_id, outcome.container_id)
         return JobResult.fresh_success(job.game_id, outcome.container_id)
+
+    async def _on_the_games_host(self, game_id: str, image: str | None, summary: str) -> EngineOutcome:
+        """On the host the game's engine lives on (replay, or a stopped one made anew there); without
+        one anywhere, on the host the registry chooses. A host found without the container (a stale
+        record) sends the job back to the registry, told so: a game never gets a second engine."""
+        host = self._recorded_host()
+        absent_on: list[str] = []
+        for _ in range(WHERE_ROUNDS):
+            if host is None:
+                host = await self._where(game_id, create=True, absent_on=absent_on)
+                assert host is not None
+            outcome = await self._engine(
+                ENSURE_RUNNING_ACTIVITY,
+                EnsureEngineRunning(game_id=game_id, image=image, create=self._new_placement),
+                ENSURE_RUNNING_START_TO_CLOSE,
+                summary,
+                host,
+            )
+            if not outcome.absent:
+                self._after = PlacementNote(
+                    known=True, placement=Placement(host=host, container_id=outcome.container_id)
+                )
+                return outcome
+            absent_on.append(host.host_id)
+            host = None
+        raise JobFailure(
+            ErrorCode.INTERNAL_ERROR, f"the engine of game {game_id} was not where the fleet said, {WHERE_ROUNDS} times"
+        )
 
 
 @workflow.defn(name="StopRuntimeJob", failure_exception_types=FAILURE_TYPES)
@@ -295,15 +483,36 @@ class StopRuntimeJob(_RuntimeJob):
 
     async def _docker_step(self, request: JobRequest) -> JobResult:
         job = StopRuntimeJobInput.model_validate(request.fields())
-        outcome = await self._engine(
-            ENSURE_REMOVED_ACTIVITY,
-            EnsureEngineRemoved(game_id=job.game_id, stop_timeout_s=job.stop_timeout_s),
-            ENSURE_REMOVED_START_TO_CLOSE,
-            f"stop engine for game {job.game_id}",
-        )
-        if outcome.replay:
+        remove = EnsureEngineRemoved(game_id=job.game_id, stop_timeout_s=job.stop_timeout_s)
+        summary = f"stop engine for game {job.game_id}"
+        if not self._fleet:
+            outcome = await self._engine(ENSURE_REMOVED_ACTIVITY, remove, ENSURE_REMOVED_START_TO_CLOSE, summary)
+            if outcome.replay:
+                return JobResult.replay(job.game_id)
+            return JobResult.fresh_success(job.game_id, outcome.container_id)
+        if self._turn.placement_known and self._turn.placement is None:
+            # The game's workflow saw its engine removed and nothing made since: nothing to stop.
+            self._after = PlacementNote(known=True)
             return JobResult.replay(job.game_id)
-        return JobResult.fresh_success(job.game_id, outcome.container_id)
+        host = self._recorded_host()
+        absent_on: list[str] = []
+        for _ in range(WHERE_ROUNDS):
+            if host is None:
+                host = await self._where(job.game_id, create=False, absent_on=absent_on)
+                if host is None:
+                    self._after = PlacementNote(known=True)
+                    return JobResult.replay(job.game_id)
+            outcome = await self._engine(ENSURE_REMOVED_ACTIVITY, remove, ENSURE_REMOVED_START_TO_CLOSE, summary, host)
+            if not outcome.replay:
+                self._after = PlacementNote(known=True)
+                return JobResult.fresh_success(job.game_id, outcome.container_id)
+            # Nothing on that host: the record was stale; the registry may know another.
+            absent_on.append(host.host_id)
+            host = None
+        raise JobFailure(
+            ErrorCode.INTERNAL_ERROR,
+            f"the engine of game {job.game_id} was not where the fleet said, {WHERE_ROUNDS} times",
+        )
 
 
 def search_value(game_id: str) -> str:
@@ -315,14 +524,21 @@ def search_value(game_id: str) -> str:
     return value
 
 
-def _classify(err: ActivityError) -> tuple[ErrorCode, str]:
+def _classify(err: ActivityError, host: HostRef | None = None) -> tuple[ErrorCode, str]:
     """The contract's error code for a failed Docker activity, from the failure's direct cause."""
     cause = err.cause
+    where = f" on host {host.name} ({host.host_id})" if host is not None else ""
+    if isinstance(cause, TimeoutError) and cause.type == TimeoutType.SCHEDULE_TO_START and host is not None:
+        return (
+            ErrorCode.DOCKER_UNAVAILABLE,
+            f"no worker of host {host.name} ({host.host_id}) took the Docker step within RTJOBS_HOST_WAIT_S; "
+            f"the game's engine lives there (`rtjobs hosts`; `rtjobs host forget {host.name}` if it is gone for good)",
+        )
     if isinstance(cause, ApplicationError):
         if cause.type == DOCKER_UNAVAILABLE_TYPE:
             return (
                 ErrorCode.DOCKER_UNAVAILABLE,
-                f"Docker engine did not answer within the retry budget: {cause}",
+                f"Docker engine{where} did not answer within the retry budget: {cause}",
             )
         if cause.type in {code.value for code in ErrorCode}:
             return ErrorCode(cause.type), str(cause)

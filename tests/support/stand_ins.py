@@ -17,6 +17,7 @@ from temporalio import activity
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.hosts import PlacementActivities, send_report
 from activities.lock import LockActivities
 from activities.publish import ResultPublisher, redis_client
 from contract.engine import (
@@ -29,12 +30,14 @@ from contract.engine import (
     FailedStartRemoved,
     RemoveFailedStart,
 )
-from contract.lock import ACQUIRE_ACTIVITY, HOLDER_RUNNING_ACTIVITY
+from contract.hosts import PLACE_ACTIVITY, HostRef, HostReport, host_queue
+from contract.lock import ACQUIRE_ACTIVITY, HOLDER_RUNNING_ACTIVITY, TAKE_TURN_ACTIVITY
 from contract.policies import PUBLISH_ACTIVITY
 from contract.settings import Settings
 from workflows import ALL_WORKFLOWS
 
 Behaviour = Callable[[str], Any]
+STAND_IN_HOST = "stand-in-host"
 
 
 @dataclass
@@ -103,7 +106,9 @@ async def job_worker(
     *,
     replace: Mapping[str, Callable[..., Any]] | None = None,
 ) -> AsyncIterator[None]:
-    """A worker with the real workflows, lock activities and publish, and the stand-in engine.
+    """A worker with the real workflows, lock, placement activities and publish, and the stand-in
+    engine on the queue of one stand-in host (reported to the real registry, as a worker reports its
+    Docker engine).
 
     `replace`: activity name -> an activity registered instead of the real one (e.g. a failing check).
     """
@@ -116,14 +121,24 @@ async def job_worker(
     activities: dict[str, Callable[..., Any]] = {
         PUBLISH_ACTIVITY: publisher.publish_job_result,
         ACQUIRE_ACTIVITY: locks.acquire_game_lock,
+        TAKE_TURN_ACTIVITY: locks.take_game_turn,
         HOLDER_RUNNING_ACTIVITY: locks.game_lock_holder_running,
+        PLACE_ACTIVITY: PlacementActivities(client).place_game_engine,
+    }
+    docker: dict[str, Callable[..., Any]] = {
         ENSURE_RUNNING_ACTIVITY: engine.ensure_engine_running,
         ENSURE_REMOVED_ACTIVITY: engine.ensure_engine_removed,
         REMOVE_FAILED_START_ACTIVITY: engine.remove_failed_start,
     }
-    activities.update(replace or {})
+    for name, replacement in (replace or {}).items():
+        (docker if name in docker else activities)[name] = replacement
+    host = HostRef(host_id=STAND_IN_HOST, name=STAND_IN_HOST, queue=host_queue(task_queue, STAND_IN_HOST))
+    await send_report(client, task_queue, HostReport(host=host, worker="stand-in", capacity=1000, report_every_s=3600))
     try:
-        async with Worker(client, task_queue=task_queue, workflows=ALL_WORKFLOWS, activities=list(activities.values())):
+        async with (
+            Worker(client, task_queue=host.queue, activities=list(docker.values())),
+            Worker(client, task_queue=task_queue, workflows=ALL_WORKFLOWS, activities=list(activities.values())),
+        ):
             yield
     finally:
         await redis.aclose()

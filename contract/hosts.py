@@ -1,0 +1,192 @@
+"""The fleet: Docker hosts, their task queues, and where a game's engine lives (no I/O).
+
+A host is one Docker engine, identified by the engine itself (its `ID` from `GET /info`). The Docker
+activities of a host run on its own task queue (`host_queue`), polled only by workers whose
+`DOCKER_HOST` is that engine; the job workflows, the per-game workflows and the host registry stay on
+the shared queue (`RTJOBS_TASK_QUEUE`). See the README's "Running a fleet".
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+HOST_REGISTRY_WORKFLOW = "RuntimeHostRegistry"
+REPORT_SIGNAL = "report"
+ENGINE_CHANGED_SIGNAL = "engine_changed"
+PLACE_UPDATE = "place"
+DRAIN_UPDATE = "drain"
+UNDRAIN_UPDATE = "undrain"
+FORGET_UPDATE = "forget"
+HOSTS_QUERY = "hosts"
+PLACE_ACTIVITY = "place_game_engine"
+# Sent by `rtjobs host forget` to every per-game workflow whose engine was placed on the host.
+FORGET_HOST_SIGNAL = "forget_host"
+
+# A host is live while one of its workers reported within this many of its report intervals.
+LIVE_REPORTS = 3
+# The registry continues-as-new after this many events (reports arrive every few seconds per worker).
+REGISTRY_EVENTS_BEFORE_CONTINUE_AS_NEW = 500
+# A host chosen for a new engine counts it from then on; the reservation ends when the host reports
+# the engine, when the job says how its start ended, or after this long (a job that vanished).
+RESERVATION_TTL_S = 15 * 60.0
+
+_QUEUE_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def registry_workflow_id(task_queue: str) -> str:
+    """One registry per fleet (task queue): a fleet on another queue is another fleet."""
+    return f"runtime-hosts-{task_queue}"
+
+
+def host_queue(task_queue: str, host_id: str) -> str:
+    """The task queue of one Docker engine's activities, derived from the fleet's queue and the
+    engine's stable id, so that every worker on that engine (and no other) polls it."""
+    return f"{task_queue}@host-{_QUEUE_UNSAFE.sub('-', host_id).strip('-').lower()}"
+
+
+class HostRef(BaseModel):
+    """Enough to run a Docker step on a host and to name it to an operator."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host_id: str
+    name: str
+    queue: str
+
+
+class Placement(BaseModel):
+    """Where a game's engine lives: its host and (when known) its container."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: HostRef
+    container_id: str = ""
+
+
+class PlacementNote(BaseModel):
+    """What a job learnt about its game's engine, carried back to the per-game workflow.
+
+    `known` False: the job cannot tell (a failed Docker step); the next job asks the registry.
+    `known` True with `placement` None: the game has no engine anywhere (a stop removed it).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    known: bool
+    placement: Placement | None = None
+
+
+class HostReport(BaseModel):
+    """A worker's periodic report for its host (signal-with-start of the registry)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: HostRef
+    worker: str
+    capacity: int = Field(ge=0)
+    # Games with a container of ours on the host, in any state: the registry's inventory.
+    games: list[str] = Field(default_factory=list)
+    report_every_s: float = Field(gt=0)
+    docker_version: str = ""
+    network_driver: str = ""
+
+
+class EngineChanged(BaseModel):
+    """A job's word to the registry that it made or removed a game's engine on a host."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    game_id: str
+    host_id: str
+    present: bool
+
+
+class PlaceRequest(BaseModel):
+    """Find a game's engine in the fleet and, when `create` and there is none, choose a host for it.
+
+    `absent_on`: hosts a job just found without the game's container (their inventory is corrected
+    before the answer, so a stale report cannot send the job back there).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    game_id: str
+    create: bool
+    job: str = ""
+    absent_on: list[str] = Field(default_factory=list)
+
+
+class PlaceAnswer(BaseModel):
+    """`found`: hosts whose inventory (or a reservation) has the game; `chosen`: the host reserved for
+    a new engine (only when `create` and nothing was found); `why`: why nothing was chosen;
+    `live_hosts`: how many hosts could serve a job right now."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    found: list[HostRef] = Field(default_factory=list)
+    chosen: HostRef | None = None
+    why: str = ""
+    live_hosts: int = 0
+
+
+class HostCommand(BaseModel):
+    """`rtjobs host drain|undrain|forget HOST`: a host by name or id."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str
+
+
+class HostView(BaseModel):
+    """One line of `rtjobs hosts`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host_id: str
+    name: str
+    queue: str
+    live: bool
+    live_workers: list[str]
+    engines: int
+    reserved: int
+    capacity: int
+    draining: bool
+    last_seen: datetime | None
+    docker_version: str = ""
+    network_driver: str = ""
+
+
+class HostRecord(BaseModel):
+    """The registry's memory of one host (carried across continue-as-new)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: HostRef
+    capacity: int = 0
+    games: list[str] = Field(default_factory=list)
+    workers: dict[str, datetime] = Field(default_factory=dict)
+    report_every_s: float = 10.0
+    draining: bool = False
+    docker_version: str = ""
+    network_driver: str = ""
+
+
+class Reservation(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host_id: str
+    at: datetime
+    job: str = ""
+
+
+class RegistryState(BaseModel):
+    """The registry's input and what it carries across continue-as-new."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task_queue: str
+    hosts: dict[str, HostRecord] = Field(default_factory=dict)
+    reservations: dict[str, Reservation] = Field(default_factory=dict)
