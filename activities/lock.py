@@ -15,6 +15,7 @@ from contract.lock import (
     ACQUIRE_SIGNAL,
     HOLDER_RUNNING_ACTIVITY,
     TAKE_TURN_ACTIVITY,
+    TAKE_TURN_UPDATE,
     HolderCheck,
     LockRequest,
     LockState,
@@ -57,8 +58,8 @@ class LockActivities:
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
             static_summary=f"serialises the runtime jobs of game {request.game_id} and remembers its host",
         )
-        turn = await self._client.execute_update_with_start_workflow(
-            GameLock.take_turn, request, start_workflow_operation=start
+        turn: Turn = await self._client.execute_update_with_start_workflow(
+            TAKE_TURN_UPDATE, request, start_workflow_operation=start, result_type=Turn
         )
         return turn.model_copy(update={"host_wait_s": self._host_wait_s})
 
