@@ -5,7 +5,7 @@ a history of a released workflow shape is never replaced (README, "Changing work
 
 Every history comes from a real run: its own Temporal dev server, Redis (REDIS_URL, default
 127.0.0.1:6379), Docker (DOCKER_HOST when it answers, else a private dockerd, as in the tests) and
-the worker as `worker.build_worker` makes it. Re-record only on purpose: a workflow change that
+the worker as `worker.serving` runs it. Re-record only on purpose: a workflow change that
 breaks replay of the committed histories would break every run still open in production.
 """
 
@@ -26,6 +26,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from activities.publish import redis_client
+from contract.hosts import registry_workflow_id
 from contract.lock import lock_workflow_id
 from contract.models import JobResult
 from contract.settings import Settings
@@ -102,6 +103,8 @@ class Recorder:
         await self.finish("start_together_first", first, "")
         await self.finish("stop_together_waited", second, "")
         await self.save("game_lock", self.client.get_workflow_handle(lock_workflow_id(together, tq)))
+        # The fleet's registry (from v3): the worker's reports and the placements of the runs above.
+        await self.save("host_registry", self.client.get_workflow_handle(registry_workflow_id(tq)))
 
 
 async def main(out: Path) -> None:
