@@ -97,11 +97,13 @@ async def test_registers_missing_search_attributes(processes: list[Process], wor
     try:
         env = {**worker_env, "TEMPORAL_ADDRESS": bare.client.service_client.config.target_host}
         worker = await start_ready_worker(processes, env)
-        assert "registered search attributes GameId, RuntimeJobKind in namespace default" in worker.output()
+        assert (
+            "registered search attributes GameId, RuntimeJobKind, RuntimeHost in namespace default" in worker.output()
+        )
         listed = await bare.client.operator_service.list_search_attributes(
             ListSearchAttributesRequest(namespace="default")
         )
-        assert {"GameId", "RuntimeJobKind"} <= set(listed.custom_attributes)
+        assert {"GameId", "RuntimeJobKind", "RuntimeHost"} <= set(listed.custom_attributes)
         worker.send(signal.SIGTERM)
         assert await worker.wait(10) == 0
     finally:
