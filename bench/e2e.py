@@ -3,8 +3,10 @@
 One dev server, one Redis, one Docker engine, one process; for each scenario, N jobs at concurrency
 C, each timed from its start request to its entry appearing on the stream (an XREAD listener):
 
-- `stop-replay`: StopRuntimeJob of games without a container (lock + inspect + publish);
-- `start`: StartRuntimeJob of distinct games with the tiny healthy test image (then cleaned up);
+- `stop-replay`: StopRuntimeJob of games without a container (the game's turn, the host registry's
+  answer that the game has no engine anywhere, the publish; no Docker call);
+- `start`: StartRuntimeJob of distinct games with the tiny healthy test image (placement by the host
+  registry, the Docker step on the host's queue; then cleaned up);
 - `baseline`: a workflow with one activity doing a plain XADD of six fields.
 
 Prints jobs/s, p50/p99 latency and the ratios to the baseline (targets for stop-replay: throughput
@@ -41,7 +43,7 @@ from contract.models import LABEL_GAME_ID, LABEL_MANAGED_BY, MANAGED_BY
 from contract.settings import Settings
 from tests.support.binaries import temporal_cli
 from tests.support.docker_engine import acquire_engine
-from worker import build_worker
+from worker import serving
 from workflows.search import SEARCH_ATTRIBUTE_KEYS
 
 Starter = Callable[[str], Awaitable[Any]]
@@ -153,7 +155,6 @@ async def main() -> None:
     client: Client = env.client
     results: dict[tuple[str, int], dict[str, float]] = {}
     try:
-        worker = build_worker(client, settings, redis, docker_acts)
         baseline_acts = BaselineActivities(redis, baseline_stream)
         baseline_worker = Worker(
             client, task_queue=f"bench-baseline-{run}", workflows=[BaselineJob], activities=[baseline_acts.xadd]
@@ -174,7 +175,7 @@ async def main() -> None:
                 BASELINE_WORKFLOW, {"game_id": game_id}, id=f"bench-base-{game_id}", task_queue=f"bench-baseline-{run}"
             )
 
-        async with worker, baseline_worker:
+        async with serving(client, settings, redis, docker_acts), baseline_worker:
             jobs_clock = StreamClock(redis, settings.results_stream)
             base_clock = StreamClock(redis, baseline_stream)
             async with jobs_clock, base_clock:
