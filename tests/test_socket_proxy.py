@@ -3,7 +3,8 @@
 
 1. A recording relay between the worker's aiodocker client and a real dockerd records every request of
    real jobs (start, its replay, stop, its replay, a failed start and its clean-up, a pull from a closed
-   registry, a duplicate game network removed, the start-up check): the recorded calls and
+   registry, a duplicate game network removed, the start-up check, the engine's identification by
+   `GET /info` and the host reports' list of our containers): the recorded calls and
    allowed-endpoints.txt must cover each other exactly, so the list cannot drift either way.
 2. The real `haproxy` with the shipped config in front of the daemon: a start and a stop job succeed.
 3. Through that proxy, calls outside the list are answered 403 and never reach the daemon: a
@@ -22,6 +23,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import aiodocker
 import pytest
@@ -46,7 +48,7 @@ from tests.support.socket_proxy import (
     raw_request,
     rendered_block,
 )
-from worker import build_worker, check_docker
+from worker import check_docker, serving
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -91,12 +93,14 @@ def settings_for(docker_url: str, redis_url: str, task_queue: str, stream: str, 
 
 @contextlib.asynccontextmanager
 async def worker_like_main(client: Client, settings: Settings) -> AsyncIterator[None]:
-    """What `worker.run` does with Docker: the start-up check, then `build_worker` polling."""
+    """What `worker.run` does with Docker: the start-up check, then `serving` (it identifies the engine
+    with `GET /info`, reports the host with its list of our containers, and polls the shared queue and
+    the host's own queue, where the jobs' Docker steps run)."""
     redis = redis_client(settings.redis_url)
     engine = EngineActivities(settings)
     try:
         await check_docker(engine)
-        async with build_worker(client, settings, redis, engine):
+        async with serving(client, settings, redis, engine):
             yield
     finally:
         await engine.close()
@@ -210,7 +214,15 @@ async def test_the_worker_calls_exactly_the_allowed_endpoints(
     # the parts that make the list what it is were really exercised
     assert any(m == "DELETE" and "/networks/" in t for m, t in calls)
     assert any(m == "POST" and "/images/create?fromImage=" in t for m, t in calls)
-    assert any(m == "GET" and "/containers/json?" in t for m, t in calls)  # remove_failed_start's list
+    listings = [
+        json.loads(parse_qs(t.partition("?")[2])["filters"][0])
+        for m, t in calls
+        if m == "GET" and "/containers/json?" in t
+    ]
+    ours = {"label": [f"{LABEL_MANAGED_BY}={MANAGED_BY}"]}
+    assert any(f != ours for f in listings), listings  # remove_failed_start's list (one job run's labels)
+    assert ours in listings, listings  # the host report's list of all our containers
+    assert any(m == "GET" and re.fullmatch(r"(/v[0-9.]+)?/info", t) for m, t in calls)  # identify_host
 
 
 # --- 2 and 3. the real HAProxy with the shipped config ---------------------------------------------
@@ -253,7 +265,13 @@ async def test_jobs_through_the_proxy_succeed(
     refused = [a for a in answers if a[0] == 403]
     assert not refused, f"the proxy refused calls of the worker: {refused}"
     passed = {(method, re.sub(r"[0-9a-f]{64}", "{id}", target.partition("?")[0])) for _, method, target in answers}
-    for call in [("POST", "/containers/create"), ("POST", "/containers/{id}/start"), ("POST", "/containers/{id}/stop")]:
+    for call in [
+        ("GET", "/info"),
+        ("GET", "/containers/json"),
+        ("POST", "/containers/create"),
+        ("POST", "/containers/{id}/start"),
+        ("POST", "/containers/{id}/stop"),
+    ]:
         assert any(m == call[0] and t.endswith(call[1]) for m, t in passed), (call, answers)
 
 
@@ -284,6 +302,7 @@ async def test_calls_outside_the_list_are_refused_by_the_proxy(
         # Control: the proxy passes what the worker needs, so the 403s below are the proxy's own.
         assert raw_request(sock, "GET", "/_ping").status == 200
         assert raw_request(sock, "GET", f"{api}/containers/{cid}/json").status == 200
+        assert raw_request(sock, "GET", f"{api}/info").status == 200  # the worker identifies its engine
         # A legitimate create body is accepted (201), then removed again.
         plain = raw_request(sock, "POST", f"{api}/containers/create?name={name}", create_body())
         assert plain.status == 201, plain
@@ -333,7 +352,7 @@ async def test_calls_outside_the_list_are_refused_by_the_proxy(
             ("POST", f"{api}/containers/{cid}/update", b'{"Memory": 0}'),
             ("GET", f"{api}/secrets", b""),
             ("GET", f"{api}/swarm", b""),
-            ("GET", f"{api}/info", b""),
+            ("GET", f"{api}/system/df", b""),
             ("GET", f"{api}/events", b""),
             ("POST", f"{api}/images/load", b""),
             ("DELETE", f"{api}/images/{image}", b""),

@@ -150,6 +150,11 @@ class DockerRelay:
 
         try:
             await pump_until_either_ends([client_to_upstream(), upstream_to_client()], (client_w, up_w))
+        except asyncio.CancelledError:
+            # Only `__aexit__` cancels a connection (a client still connected when the relay closes). End
+            # quietly: Python 3.11's server callback calls `exception()` on a cancelled handler task and
+            # logs "Exception in callback ... CancelledError" (3.12 checks `cancelled()` first).
+            pass
         finally:
             self.unparsed += log.broken
             self._tasks.discard(task)
