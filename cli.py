@@ -4,6 +4,9 @@
     rtjobs stop GAME [--timeout S] [--job ID] [--wait]
     rtjobs results [--game GAME] [--count N] [--follow] [--json]
     rtjobs results --group G --consumer C [--claim-idle-s S] [--new-only] [--follow] [--json]
+    rtjobs hosts [--json]                  (the fleet's Docker hosts on RTJOBS_TASK_QUEUE)
+    rtjobs host drain|undrain HOST         (HOST: name or id; drained: no new engines)
+    rtjobs host forget HOST [--force]      (a host gone for good; --force: even while live)
     rtjobs worker        (python worker.py)
     rtjobs dev           (python worker.py --dev)
 
@@ -21,19 +24,43 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn, TextIO, cast
 
 import redis.asyncio as aioredis
 from pydantic import TypeAdapter, ValidationError
 from redis.exceptions import RedisClusterException
-from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
-from temporalio.service import RPCError
+from temporalio.client import (
+    Client,
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+)
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
 
 import worker
 from activities.redis_topology import RedisClient, RedisUrlError, redis_client, scrub
+from contract.hosts import (
+    DRAIN_UPDATE,
+    FORGET_HOST_SIGNAL,
+    FORGET_UPDATE,
+    HOSTS_QUERY,
+    PLACE_UPDATE,
+    UNDRAIN_UPDATE,
+    HostCommand,
+    HostView,
+    PlaceAnswer,
+    PlaceRequest,
+    registry_workflow_id,
+)
+from contract.lock import LOCK_WORKFLOW
 from contract.models import MAX_STOP_TIMEOUT_S, GameId, ImageRef, JobResult, JobStatus, Outcome, one_line
 from contract.settings import Settings, redact_url
 from starter import connect, connect_config, describe, start_job, stop_job
+from workflows.hosts import UNKNOWN_HOST_TYPE
+from workflows.search import RUNTIME_HOST
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -45,6 +72,9 @@ DEFAULT_COUNT = 20
 DEFAULT_CLAIM_IDLE_S = 60
 GROUP_READ_COUNT = 100
 STATUS_POLL_S = 0.5
+# The registry answers from a worker: without one, a query or update would wait for ever.
+REGISTRY_TIMEOUT = timedelta(seconds=15)
+HOST_ACTIONS = {DRAIN_UPDATE: "drain", UNDRAIN_UPDATE: "undrain", FORGET_UPDATE: "forget"}
 
 Entry = tuple[str, dict[str, str]]
 Recent = tuple[list[Entry], str]  # entries oldest first, and the stream's last id
@@ -174,6 +204,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="create a missing --group at the stream's end ($) instead of its start (0)",
     )
 
+    hosts = commands.add_parser("hosts", help="list the fleet's Docker hosts (RTJOBS_TASK_QUEUE)")
+    hosts.add_argument("--json", action="store_true", help="a JSON array of the hosts, with full ids")
+    host = commands.add_parser("host", help="drain, undrain or forget one Docker host of the fleet")
+    actions = host.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    host_name = _name("host")
+    for action, text in (
+        (DRAIN_UPDATE, "no new engines on the host; its engines keep running and being served"),
+        (UNDRAIN_UPDATE, "the host takes new engines again"),
+        (FORGET_UPDATE, "the host is gone for good: drop it and release the games placed on it"),
+    ):
+        sub = actions.add_parser(action, help=text)
+        sub.add_argument("host", type=host_name, help="host name or id (see `rtjobs hosts`)")
+        if action == FORGET_UPDATE:
+            sub.add_argument("--force", action="store_true", help="even while a worker still reports it")
+
     commands.add_parser("worker", help="run the worker (TEMPORAL_ADDRESS)")
     commands.add_parser("dev", help="run the worker with the embedded Temporal dev server and UI")
     return parser
@@ -182,12 +227,16 @@ def build_parser() -> argparse.ArgumentParser:
 # --- start / stop -----------------------------------------------------------------------------------
 
 
-async def run_job(args: argparse.Namespace) -> int:
+async def _connect() -> Client:
     config = connect_config()
     try:
-        client = await connect(config)
+        return await connect(config)
     except Exception as err:
         raise CliError(f"Temporal unreachable at {describe(config)}: {one_line(str(err), 300)}") from None
+
+
+async def run_job(args: argparse.Namespace) -> int:
+    client = await _connect()
     try:
         handle = await _start(client, args)
     except RPCError as err:
@@ -435,6 +484,164 @@ class GroupReader:
         )
 
 
+# --- the fleet's hosts --------------------------------------------------------------------------------
+
+
+class Registry:
+    """The fleet's host registry (`RuntimeHostRegistry`, one per task queue), as operators use it."""
+
+    def __init__(self, client: Client, task_queue: str) -> None:
+        self._client = client
+        self._task_queue = task_queue
+        self._handle = client.get_workflow_handle(registry_workflow_id(task_queue))
+
+    async def hosts(self) -> list[HostView]:
+        await self._refresh()
+        try:
+            views: list[HostView] = await self._handle.query(
+                HOSTS_QUERY, result_type=list[HostView], rpc_timeout=REGISTRY_TIMEOUT
+            )
+        except RPCError as err:
+            raise self._error("query", err) from None
+        return views
+
+    async def command(self, action: str, host: str) -> HostView:
+        """The registry's drain/undrain/forget update; an unknown host is its one-line message."""
+        try:
+            view: HostView = await self._handle.execute_update(
+                action, HostCommand(host=host), result_type=HostView, rpc_timeout=REGISTRY_TIMEOUT
+            )
+        except WorkflowUpdateFailedError as err:
+            cause = err.cause
+            if isinstance(cause, ApplicationError) and cause.type == UNKNOWN_HOST_TYPE:
+                raise CliError(cause.message) from None
+            raise CliError(
+                f"the registry could not {HOST_ACTIONS[action]} {host}: {one_line(str(cause), 300)}"
+            ) from None
+        except (RPCError, WorkflowUpdateRPCTimeoutOrCancelledError) as err:
+            raise self._error(f"{HOST_ACTIONS[action]} {host}", err) from None
+        return view
+
+    async def release_games(self, view: HostView) -> int:
+        """Signal `forget_host` to every running per-game workflow of this fleet placed on the host;
+        how many got it (one that ended meanwhile is skipped)."""
+        name = view.name.replace("\\", "\\\\").replace('"', '\\"')
+        query = (
+            f'WorkflowType="{LOCK_WORKFLOW}" AND {RUNTIME_HOST.name}="{name}" '
+            f'AND TaskQueue="{self._task_queue}" AND ExecutionStatus="Running"'
+        )
+        released = 0
+        async for execution in self._client.list_workflows(query):
+            handle = self._client.get_workflow_handle(execution.id, run_id=execution.run_id)
+            try:
+                await handle.signal(FORGET_HOST_SIGNAL, view.host_id)
+            except RPCError as err:
+                if err.status != RPCStatusCode.NOT_FOUND:
+                    what = f"could not release game workflow {execution.id}"
+                    raise CliError(f"{what}: {one_line(err.message, 300)}") from None
+                continue
+            released += 1
+        return released
+
+    async def _refresh(self) -> None:
+        """A no-op `place` update, so that the query's clock is now: a query reads `workflow.now()`,
+        the time of the registry's last workflow task, and without one a silent host looks live.
+        (Not needed once the `hosts` query reads the real clock; see workflows/hosts.py.)"""
+        request = PlaceRequest(game_id="", create=False, job="rtjobs hosts")
+        try:
+            await self._handle.execute_update(
+                PLACE_UPDATE, request, result_type=PlaceAnswer, rpc_timeout=REGISTRY_TIMEOUT
+            )
+        except (RPCError, WorkflowUpdateRPCTimeoutOrCancelledError) as err:
+            raise self._error("refresh", err) from None
+        except WorkflowUpdateFailedError:
+            pass  # the query still answers, with its own clock
+
+    def _error(self, what: str, err: RPCError | WorkflowUpdateRPCTimeoutOrCancelledError) -> CliError:
+        if isinstance(err, RPCError) and err.status == RPCStatusCode.NOT_FOUND:
+            return CliError(f"no host has reported on task queue {self._task_queue} (is a worker running?)")
+        if isinstance(err, WorkflowUpdateRPCTimeoutOrCancelledError) or err.status == RPCStatusCode.DEADLINE_EXCEEDED:
+            return CliError(
+                f"the host registry of task queue {self._task_queue} did not answer within "
+                f"{REGISTRY_TIMEOUT.total_seconds():.0f}s (is a worker running?)"
+            )
+        return CliError(f"host registry ({what}): {err.status.name}: {one_line(err.message, 300)}")
+
+
+async def show_hosts(args: argparse.Namespace, settings: Settings) -> int:
+    views = await Registry(await _connect(), settings.task_queue).hosts()
+    if args.json:
+        print(json.dumps([v.model_dump(mode="json") for v in views], indent=2))
+        return EXIT_OK
+    print_hosts(views, datetime.now(UTC), sys.stdout)
+    return EXIT_OK
+
+
+HOST_HEADER = ("NAME", "ID", "LIVE", "WORKERS", "ENGINES", "DRAINING", "LAST SEEN", "NETWORK")
+
+
+def print_hosts(views: Sequence[HostView], now: datetime, out: TextIO) -> None:
+    rows = [HOST_HEADER] + [
+        (
+            v.name,
+            v.host_id[:12],
+            _yes_no(v.live),
+            str(len(v.live_workers)),
+            engines_text(v),
+            _yes_no(v.draining),
+            age_text(v.last_seen, now),
+            v.network_driver or "-",
+        )
+        for v in views
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(HOST_HEADER))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip(), file=out)
+
+
+def _yes_no(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def engines_text(view: HostView) -> str:
+    """`3/40`, or `3+1/40` with one engine reserved (chosen for a start not reported yet)."""
+    reserved = f"+{view.reserved}" if view.reserved else ""
+    return f"{view.engines}{reserved}/{view.capacity}"
+
+
+def age_text(seen: datetime | None, now: datetime) -> str:
+    if seen is None:
+        return "never"
+    seconds = max(0, int((now - seen).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
+async def command_host(args: argparse.Namespace, settings: Settings) -> int:
+    registry = Registry(await _connect(), settings.task_queue)
+    if args.action == FORGET_UPDATE and not args.force:
+        live = [v for v in await registry.hosts() if args.host in (v.name, v.host_id) and v.live]
+        if live:
+            raise CliError(
+                f"host {live[0].name} is live (workers: {', '.join(live[0].live_workers)}): its worker would "
+                "report it right back; stop its workers first, or use --force"
+            )
+    view = await registry.command(args.action, args.host)
+    if args.action == DRAIN_UPDATE:
+        print(f"host {view.name} draining: no new engines; its {view.engines} engines keep running and being served")
+    elif args.action == UNDRAIN_UPDATE:
+        print(f"host {view.name} open: takes new engines again ({engines_text(view)} in use)")
+    else:
+        released = await registry.release_games(view)
+        print(
+            f"host {view.name} ({view.host_id}) forgotten; {released} games placed on it released "
+            "(their next job places them again)"
+        )
+    return EXIT_OK
+
+
 # --- main -------------------------------------------------------------------------------------------
 
 
@@ -453,6 +660,10 @@ def _run(args: argparse.Namespace) -> int:
         settings = Settings()
         if args.command == "results":
             return asyncio.run(show_results(args, settings))
+        if args.command == "hosts":
+            return asyncio.run(show_hosts(args, settings))
+        if args.command == "host":
+            return asyncio.run(command_host(args, settings))
         return asyncio.run(run_job(args))
     except ValidationError as err:
         print(f"rtjobs: error: invalid configuration: {one_line(str(err), 300)}", file=sys.stderr)

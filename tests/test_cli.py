@@ -3,22 +3,33 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import re
 import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 import pytest
 import redis.asyncio as aioredis
 from redis.typing import EncodableT, FieldT
+from temporalio.client import Client
+from temporalio.worker import Worker
 
+from activities.hosts import send_report
+from contract.hosts import PLACE_UPDATE, HostRef, HostReport, PlaceAnswer, PlaceRequest, registry_workflow_id
+from contract.lock import Turn, lock_workflow_id
 from contract.models import JobResult, engine_endpoint
+from starter import start_job
 from tests.support.docker_engine import DockerEngine
 from tests.support.processes import ROOT, Process, process_env, start_ready_worker
 from tests.support.redis_server import free_port
+from tests.support.stand_ins import STAND_IN_HOST, StandInEngine, job_worker
 from tests.support.streams import read_entries
+from workflows.hosts import HostRegistry
+from workflows.search import RUNTIME_HOST
 
 # Only stops a hung command; no test here times the CLI. `start --wait` of the tiny engine takes ~3 s
 # (interpreter start-up, connect, the job), far more on a loaded 2-core machine.
@@ -62,6 +73,10 @@ def rtjobs(
         (["results", "--group", "lobby", "--consumer", "c1", "--claim-idle-s", "0"], "positive number of seconds"),
         (["results", "--group", "", "--consumer", "c1"], "invalid group name"),
         (["results", "--group", "lobby", "--consumer", "a b"], "invalid consumer name"),
+        (["host", "drain"], "required"),
+        (["host", "evict", "h1"], "invalid choice"),
+        (["host", "undrain", "a b"], "invalid host name"),
+        (["host", "drain", "h1", "--force"], "unrecognized arguments"),
         (["frobnicate"], "invalid choice"),
         ([], "required"),
     ],
@@ -189,3 +204,221 @@ async def test_start_and_stop_wait_print_the_result_table(
     started = await asyncio.to_thread(rtjobs, "stop", game, env=env)
     assert started.returncode == 0, started
     assert started.stdout.startswith(f"runtime-stop-{game}-")
+
+
+# --- the fleet's hosts: `rtjobs hosts`, `rtjobs host drain|undrain|forget` ------------------------------
+# Hosts appear as a worker makes them appear: a report to the real registry workflow (run here by an
+# in-process worker); the CLI runs as a real process (in a thread, so the worker keeps answering).
+
+SILENT_AFTER_S = 2.0  # a host reporting every 0.5 s is live for 3 intervals (1.5 s) after its last report
+
+
+async def report(
+    client: Client,
+    task_queue: str,
+    name: str,
+    *,
+    every_s: float = 3600.0,
+    capacity: int = 40,
+    games: Sequence[str] = (),
+    network: str = "bridge/local",
+) -> HostRef:
+    host = HostRef(host_id=f"{name}-engine-id-0123456789abcdef", name=name, queue=f"{task_queue}@host-{name}")
+    await send_report(
+        client,
+        task_queue,
+        HostReport(
+            host=host,
+            worker=f"worker-of-{name}",
+            capacity=capacity,
+            games=list(games),
+            report_every_s=every_s,
+            network_driver=network,
+        ),
+    )
+    return host
+
+
+@contextlib.asynccontextmanager
+async def registry_worker(client: Client, task_queue: str) -> AsyncIterator[None]:
+    async with Worker(client, task_queue=task_queue, workflows=[HostRegistry]):
+        yield
+
+
+async def cli(env: Mapping[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(rtjobs, *args, env=env)
+
+
+def host_rows(stdout: str) -> dict[str, dict[str, str]]:
+    """The `rtjobs hosts` table by host name; columns are separated by two spaces or more."""
+    header, *lines = (re.split(r"\s{2,}", line.strip()) for line in stdout.splitlines())
+    assert header == ["NAME", "ID", "LIVE", "WORKERS", "ENGINES", "DRAINING", "LAST SEEN", "NETWORK"], header
+    return {line[0]: dict(zip(header, line, strict=True)) for line in lines}
+
+
+async def place(client: Client, task_queue: str, game_id: str) -> PlaceAnswer:
+    handle = client.get_workflow_handle(registry_workflow_id(task_queue))
+    answer: PlaceAnswer = await handle.execute_update(
+        PLACE_UPDATE, PlaceRequest(game_id=game_id, create=True), result_type=PlaceAnswer
+    )
+    return answer
+
+
+async def test_hosts_lists_reported_hosts_with_liveness_engines_and_capacity(
+    client: Client, task_queue: str, worker_env: dict[str, str]
+) -> None:
+    async with registry_worker(client, task_queue):
+        big = await report(client, task_queue, "h-big", capacity=40, games=["g-1", "g-2", "g-3"])
+        small = await report(client, task_queue, "h-small", capacity=10, network="overlay/swarm")
+        # A new game goes to the emptier host, reserved there until that host reports it.
+        assert (await place(client, task_queue, "g-new")).chosen == small
+
+        table = await cli(worker_env, "hosts")
+        assert table.returncode == 0, table
+        rows = host_rows(table.stdout)
+        assert list(rows) == ["h-big", "h-small"]
+        assert rows["h-big"]["ID"] == big.host_id[:12]
+        assert [rows["h-big"][c] for c in ("LIVE", "WORKERS", "ENGINES", "DRAINING", "NETWORK")] == [
+            "yes",
+            "1",
+            "3/40",
+            "no",
+            "bridge/local",
+        ]
+        assert [rows["h-small"][c] for c in ("LIVE", "WORKERS", "ENGINES", "DRAINING", "NETWORK")] == [
+            "yes",
+            "1",
+            "0+1/10",
+            "no",
+            "overlay/swarm",
+        ]
+        assert re.fullmatch(r"\d+s ago", rows["h-big"]["LAST SEEN"]), rows["h-big"]
+
+        as_json = await cli(worker_env, "hosts", "--json")
+        assert as_json.returncode == 0, as_json
+        hosts = {h["name"]: h for h in json.loads(as_json.stdout)}
+        assert hosts["h-big"]["host_id"] == big.host_id  # the full id
+        assert (hosts["h-big"]["engines"], hosts["h-big"]["capacity"], hosts["h-big"]["live"]) == (3, 40, True)
+        assert (hosts["h-small"]["reserved"], hosts["h-small"]["live_workers"]) == (1, ["worker-of-h-small"])
+
+
+async def test_hosts_live_turns_no_when_the_host_stops_reporting(
+    client: Client, task_queue: str, worker_env: dict[str, str]
+) -> None:
+    async def keep_reporting() -> None:
+        while True:
+            await report(client, task_queue, "h-flaky", every_s=0.5)
+            await asyncio.sleep(0.3)
+
+    async with registry_worker(client, task_queue):
+        await report(client, task_queue, "h-steady")
+        reporter = asyncio.create_task(keep_reporting())
+        try:
+            while_reporting = await cli(worker_env, "hosts")
+        finally:
+            reporter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reporter
+        assert while_reporting.returncode == 0, while_reporting
+        assert host_rows(while_reporting.stdout)["h-flaky"]["LIVE"] == "yes"
+
+        await asyncio.sleep(SILENT_AFTER_S)
+        after = await cli(worker_env, "hosts")
+        assert after.returncode == 0, after
+        rows = host_rows(after.stdout)
+        assert (rows["h-flaky"]["LIVE"], rows["h-flaky"]["WORKERS"]) == ("no", "0")
+        assert rows["h-steady"]["LIVE"] == "yes"
+
+
+async def test_drain_stops_placement_on_the_host_and_undrain_restores_it(
+    client: Client, task_queue: str, worker_env: dict[str, str]
+) -> None:
+    async with registry_worker(client, task_queue):
+        drained = await report(client, task_queue, "h-1", capacity=10, games=["g-a", "g-b", "g-c"])
+        other = await report(client, task_queue, "h-2", capacity=10, games=["g-d", "g-e", "g-f"])
+
+        done = await cli(worker_env, "host", "drain", "h-1")
+        assert done.returncode == 0, done
+        assert done.stdout.strip() == ("host h-1 draining: no new engines; its 3 engines keep running and being served")
+        rows = host_rows((await cli(worker_env, "hosts")).stdout)
+        assert (rows["h-1"]["DRAINING"], rows["h-2"]["DRAINING"]) == ("yes", "no")
+        # Both hosts equally loaded: without the drain, new games would alternate between them.
+        chosen = [(await place(client, task_queue, f"g-drain-{i}")).chosen for i in range(4)]
+        assert chosen == [other] * 4
+
+        # By id as well as by name.
+        undone = await cli(worker_env, "host", "undrain", drained.host_id)
+        assert undone.returncode == 0, undone
+        assert undone.stdout.strip() == "host h-1 open: takes new engines again (3/10 in use)"
+        assert host_rows((await cli(worker_env, "hosts")).stdout)["h-1"]["DRAINING"] == "no"
+        # h-2 now holds 3 engines and 4 reservations: the next games go to h-1 again.
+        assert (await place(client, task_queue, "g-after")).chosen == drained
+
+
+async def test_forget_refuses_a_live_host_and_releases_the_games_placed_on_a_silent_one(
+    client: Client, task_queue: str, worker_env: dict[str, str], redis_url: str, stream: str
+) -> None:
+    gid = f"cli-{uuid.uuid4().hex[:10]}"
+    async with job_worker(client, task_queue, redis_url, stream, StandInEngine()):
+        job = await start_job(client, gid, task_queue=task_queue)
+        assert (await asyncio.wait_for(job.result(), HANG_S)).outcome == "success"
+        lock = client.get_workflow_handle(lock_workflow_id(gid, task_queue))
+        before = await lock.query("placement", result_type=Turn)
+        assert before.placement is not None and before.placement.host.name == STAND_IN_HOST
+        placed_there = f'WorkflowId="{lock.id}" AND {RUNTIME_HOST.name}="{STAND_IN_HOST}"'
+        for _ in range(200):  # visibility lags a little behind the search attribute's upsert
+            if [w async for w in client.list_workflows(placed_there)]:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the per-game workflow never showed RuntimeHost=stand-in-host")
+
+        refused = await cli(worker_env, "host", "forget", STAND_IN_HOST)
+        assert refused.returncode == 1, refused
+        [line] = refused.stderr.splitlines()
+        assert f"host {STAND_IN_HOST} is live" in line and "--force" in line
+        assert STAND_IN_HOST in {v["name"] for v in json.loads((await cli(worker_env, "hosts", "--json")).stdout)}
+
+        # Its worker's last report, then silence: the host is no longer live.
+        host = before.placement.host
+        await send_report(
+            client, task_queue, HostReport(host=host, worker="stand-in", capacity=1000, games=[gid], report_every_s=0.2)
+        )
+        await asyncio.sleep(1.0)
+        forgot = await cli(worker_env, "host", "forget", STAND_IN_HOST)
+        assert forgot.returncode == 0, forgot
+        assert forgot.stdout.strip() == (
+            f"host {STAND_IN_HOST} ({host.host_id}) forgotten; 1 games placed on it released "
+            "(their next job places them again)"
+        )
+
+        after = await lock.query("placement", result_type=Turn)
+        assert (after.placement_known, after.placement) == (False, None)
+        assert (await lock.describe()).typed_search_attributes.get(RUNTIME_HOST) is None
+        listed = await cli(worker_env, "hosts", "--json")
+        assert listed.returncode == 0, listed
+        assert json.loads(listed.stdout) == []
+
+
+async def test_unknown_host_is_one_line_naming_the_known_hosts(
+    client: Client, task_queue: str, worker_env: dict[str, str]
+) -> None:
+    async with registry_worker(client, task_queue):
+        one = await report(client, task_queue, "h-one")
+        two = await report(client, task_queue, "h-two")
+        for action in ("drain", "undrain", "forget"):
+            done = await cli(worker_env, "host", action, "h-three")
+            assert done.returncode == 1, done
+            assert done.stdout == ""
+            [line] = done.stderr.splitlines()
+            assert line == (
+                f"rtjobs: error: no host named 'h-three'; known hosts: h-one ({one.host_id}), h-two ({two.host_id})"
+            )
+
+
+async def test_hosts_before_any_report_says_no_host_reported(worker_env: dict[str, str], task_queue: str) -> None:
+    done = await cli(worker_env, "hosts")
+    assert done.returncode == 1, done
+    assert done.stderr.strip() == (
+        f"rtjobs: error: no host has reported on task queue {task_queue} (is a worker running?)"
+    )
