@@ -47,12 +47,9 @@ from contract.hosts import (
     FORGET_HOST_SIGNAL,
     FORGET_UPDATE,
     HOSTS_QUERY,
-    PLACE_UPDATE,
     UNDRAIN_UPDATE,
     HostCommand,
     HostView,
-    PlaceAnswer,
-    PlaceRequest,
     registry_workflow_id,
 )
 from contract.lock import LOCK_WORKFLOW
@@ -496,7 +493,6 @@ class Registry:
         self._handle = client.get_workflow_handle(registry_workflow_id(task_queue))
 
     async def hosts(self) -> list[HostView]:
-        await self._refresh()
         try:
             views: list[HostView] = await self._handle.query(
                 HOSTS_QUERY, result_type=list[HostView], rpc_timeout=REGISTRY_TIMEOUT
@@ -542,20 +538,6 @@ class Registry:
                 continue
             released += 1
         return released
-
-    async def _refresh(self) -> None:
-        """A no-op `place` update, so that the query's clock is now: a query reads `workflow.now()`,
-        the time of the registry's last workflow task, and without one a silent host looks live.
-        (Not needed once the `hosts` query reads the real clock; see workflows/hosts.py.)"""
-        request = PlaceRequest(game_id="", create=False, job="rtjobs hosts")
-        try:
-            await self._handle.execute_update(
-                PLACE_UPDATE, request, result_type=PlaceAnswer, rpc_timeout=REGISTRY_TIMEOUT
-            )
-        except (RPCError, WorkflowUpdateRPCTimeoutOrCancelledError) as err:
-            raise self._error("refresh", err) from None
-        except WorkflowUpdateFailedError:
-            pass  # the query still answers, with its own clock
 
     def _error(self, what: str, err: RPCError | WorkflowUpdateRPCTimeoutOrCancelledError) -> CliError:
         if isinstance(err, RPCError) and err.status == RPCStatusCode.NOT_FOUND:

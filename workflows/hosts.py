@@ -15,7 +15,7 @@ of a job never touches it.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
@@ -154,7 +154,11 @@ class HostRegistry:
 
     @workflow.query(name=HOSTS_QUERY)
     def hosts(self) -> list[HostView]:
-        now = workflow.now()
+        # The real clock, not workflow.now() (the time of the last workflow task): a registry that
+        # heard nothing since a host fell silent must still show it not live. A query writes nothing
+        # to the history, so this cannot make a replay differ.
+        with workflow.unsafe.sandbox_unrestricted():
+            now = datetime.now(UTC)
         return [self._view(r, now) for r in self._sorted_hosts()]
 
     @workflow.run
