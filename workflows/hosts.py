@@ -81,7 +81,12 @@ class HostRegistry:
 
     @workflow.signal(name=ENGINE_CHANGED_SIGNAL)
     def engine_changed(self, change: EngineChanged) -> None:
-        self._state.reservations.pop(change.game_id, None)
+        if change.present:
+            # Held as a reservation until the host's own report lists the engine: a report the host
+            # made just before the create must not make the registry forget it meanwhile.
+            self._state.reservations[change.game_id] = Reservation(host_id=change.host_id, at=workflow.now())
+        else:
+            self._state.reservations.pop(change.game_id, None)
         record = self._state.hosts.get(change.host_id)
         if record is not None:
             games = set(record.games)

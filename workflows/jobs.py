@@ -184,6 +184,9 @@ class _RuntimeJob:
             return JobResult.failure(game_id, err.code, err.message)
         except ActivityError as err:
             code, message = _classify(err, self._host if self._fleet else None)
+            if _never_reached_the_host(err):
+                # No worker of the host took the step: nothing to clean up there, and no one to do it.
+                self._engine_step_begun = False
             self._status = self._status.model_copy(update={"last_error": f"{code}: {message}"})
             if code is ErrorCode.CANCELLED:
                 return JobResult.failure(game_id, code, "cancelled while it ran")
@@ -522,6 +525,11 @@ def search_value(game_id: str) -> str:
     while len(json.dumps(value)) > SEARCH_VALUE_MAX_BYTES:
         value = value[: len(value) * 3 // 4]
     return value
+
+
+def _never_reached_the_host(err: ActivityError) -> bool:
+    cause = err.cause
+    return isinstance(cause, TimeoutError) and cause.type == TimeoutType.SCHEDULE_TO_START
 
 
 def _classify(err: ActivityError, host: HostRef | None = None) -> tuple[ErrorCode, str]:
