@@ -48,6 +48,7 @@ from activities.redis_topology import (
     scrub,
 )
 from activities.retention import retention_running
+from contract.hosts import HOSTS_QUERY, HostView, registry_workflow_id
 from contract.models import one_line
 from contract.settings import Settings, redact_url
 from starter import connect, connect_config, describe
@@ -376,6 +377,9 @@ async def serving(
             task = asyncio.create_task(_serve_host_when_docker_answers(stack, client, settings, engine))
             stack.push_async_callback(_cancelled, task)
         await stack.enter_async_context(build_worker(client, settings, redis, engine))
+        if facts is not None:  # (the registry answers queries through a shared-queue worker: now)
+            check = asyncio.create_task(_check_fleet(client, settings, facts))
+            stack.push_async_callback(_cancelled, check)
         yield
 
 
@@ -412,6 +416,36 @@ async def _serve_host(
     )
 
 
+async def _check_fleet(client: Client, settings: Settings, facts: HostFacts) -> None:
+    """Warnings an operator of a fleet needs at start-up: a game network the other hosts' engines cannot
+    share (a local bridge), and a host name another engine already uses."""
+    try:
+        views = await client.get_workflow_handle(registry_workflow_id(settings.task_queue)).query(
+            HOSTS_QUERY, result_type=list[HostView], rpc_timeout=timedelta(seconds=5)
+        )
+    except Exception as err:
+        log.warning("could not read the fleet's hosts: %s", _short_error(err))
+        return
+    others = [v for v in views if v.host_id != facts.ref.host_id]
+    same_name = [v.host_id for v in others if v.name == facts.ref.name]
+    if same_name:
+        log.warning(
+            "host name %s is also used by engine %s: set a unique RTJOBS_HOST_NAME (operators must use ids meanwhile)",
+            facts.ref.name,
+            ", ".join(same_name),
+        )
+    local = not facts.network_driver or facts.network_driver.endswith("/local")
+    if others and local:
+        log.warning(
+            "game network %s is %s on host %s while the fleet has %d other host(s): the Lobby cannot reach their "
+            "engines by name through it; create it as an attachable overlay (README: Running a fleet)",
+            settings.game_network,
+            facts.network_driver or "not made yet (a local bridge on the first start)",
+            facts.ref.name,
+            len(others),
+        )
+
+
 async def _serve_host_when_docker_answers(
     stack: contextlib.AsyncExitStack, client: Client, settings: Settings, engine: EngineActivities
 ) -> None:
@@ -420,6 +454,7 @@ async def _serve_host_when_docker_answers(
         facts = await _identify(engine, settings)
         if facts is not None:
             await _serve_host(stack, client, settings, engine, facts)
+            await _check_fleet(client, settings, facts)
             return
 
 
