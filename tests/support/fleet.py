@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -249,10 +250,26 @@ class Fleet:
         )
 
     async def close(self) -> None:
-        """Kill every worker, then remove every container the test's jobs made (the daemons stay)."""
+        """Kill every worker, then remove every container the test's jobs made (the daemons stay).
+
+        Each worker's warnings (counted) and last lines are printed first: a failed test shows them
+        (pytest's captured teardown output), since a killed worker's log file goes with it."""
+        for host, procs in self.workers.items():
+            for proc in procs:
+                print(f"--- worker of {host} (pid {proc.proc.pid}):\n{log_digest(proc.output())}")
         for host in list(self.workers):
             self.kill_workers(host)
         await asyncio.gather(*(remove_engines(h) for h in self.hosts.values()))
+
+
+def log_digest(output: str, last: int = 30) -> str:
+    """A worker's log, short: each kind of warning or error with its count, then the last lines."""
+    lines = output.splitlines()
+    kinds = Counter(
+        line.split(": ", 1)[-1][:200] for line in lines if " WARNING " in line or " ERROR " in line or " WARN" in line
+    )
+    counted = [f"{n:5d} x {kind}" for kind, n in kinds.most_common(20)]
+    return "\n".join([*counted, "...", *(line[:300] for line in lines[-last:])])
 
 
 async def remove_engines(host: FleetHost) -> None:
