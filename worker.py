@@ -49,10 +49,11 @@ from activities.redis_topology import (
 )
 from activities.retention import retention_running
 from contract.hosts import HOSTS_QUERY, HostView, registry_workflow_id
+from contract.lock import coordination_queue
 from contract.models import one_line
 from contract.settings import Settings, redact_url
 from starter import connect, connect_config, describe
-from workflows import ALL_WORKFLOWS
+from workflows import ALL_WORKFLOWS, GameLock, HostRegistry
 from workflows.search import SEARCH_ATTRIBUTE_KEYS
 
 log = logging.getLogger("rtjobs.worker")
@@ -352,6 +353,19 @@ def build_worker(client: Client, settings: Settings, redis: RedisClient, engine:
     )
 
 
+def build_coordination_worker(client: Client, settings: Settings) -> Worker:
+    """The coordination queue's worker: the per-game workflows and the host registry, with a workflow
+    task slot pool of their own (`contract.lock.coordination_queue` says why), and the lock's holder check."""
+    return Worker(
+        client,
+        task_queue=coordination_queue(settings.task_queue),
+        workflows=[GameLock, HostRegistry],
+        activities=[LockActivities(client, order_settle_s=settings.order_settle_s).game_lock_holder_running],
+        graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_timeout_s),
+        max_cached_workflows=settings.max_cached_workflows,
+    )
+
+
 def build_host_worker(client: Client, settings: Settings, engine: EngineActivities, facts: HostFacts) -> Worker:
     """The host queue's worker: the Docker activities of this worker's engine, and nothing else."""
     return Worker(
@@ -376,6 +390,7 @@ async def serving(
         else:
             task = asyncio.create_task(_serve_host_when_docker_answers(stack, client, settings, engine))
             stack.push_async_callback(_cancelled, task)
+        await stack.enter_async_context(build_coordination_worker(client, settings))
         await stack.enter_async_context(build_worker(client, settings, redis, engine))
         if facts is not None:  # (the registry answers queries through a shared-queue worker: now)
             check = asyncio.create_task(_check_fleet(client, settings, facts))
@@ -433,6 +448,15 @@ async def _check_fleet(client: Client, settings: Settings, facts: HostFacts) -> 
             "host name %s is also used by engine %s: set a unique RTJOBS_HOST_NAME (operators must use ids meanwhile)",
             facts.ref.name,
             ", ".join(same_name),
+        )
+    twins = [v.name for v in views if v.host_id == facts.ref.host_id and v.name != facts.ref.name and v.live]
+    if twins:
+        log.warning(
+            "engine id %s is also reported by host %s: two Docker engines share one id (Docker before 23 takes it "
+            "from /etc/docker/key.json; hosts cloned from one image share it): give each engine its own key, "
+            "or they count as one host",
+            facts.ref.host_id,
+            ", ".join(twins),
         )
     local = not facts.network_driver or facts.network_driver.endswith("/local")
     if others and local:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import random
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,9 +20,11 @@ from aiodocker.exceptions import DockerError
 from temporalio import activity
 from temporalio.client import Client, WithStartWorkflowOperation
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.service import RPCError, RPCStatusCode
 
 from activities.docker_gateway import DockerGateway
 from contract.hosts import (
+    LOCATE_QUERY,
     PLACE_ACTIVITY,
     REPORT_SIGNAL,
     HostRef,
@@ -31,6 +35,7 @@ from contract.hosts import (
     host_queue,
     registry_workflow_id,
 )
+from contract.lock import coordination_queue
 from contract.models import LABEL_GAME_ID, LABEL_MANAGED_BY, MANAGED_BY, ErrorCode
 from contract.settings import Settings
 from workflows.hosts import HostRegistry
@@ -62,16 +67,7 @@ async def identify_host(gateway: DockerGateway, settings: Settings) -> HostFacts
         raise RuntimeError("the Docker engine reported no ID in GET /info")
     name = settings.host_name or str(info.get("Name") or host_id)
     capacity, capacity_from = _capacity(info, settings)
-    driver = ""
-    with contextlib.suppress(DockerError):
-        network = await gateway.call(
-            f"inspect network {settings.game_network}",
-            lambda: gateway.client.networks.get(settings.game_network),
-            code,
-            passthrough={404},
-        )
-        details = await network.show()
-        driver = f"{details.get('Driver', '')}/{details.get('Scope', '')}"
+    driver = await network_driver(gateway, settings.game_network)
     return HostFacts(
         ref=HostRef(host_id=host_id, name=name, queue=host_queue(settings.task_queue, host_id)),
         capacity=capacity,
@@ -79,6 +75,20 @@ async def identify_host(gateway: DockerGateway, settings: Settings) -> HostFacts
         docker_version=str(info.get("ServerVersion") or ""),
         network_driver=driver,
     )
+
+
+async def network_driver(gateway: DockerGateway, name: str) -> str:
+    """`driver/scope` of the game network (e.g. `overlay/swarm`, `bridge/local`); "" while it does not exist."""
+    with contextlib.suppress(DockerError):
+        network = await gateway.call(
+            f"inspect network {name}",
+            lambda: gateway.client.networks.get(name),
+            ErrorCode.DOCKER_UNAVAILABLE,
+            passthrough={404},
+        )
+        details = await network.show()
+        return f"{details.get('Driver', '')}/{details.get('Scope', '')}"
+    return ""
 
 
 def _capacity(info: Mapping[str, Any], settings: Settings) -> tuple[int, str]:
@@ -99,7 +109,7 @@ async def send_report(client: Client, task_queue: str, report: HostReport) -> No
         HostRegistry.run,
         RegistryState(task_queue=task_queue),
         id=registry_workflow_id(task_queue),
-        task_queue=task_queue,
+        task_queue=coordination_queue(task_queue),
         start_signal=REPORT_SIGNAL,
         start_signal_args=[report],
         id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
@@ -120,6 +130,11 @@ class HostReporter:
     async def report(self) -> None:
         """One report (signal-with-start: the first worker of a fleet starts the registry)."""
         games = await self._games()
+        if not self.facts.network_driver:
+            # The first start makes the game network: report its driver from then on.
+            driver = await network_driver(self._gateway, self._settings.game_network)
+            if driver:
+                self.facts = dataclasses.replace(self.facts, network_driver=driver)
         report = HostReport(
             host=self.facts.ref,
             worker=self._client.identity,
@@ -181,16 +196,34 @@ class PlacementActivities:
 
     @activity.defn(name=PLACE_ACTIVITY)
     async def place_game_engine(self, request: PlaceRequest) -> PlaceAnswer:
+        """A lookup (a stop) is a query of the registry; a placement (a start) or a correction of the
+        inventory is an update, serialised with every other placement. A registry that has reached the
+        server's limit of updates in flight is asked again after a short random pause."""
         task_queue = activity.info().task_queue
+        if not request.create and not request.absent_on:
+            handle = self._client.get_workflow_handle(registry_workflow_id(task_queue))
+            try:
+                answer: PlaceAnswer = await handle.query(LOCATE_QUERY, request.game_id, result_type=PlaceAnswer)
+                return answer
+            except RPCError as err:
+                if err.status != RPCStatusCode.NOT_FOUND:
+                    raise
+            # No registry run (terminated, or none yet): the update below starts one.
         start = WithStartWorkflowOperation(
             HostRegistry.run,
             RegistryState(task_queue=task_queue),
             id=registry_workflow_id(task_queue),
-            task_queue=task_queue,
+            task_queue=coordination_queue(task_queue),
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
             static_summary=f"the Docker hosts of task queue {task_queue}",
         )
-        return await self._client.execute_update_with_start_workflow(
-            HostRegistry.place, request, start_workflow_operation=start
-        )
+        while True:
+            try:
+                return await self._client.execute_update_with_start_workflow(
+                    HostRegistry.place, request, start_workflow_operation=start
+                )
+            except RPCError as err:
+                if err.status != RPCStatusCode.RESOURCE_EXHAUSTED:
+                    raise
+            await asyncio.sleep(random.uniform(0.02, 0.2))

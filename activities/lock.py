@@ -20,6 +20,7 @@ from contract.lock import (
     LockRequest,
     LockState,
     Turn,
+    coordination_queue,
     lock_workflow_id,
 )
 from workflows.lock import GameLock
@@ -53,25 +54,36 @@ class LockActivities:
             GameLock.run,
             LockState(game_id=request.game_id),
             id=lock_workflow_id(request.game_id, task_queue),
-            task_queue=task_queue,
+            task_queue=coordination_queue(task_queue),
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
             static_summary=f"serialises the runtime jobs of game {request.game_id} and remembers its host",
         )
-        turn: Turn = await self._client.execute_update_with_start_workflow(
-            TAKE_TURN_UPDATE, request, start_workflow_operation=start, result_type=Turn
-        )
+        try:
+            turn: Turn = await self._client.execute_update_with_start_workflow(
+                TAKE_TURN_UPDATE, request, start_workflow_operation=start, result_type=Turn
+            )
+        except RPCError as err:
+            if err.status != RPCStatusCode.RESOURCE_EXHAUSTED:
+                raise
+            # More jobs of this game ask at once than the server lets a workflow hold updates in flight
+            # (10 by default): queue by signal instead; the turn then comes as the grant signal.
+            await self._signal_with_start(request, task_queue, coordination_queue(task_queue))
+            turn = Turn(granted=False)
         return turn.model_copy(update={"host_wait_s": self._host_wait_s})
 
     @activity.defn(name=ACQUIRE_ACTIVITY)
     async def acquire_game_lock(self, request: LockRequest) -> None:
         """The single-host shape's acquire (signal-with-start), kept for job runs begun by it."""
         await self._settle(request)
+        await self._signal_with_start(request, activity.info().task_queue, activity.info().task_queue)
+
+    async def _signal_with_start(self, request: LockRequest, task_queue: str, runs_on: str) -> None:
         await self._client.start_workflow(
             GameLock.run,
             LockState(game_id=request.game_id),
-            id=lock_workflow_id(request.game_id, activity.info().task_queue),
-            task_queue=activity.info().task_queue,
+            id=lock_workflow_id(request.game_id, task_queue),
+            task_queue=runs_on,
             start_signal=ACQUIRE_SIGNAL,
             start_signal_args=[request],
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,

@@ -21,6 +21,7 @@ DRAIN_UPDATE = "drain"
 UNDRAIN_UPDATE = "undrain"
 FORGET_UPDATE = "forget"
 HOSTS_QUERY = "hosts"
+LOCATE_QUERY = "locate"
 PLACE_ACTIVITY = "place_game_engine"
 # Sent by `rtjobs host forget` to every per-game workflow whose engine was placed on the host.
 FORGET_HOST_SIGNAL = "forget_host"

@@ -43,6 +43,17 @@ LOCK_PATCH_V3 = "lock-v3-fleet-placement"
 JOB_PATCH_V3 = "job-v3-fleet-host-queues"
 
 
+def coordination_queue(task_queue: str) -> str:
+    """The task queue of the fleet's coordinating workflows (per-game workflows, the host registry).
+
+    Polled by every worker, like the shared queue, but by a Worker of its own: a job's synchronous
+    call to its game's workflow (an update, which waits for that workflow's task) holds the job's
+    workflow task meanwhile, and on one queue a burst of jobs could hold every workflow-task slot
+    the game workflows need to answer them.
+    """
+    return f"{task_queue}-coordination"
+
+
 def lock_workflow_id(game_id: str, task_queue: str) -> str:
     """One lock per game and worker fleet: a lock lives on its fleet's task queue, so a lock left idle on
     a queue no worker polls any more (after a rename) must not block the game's jobs elsewhere.

@@ -20,7 +20,7 @@ from temporalio.worker import Worker
 
 from activities.hosts import send_report
 from contract.hosts import PLACE_UPDATE, HostRef, HostReport, PlaceAnswer, PlaceRequest, registry_workflow_id
-from contract.lock import Turn, lock_workflow_id
+from contract.lock import Turn, coordination_queue, lock_workflow_id
 from contract.models import JobResult, engine_endpoint
 from starter import start_job
 from tests.support.docker_engine import DockerEngine
@@ -241,7 +241,8 @@ async def report(
 
 @contextlib.asynccontextmanager
 async def registry_worker(client: Client, task_queue: str) -> AsyncIterator[None]:
-    async with Worker(client, task_queue=task_queue, workflows=[HostRegistry]):
+    """The registry runs on the fleet's coordination queue, as the worker runs it."""
+    async with Worker(client, task_queue=coordination_queue(task_queue), workflows=[HostRegistry]):
         yield
 
 

@@ -28,6 +28,7 @@ with workflow.unsafe.imports_passed_through():
         HOST_REGISTRY_WORKFLOW,
         HOSTS_QUERY,
         LIVE_REPORTS,
+        LOCATE_QUERY,
         PLACE_UPDATE,
         REGISTRY_EVENTS_BEFORE_CONTINUE_AS_NEW,
         REPORT_SIGNAL,
@@ -36,6 +37,7 @@ with workflow.unsafe.imports_passed_through():
         EngineChanged,
         HostCommand,
         HostRecord,
+        HostRef,
         HostReport,
         HostView,
         PlaceAnswer,
@@ -111,12 +113,7 @@ class HostRegistry:
             if reservation is not None and reservation.host_id == host_id:
                 del self._state.reservations[request.game_id]
         live = [r for r in self._state.hosts.values() if self._is_live(r, now)]
-        found = [r.host for r in self._sorted_hosts() if request.game_id in r.games]
-        reservation = self._state.reservations.get(request.game_id)
-        if reservation is not None and reservation.host_id in self._state.hosts:
-            host = self._state.hosts[reservation.host_id].host
-            if host not in found:
-                found.append(host)
+        found = self._found(request.game_id)
         self._counted()
         if found or not request.create:
             return PlaceAnswer(found=found, live_hosts=len(live))
@@ -157,6 +154,13 @@ class HostRegistry:
         self._counted()
         return view
 
+    @workflow.query(name=LOCATE_QUERY)
+    def locate(self, game_id: str) -> PlaceAnswer:
+        """Where the game's engine is, read-only: what a stop of a game without a known placement asks.
+        A query, not an update: it writes no history and is not bounded by the server's limit on a
+        workflow's updates in flight (10 by default), so many stops at once do not queue on it."""
+        return PlaceAnswer(found=self._found(game_id))
+
     @workflow.query(name=HOSTS_QUERY)
     def hosts(self) -> list[HostView]:
         # The real clock, not workflow.now() (the time of the last workflow task): a registry that
@@ -194,6 +198,15 @@ class HostRegistry:
                 f"{what} named {name_or_id!r}; known hosts: {known}", type=UNKNOWN_HOST_TYPE, non_retryable=True
             )
         return matches[0]
+
+    def _found(self, game_id: str) -> list[HostRef]:
+        found = [r.host for r in self._sorted_hosts() if game_id in r.games]
+        reservation = self._state.reservations.get(game_id)
+        if reservation is not None and reservation.host_id in self._state.hosts:
+            host = self._state.hosts[reservation.host_id].host
+            if host not in found:
+                found.append(host)
+        return found
 
     def _sorted_hosts(self) -> list[HostRecord]:
         return sorted(self._state.hosts.values(), key=lambda r: (r.host.name, r.host.host_id))

@@ -31,10 +31,10 @@ from contract.engine import (
     RemoveFailedStart,
 )
 from contract.hosts import PLACE_ACTIVITY, HostRef, HostReport, host_queue
-from contract.lock import ACQUIRE_ACTIVITY, HOLDER_RUNNING_ACTIVITY, TAKE_TURN_ACTIVITY
+from contract.lock import ACQUIRE_ACTIVITY, HOLDER_RUNNING_ACTIVITY, TAKE_TURN_ACTIVITY, coordination_queue
 from contract.policies import PUBLISH_ACTIVITY
 from contract.settings import Settings
-from workflows import ALL_WORKFLOWS
+from workflows import ALL_WORKFLOWS, GameLock, HostRegistry
 
 Behaviour = Callable[[str], Any]
 STAND_IN_HOST = "stand-in-host"
@@ -137,6 +137,12 @@ async def job_worker(
     try:
         async with (
             Worker(client, task_queue=host.queue, activities=list(docker.values())),
+            Worker(
+                client,
+                task_queue=coordination_queue(task_queue),
+                workflows=[GameLock, HostRegistry],
+                activities=[activities[HOLDER_RUNNING_ACTIVITY]],
+            ),
             Worker(client, task_queue=task_queue, workflows=ALL_WORKFLOWS, activities=list(activities.values())),
         ):
             yield
