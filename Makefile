@@ -15,7 +15,12 @@ $(STAMP): pyproject.toml
 system-deps:
 	bash scripts/system-deps.sh
 
+# Byte-compiled once here: the workflow sandbox imports the workflow modules afresh for every workflow
+# run, and where PYTHONDONTWRITEBYTECODE is set nothing else writes their .pyc (each run would compile).
+BYTECODE := $(PY) -m compileall -q contract workflows activities
+
 run: $(STAMP)
+	$(BYTECODE)
 	$(PY) worker.py --dev
 
 lint: $(STAMP)
@@ -24,6 +29,7 @@ lint: $(STAMP)
 	$(PY) -m mypy .
 
 test: $(STAMP) system-deps lint
+	$(BYTECODE)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP) system-deps
