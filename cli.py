@@ -52,7 +52,7 @@ from contract.hosts import (
     HostView,
     registry_workflow_id,
 )
-from contract.lock import LOCK_WORKFLOW
+from contract.lock import LOCK_WORKFLOW, coordination_queue
 from contract.models import MAX_STOP_TIMEOUT_S, GameId, ImageRef, JobResult, JobStatus, Outcome, one_line
 from contract.settings import Settings, redact_url
 from starter import connect, connect_config, describe, start_job, stop_job
@@ -524,7 +524,7 @@ class Registry:
         name = view.name.replace("\\", "\\\\").replace('"', '\\"')
         query = (
             f'WorkflowType="{LOCK_WORKFLOW}" AND {RUNTIME_HOST.name}="{name}" '
-            f'AND TaskQueue="{self._task_queue}" AND ExecutionStatus="Running"'
+            f'AND TaskQueue="{coordination_queue(self._task_queue)}" AND ExecutionStatus="Running"'
         )
         released = 0
         async for execution in self._client.list_workflows(query):
