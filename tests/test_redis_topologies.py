@@ -450,7 +450,11 @@ async def test_publish_activity_with_min_replicas(binary: str | None) -> None:
     other = redis_client(pair.url)
     try:
         await other.ping()
-        publisher = ResultPublisher(redis, stream=STREAM, dedup_ttl_s=60, min_replicas=1, wait_timeout_ms=300)
+        # A live replica is given the longest wait allowed (a loaded machine's replica once took over
+        # 300 ms); the paused one is asked with a short wait, to fail fast.
+        live = ResultPublisher(redis, stream=STREAM, dedup_ttl_s=60, min_replicas=1, wait_timeout_ms=2500)
+        paused = ResultPublisher(redis, stream=STREAM, dedup_ttl_s=60, min_replicas=1, wait_timeout_ms=300)
+        publisher = live
         env = ActivityEnvironment()
 
         async def publish(run: str) -> str:
@@ -465,6 +469,7 @@ async def test_publish_activity_with_min_replicas(binary: str | None) -> None:
             version = conn.info("server").get("valkey_version") or conn.info("server")["redis_version"]
         second = await publish("run-2")
         pair.replica.pause()
+        publisher = paused
         try:
             with pytest.raises(ApplicationError) as caught:
                 await publish("run-3")
@@ -476,6 +481,7 @@ async def test_publish_activity_with_min_replicas(binary: str | None) -> None:
             written = await read_stream(pair.primary)
         finally:
             pair.replica.resume()
+        publisher = live
         third = await publish("run-3")
         entries = await read_stream(pair.primary)
         assert [entry_id for entry_id, _f in entries] == [first, second, third]

@@ -105,6 +105,7 @@ async def job_worker(
     engine: StandInEngine,
     *,
     replace: Mapping[str, Callable[..., Any]] | None = None,
+    order_settle_s: float | None = None,
 ) -> AsyncIterator[None]:
     """A worker with the real workflows, lock, placement activities and publish, and the stand-in
     engine on the queue of one stand-in host (reported to the real registry, as a worker reports its
@@ -117,7 +118,8 @@ async def job_worker(
     # activation runs in the sandbox (its import hook is process-wide) draws a warning per module.
     await redis.ping()
     publisher = ResultPublisher(redis, stream=stream, dedup_ttl_s=3600)
-    locks = LockActivities(client, order_settle_s=Settings().order_settle_s)
+    settle = Settings().order_settle_s if order_settle_s is None else order_settle_s
+    locks = LockActivities(client, order_settle_s=settle)
     activities: dict[str, Callable[..., Any]] = {
         PUBLISH_ACTIVITY: publisher.publish_job_result,
         ACQUIRE_ACTIVITY: locks.acquire_game_lock,
