@@ -398,12 +398,17 @@ async def serving(
         yield
 
 
-async def _identify(engine: EngineActivities, settings: Settings) -> HostFacts | None:
+async def _identify(engine: EngineActivities, settings: Settings, *, warn: bool = True) -> HostFacts | None:
     try:
         async with asyncio.timeout(DOCKER_CHECK_TIMEOUT_S * 2):
             return await identify_host(engine.gateway, settings)
     except Exception as err:
-        log.warning("Docker engine not identified (%s): host queue not served yet", _short_error(err))
+        if warn:
+            log.warning(
+                "Docker engine not identified (%s): its host queue is served once it answers (asked every %g s)",
+                _short_error(err),
+                IDENTIFY_RETRY_S,
+            )
         return None
 
 
@@ -475,7 +480,7 @@ async def _serve_host_when_docker_answers(
 ) -> None:
     while True:
         await asyncio.sleep(IDENTIFY_RETRY_S)
-        facts = await _identify(engine, settings)
+        facts = await _identify(engine, settings, warn=False)  # (warned once at start-up)
         if facts is not None:
             await _serve_host(stack, client, settings, engine, facts)
             await _check_fleet(client, settings, facts)

@@ -102,15 +102,14 @@ def network_config(network: str) -> dict[str, Any]:
     return {"Name": network, "Driver": "bridge", "CheckDuplicate": True, "Labels": {LABEL_MANAGED_BY: MANAGED_BY}}
 
 
+def ours_filters(*labels: str) -> dict[str, list[str]]:
+    """List filters for containers of this module, narrowed by further `key=value` labels."""
+    return {"label": [f"{LABEL_MANAGED_BY}={MANAGED_BY}", *labels]}
+
+
 def job_run_filters(game_id: str, job_run: str) -> dict[str, list[str]]:
     """List filters for the containers one job run made for one game (all three labels must match)."""
-    return {
-        "label": [
-            f"{LABEL_MANAGED_BY}={MANAGED_BY}",
-            f"{LABEL_GAME_ID}={game_id}",
-            f"{LABEL_JOB_RUN}={job_run}",
-        ]
-    }
+    return ours_filters(f"{LABEL_GAME_ID}={game_id}", f"{LABEL_JOB_RUN}={job_run}")
 
 
 def is_ours(info: Inspect, game_id: str) -> bool:

@@ -23,6 +23,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.docker_gateway import DockerGateway
+from activities.engine_spec import ours_filters
 from contract.hosts import (
     LOCATE_QUERY,
     PLACE_ACTIVITY,
@@ -36,7 +37,7 @@ from contract.hosts import (
     registry_workflow_id,
 )
 from contract.lock import coordination_queue
-from contract.models import LABEL_GAME_ID, LABEL_MANAGED_BY, MANAGED_BY, ErrorCode
+from contract.models import LABEL_GAME_ID, ErrorCode
 from contract.settings import Settings
 from workflows.hosts import HostRegistry
 
@@ -151,9 +152,7 @@ class HostReporter:
         code = ErrorCode.DOCKER_UNAVAILABLE
         containers = await self._gateway.call(
             "list engine containers",
-            lambda: self._gateway.client.containers.list(
-                all=True, filters={"label": [f"{LABEL_MANAGED_BY}={MANAGED_BY}"]}
-            ),
+            lambda: self._gateway.client.containers.list(all=True, filters=ours_filters()),
             code,
         )
         games = {str(c._container.get("Labels", {}).get(LABEL_GAME_ID, "")) for c in containers}

@@ -128,17 +128,11 @@ class HostRegistry:
 
     @workflow.update(name=DRAIN_UPDATE)
     def drain(self, command: HostCommand) -> HostView:
-        record = self._find(command.host)
-        record.draining = True
-        self._counted()
-        return self._view(record, workflow.now())
+        return self._set_draining(command.host, True)
 
     @workflow.update(name=UNDRAIN_UPDATE)
     def undrain(self, command: HostCommand) -> HostView:
-        record = self._find(command.host)
-        record.draining = False
-        self._counted()
-        return self._view(record, workflow.now())
+        return self._set_draining(command.host, False)
 
     @workflow.update(name=FORGET_UPDATE)
     def forget(self, command: HostCommand) -> HostView:
@@ -188,6 +182,12 @@ class HostRegistry:
         self._events += 1
         live = sum(1 for r in self._state.hosts.values() if self._is_live(r, workflow.now()))
         workflow.set_current_details(f"{len(self._state.hosts)} hosts, {live} live")
+
+    def _set_draining(self, name_or_id: str, draining: bool) -> HostView:
+        record = self._find(name_or_id)
+        record.draining = draining
+        self._counted()
+        return self._view(record, workflow.now())
 
     def _find(self, name_or_id: str) -> HostRecord:
         matches = [r for r in self._state.hosts.values() if name_or_id in (r.host.name, r.host.host_id)]

@@ -471,9 +471,7 @@ class StartRuntimeJob(_RuntimeJob):
                 return outcome
             absent_on.append(host.host_id)
             host = None
-        raise JobFailure(
-            ErrorCode.INTERNAL_ERROR, f"the engine of game {game_id} was not where the fleet said, {WHERE_ROUNDS} times"
-        )
+        raise _kept_moving(game_id)
 
 
 @workflow.defn(name="StopRuntimeJob", failure_exception_types=FAILURE_TYPES)
@@ -512,10 +510,7 @@ class StopRuntimeJob(_RuntimeJob):
             # Nothing on that host: the record was stale; the registry may know another.
             absent_on.append(host.host_id)
             host = None
-        raise JobFailure(
-            ErrorCode.INTERNAL_ERROR,
-            f"the engine of game {job.game_id} was not where the fleet said, {WHERE_ROUNDS} times",
-        )
+        raise _kept_moving(job.game_id)
 
 
 def search_value(game_id: str) -> str:
@@ -525,6 +520,12 @@ def search_value(game_id: str) -> str:
     while len(json.dumps(value)) > SEARCH_VALUE_MAX_BYTES:
         value = value[: len(value) * 3 // 4]
     return value
+
+
+def _kept_moving(game_id: str) -> JobFailure:
+    return JobFailure(
+        ErrorCode.INTERNAL_ERROR, f"the engine of game {game_id} was not where the fleet said, {WHERE_ROUNDS} times"
+    )
 
 
 def _never_reached_the_host(err: ActivityError) -> bool:

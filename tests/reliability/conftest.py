@@ -11,6 +11,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from tests.reliability.runs import remove_game_containers
 from tests.support.docker_engine import TEST_IMAGES, DockerEngine
+from tests.support.fleet import fleet_daemons_fixture, fleet_fixture  # noqa: F401  (fixtures of test_fleet*.py)
 from tests.support.processes import process_env
 from tests.support.redis_server import RedisServer
 

@@ -19,13 +19,12 @@ from contract.lock import lock_workflow_id
 from tests.reliability.runs import Run
 from tests.support.fleet import (
     FRESH,
+    HANG_S,
     REPLAY,
     START,
     STOP,
     Fleet,
     assert_engines_as,
-    fleet_daemons_fixture,  # noqa: F401  (the module's hosts)
-    fleet_fixture,  # noqa: F401  (`fleet`)
     game_ids,
     one_entry_per_run,
     ran_on,
@@ -36,8 +35,6 @@ from workflows.search import RUNTIME_HOST
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 CAPACITY_FULL = frozenset({("failure", "container_start_failed")})
-# Not a speed bound: how long a scenario's jobs may take before the test calls it a hang.
-HANG_S = 240.0
 
 
 async def served_on_their_hosts(

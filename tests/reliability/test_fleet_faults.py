@@ -19,14 +19,13 @@ from contract.engine import ENSURE_REMOVED_ACTIVITY
 from tests.reliability.runs import Run, results
 from tests.support.fleet import (
     FRESH,
+    HANG_S,
     REPLAY,
     START,
     STOP,
     Done,
     Fleet,
     assert_engines_as,
-    fleet_daemons_fixture,  # noqa: F401  (the module's hosts)
-    fleet_fixture,  # noqa: F401  (`fleet`)
     game_ids,
     one_entry_per_run,
     ran_on,
@@ -39,10 +38,8 @@ from tests.support.fleet import (
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-# Not speed bounds: how long a scenario's jobs may take before the test calls it a hang. A job whose
-# worker was SIGKILLed waits out a workflow task timeout (10 s) or a Docker activity's heartbeat
-# timeout (20 s) before another worker takes it over.
-HANG_S = 240.0
+# Not a speed bound: a job whose worker was SIGKILLed waits out a workflow task timeout (10 s) or a
+# Docker activity's heartbeat timeout (20 s) before another worker takes it over.
 LOAD_HANG_S = 420.0
 # How long a job of a game whose host has no live worker waits for one. Above the time a worker takes
 # to start here (a few seconds), so that the restart scenario's worker comes within it.

@@ -282,8 +282,11 @@ async def remove_engines(host: FleetHost) -> None:
 # --- fixtures (imported by the fleet's test modules) -------------------------------------------------
 
 
-# A test module imports the fixtures under these names (`fleet_fixture`, `fleet_daemons_fixture`) and
-# asks for them as `fleet` and `fleet_daemons`.
+# Not a speed bound: how long a scenario's jobs may take before a test calls it a hang.
+HANG_S = 240.0
+
+# tests/reliability/conftest.py imports the fixtures under these names (`fleet_fixture`, `fleet_daemons_fixture`);
+# tests ask for them as `fleet` and `fleet_daemons`.
 
 
 @pytest.fixture(scope="module", name="fleet_daemons")
