@@ -52,6 +52,7 @@ from contract.hosts import HOSTS_QUERY, HostView, registry_workflow_id
 from contract.lock import coordination_queue
 from contract.models import one_line
 from contract.settings import Settings, redact_url
+from sandbox import workflow_runner
 from starter import connect, connect_config, describe
 from workflows import ALL_WORKFLOWS, GameLock, HostRegistry
 from workflows.search import SEARCH_ATTRIBUTE_KEYS
@@ -176,6 +177,18 @@ def temporal_dev_server_binary() -> Path:
     return path
 
 
+# The embedded dev server's dynamic config. One partition per task queue: its tasks are dispatched in
+# the order they were made (near-FIFO), which is what keeps jobs of one game started close together in
+# start order (README, "Per-game order"); a task queue of a real server takes the same per-queue
+# setting. Eager activities: a workflow task's completion carries its first activity back to the same
+# worker, saving the activity task's trip through matching (a real server needs the same flag).
+DEV_SERVER_CONFIG = (
+    "matching.numTaskqueueReadPartitions=1",
+    "matching.numTaskqueueWritePartitions=1",
+    "system.enableActivityEagerExecution=true",
+)
+
+
 async def start_dev_server(settings: Settings, stack: contextlib.AsyncExitStack) -> Client:
     """The embedded dev server: fixed ports, search attributes registered, state in a file."""
     binary = temporal_dev_server_binary()
@@ -190,6 +203,7 @@ async def start_dev_server(settings: Settings, stack: contextlib.AsyncExitStack)
             ui=True,
             ui_port=settings.dev_ui_port,
             dev_server_log_level="warn",
+            dev_server_extra_args=[arg for value in DEV_SERVER_CONFIG for arg in ("--dynamic-config-value", value)],
         )
     except Exception as err:
         raise StartupError(
@@ -338,6 +352,7 @@ def build_worker(client: Client, settings: Settings, redis: RedisClient, engine:
         client,
         task_queue=settings.task_queue,
         workflows=ALL_WORKFLOWS,
+        workflow_runner=workflow_runner(),
         activities=activity_methods(
             publisher,
             engine,
@@ -360,6 +375,7 @@ def build_coordination_worker(client: Client, settings: Settings) -> Worker:
         client,
         task_queue=coordination_queue(settings.task_queue),
         workflows=[GameLock, HostRegistry],
+        workflow_runner=workflow_runner(),
         activities=[LockActivities(client, order_settle_s=settings.order_settle_s).game_lock_holder_running],
         graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_timeout_s),
         max_cached_workflows=settings.max_cached_workflows,

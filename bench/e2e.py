@@ -19,11 +19,12 @@ import argparse
 import asyncio
 import contextlib
 import os
+import signal
 import statistics
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from temporalio.worker import Worker
 from activities.docker import EngineActivities
 from activities.publish import redis_client
 from bench.baseline import BASELINE_ACTIVITY, BASELINE_WORKFLOW, BaselineJob
+from bench.profile import summarize
 from contract.models import LABEL_GAME_ID, LABEL_MANAGED_BY, MANAGED_BY
 from contract.settings import Settings
 from tests.support.binaries import temporal_cli
@@ -104,10 +106,46 @@ class StreamClock:
             await asyncio.sleep(0.005)
 
 
+def server_args(partitions: int, eager: bool) -> list[str]:
+    """Dynamic config of the dev server, the same for both sides of the comparison."""
+    values = [f"matching.numTaskqueueReadPartitions={partitions}", f"matching.numTaskqueueWritePartitions={partitions}"]
+    if eager:
+        values.append("system.enableActivityEagerExecution=true")
+    return [arg for value in values for arg in ("--dynamic-config-value", value)]
+
+
+def keep_summary(raw: Path, summary: Path) -> None:
+    summary.write_text(summarize(raw))
+    raw.unlink(missing_ok=True)
+
+
+@contextlib.asynccontextmanager
+async def profiled(path: str | None) -> AsyncIterator[None]:
+    """py-spy samples this process (the worker, the starter and the listener) while the block runs."""
+    if not path:
+        yield
+        return
+    svg = path.endswith(".svg")
+    out = path if svg else f"{path}.raw"
+    spy = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(os.getpid()), "--output", out,
+        "--format", "flamegraph" if svg else "raw", "--rate", "50", "--nonblocking",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        await spy.wait()
+        if not svg:  # a text summary (bench/profile.py); the raw stacks are not kept
+            await asyncio.to_thread(keep_summary, Path(out), Path(path))
+
+
 async def run_scenario(clock: StreamClock, start: Starter, n: int, concurrency: int, prefix: str) -> dict[str, float]:
     games = [f"{prefix}-{uuid.uuid4().hex[:6]}-{i}" for i in range(n)]
     sent: dict[str, float] = {}
     queue = iter(games)
+    cpu0 = time.process_time()
 
     async def lane() -> None:
         for game_id in queue:
@@ -118,8 +156,10 @@ async def run_scenario(clock: StreamClock, start: Starter, n: int, concurrency: 
     t0 = time.perf_counter()
     await asyncio.gather(*(lane() for _ in range(concurrency)))
     wall = time.perf_counter() - t0
+    cpu_ms = (time.process_time() - cpu0) * 1000 / n
     lat = sorted((clock.seen[g] - sent[g]) * 1000 for g in games)
     return {
+        "cpu ms/job": cpu_ms,
         "jobs/s": n / wall,
         "p50 ms": statistics.median(lat),
         "p99 ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))],
@@ -131,6 +171,15 @@ async def main() -> None:
     parser.add_argument("--n", type=int, default=200, help="stop-replay and baseline jobs per concurrency level")
     parser.add_argument("--starts", type=int, default=20, help="start jobs per concurrency level (0: skip)")
     parser.add_argument("--concurrency", default="1,50")
+    parser.add_argument("--partitions", type=int, default=4, help="task-queue partitions (the dev server's default: 4)")
+    parser.add_argument("--eager", action="store_true", help="eager activity execution on (both sides)")
+    parser.add_argument("--settle", type=float, default=None, help="RTJOBS_ORDER_SETTLE_S (default: the setting's)")
+    parser.add_argument("--cache", type=int, default=None, help="RTJOBS_MAX_CACHED_WORKFLOWS (default: the setting's)")
+    parser.add_argument(
+        "--profile",
+        default=None,
+        help="py-spy profile of the last level's stop-replay: .svg flame graph, else a text summary",
+    )
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
 
@@ -140,6 +189,7 @@ async def main() -> None:
         data_converter=pydantic_data_converter,
         search_attributes=SEARCH_ATTRIBUTE_KEYS,
         dev_server_log_level="error",
+        dev_server_extra_args=server_args(args.partitions, args.eager),
     )
     run = uuid.uuid4().hex[:6]
     os.environ["DOCKER_HOST"] = engine.url
@@ -148,6 +198,8 @@ async def main() -> None:
         results_stream=f"bench:e2e:{run}",
         engine_image=engine.images.healthy,
         game_network=f"rtjobs-bench-{run}",
+        **({"order_settle_s": args.settle} if args.settle is not None else {}),
+        **({"max_cached_workflows": args.cache} if args.cache is not None else {}),
     )
     baseline_stream = f"bench:baseline:{run}"
     redis = redis_client(settings.redis_url)
@@ -183,7 +235,8 @@ async def main() -> None:
                 await run_scenario(base_clock, baseline_job, 20, 5, "warm")
                 for c in levels:
                     results[("baseline", c)] = await run_scenario(base_clock, baseline_job, args.n, c, "b")
-                    results[("stop-replay", c)] = await run_scenario(jobs_clock, stop_job, args.n, c, "s")
+                    async with profiled(args.profile if c == levels[-1] else None):
+                        results[("stop-replay", c)] = await run_scenario(jobs_clock, stop_job, args.n, c, "s")
                     if args.starts:
                         results[("start", c)] = await run_scenario(jobs_clock, start_job, args.starts, c, f"st{run}")
     finally:
@@ -200,13 +253,21 @@ async def main() -> None:
         await env.shutdown()
         await engine.close()
 
-    print(f"end-to-end benchmark: {args.n} jobs per level (start jobs: {args.starts}), one dev server, 2 cores")
-    print(f"{'scenario':12} {'conc':>5} {'jobs/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'thr xbase':>10} {'p50 xbase':>10}")
+    print(
+        f"end-to-end benchmark: {args.n} jobs per level (start jobs: {args.starts}), one dev server, "
+        f"{os.cpu_count()} cores; partitions {args.partitions}, eager activities {'on' if args.eager else 'off'}, "
+        f"settle {settings.order_settle_s} s, cache {settings.max_cached_workflows}"
+    )
+    print(
+        f"{'scenario':12} {'conc':>5} {'jobs/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'cpu ms/job':>10} "
+        f"{'thr xbase':>10} {'p50 xbase':>10} {'p99 xbase':>10}"
+    )
     for (name, c), r in results.items():
         base = results[("baseline", c)]
         print(
-            f"{name:12} {c:5d} {r['jobs/s']:8.1f} {r['p50 ms']:8.1f} {r['p99 ms']:8.1f} "
-            f"{r['jobs/s'] / base['jobs/s']:10.2f} {r['p50 ms'] / base['p50 ms']:10.2f}"
+            f"{name:12} {c:5d} {r['jobs/s']:8.1f} {r['p50 ms']:8.1f} {r['p99 ms']:8.1f} {r['cpu ms/job']:10.1f} "
+            f"{r['jobs/s'] / base['jobs/s']:10.2f} {r['p50 ms'] / base['p50 ms']:10.2f} "
+            f"{r['p99 ms'] / base['p99 ms']:10.2f}"
         )
     sys.stdout.flush()
     os._exit(0)  # temporalio can abort at interpreter exit (sdk-python #300); the figures are printed

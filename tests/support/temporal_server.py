@@ -25,17 +25,22 @@ class TemporalDevServer:
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self.extra_args: list[str] = []
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self, wait_s: float = 60.0) -> TemporalDevServer:
+    def start(self, wait_s: float = 60.0, extra_args: list[str] | None = None) -> TemporalDevServer:
+        """Start (or restart) the server; `extra_args` (e.g. dynamic config) are kept for restarts."""
         self.starts += 1
+        if extra_args is not None:
+            self.extra_args = extra_args
         cmd = [
             str(temporal_cli()), "server", "start-dev", "--headless", "--ip", "127.0.0.1",
             "--port", str(self.port), "--db-filename", str(self.db), "--log-level", "error",
             *[arg for key in SEARCH_ATTRIBUTE_KEYS for arg in ("--search-attribute", f"{key.name}=Keyword")],
+            *self.extra_args,
         ]  # fmt: skip
         log = open(self.dir / f"server-{self.starts}.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

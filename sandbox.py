@@ -1,0 +1,70 @@
+"""The workflow sandbox as the workers run it: Temporal's sandbox, with the workflow modules' compiled
+code shared by every workflow run of the process.
+
+Why: the sandbox imports a workflow's module afresh for every workflow run it creates (that is how it
+isolates module state), and every import unmarshals the module's byte code anew. The code objects are
+immutable, so one copy can serve every run; only the module's namespace must be new. Measured on
+`workflows/jobs.py`: 70 KiB per run with fresh code, 22 KiB with shared code (README, "Performance"):
+with a worker cache of 1,000 workflows that is ~50 MB per 1,000 cached job runs. It also means a worker
+keeps running the code it started with even if the files on disk change under it (a deploy that
+replaces files in place must restart the worker, as it must anyway).
+
+What stays as it was: each run still gets its own module namespace, and every restriction of the
+sandbox (no `time.time()`, no `os.environ`, ...) still applies to workflow code.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import sys
+from collections.abc import Sequence
+from types import CodeType, ModuleType
+
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
+
+WORKFLOW_PACKAGES = ("workflows",)
+
+
+class SharedCodeLoader(importlib.machinery.SourceFileLoader):
+    """A source loader that compiles (or unmarshals) a module once per process."""
+
+    _codes: dict[str, CodeType] = {}  # noqa: RUF012 (one cache per process, by design)
+
+    def get_code(self, fullname: str) -> CodeType | None:
+        code = self._codes.get(fullname)
+        if code is None:
+            code = super().get_code(fullname)
+            if code is not None:
+                self._codes[fullname] = code
+        return code
+
+
+class SharedCodeFinder(importlib.abc.MetaPathFinder):
+    """Finds the modules of `packages` as the path finder does, loaded by `SharedCodeLoader`."""
+
+    def __init__(self, packages: Sequence[str]) -> None:
+        self.packages = tuple(packages)
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if not any(fullname == p or fullname.startswith(p + ".") for p in self.packages):
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path, target)
+        if spec is None or not isinstance(spec.loader, importlib.machinery.SourceFileLoader):
+            return spec
+        spec.loader = SharedCodeLoader(spec.loader.name, spec.loader.path)
+        return spec
+
+
+def share_workflow_code(packages: Sequence[str] = WORKFLOW_PACKAGES) -> None:
+    """Installs a finder for `packages` once per process (idempotent)."""
+    if not any(isinstance(f, SharedCodeFinder) and f.packages == tuple(packages) for f in sys.meta_path):
+        sys.meta_path.insert(0, SharedCodeFinder(packages))
+
+
+def workflow_runner() -> SandboxedWorkflowRunner:
+    """The runner every Worker of this process uses: the SDK's sandbox, default restrictions."""
+    share_workflow_code()
+    return SandboxedWorkflowRunner()
