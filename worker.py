@@ -177,16 +177,20 @@ def temporal_dev_server_binary() -> Path:
     return path
 
 
-# The embedded dev server's dynamic config. One partition per task queue: its tasks are dispatched in
-# the order they were made (near-FIFO), which is what keeps jobs of one game started close together in
-# start order (README, "Per-game order"); a task queue of a real server takes the same per-queue
-# setting. Eager activities: a workflow task's completion carries its first activity back to the same
-# worker, saving the activity task's trip through matching (a real server needs the same flag).
-DEV_SERVER_CONFIG = (
-    "matching.numTaskqueueReadPartitions=1",
-    "matching.numTaskqueueWritePartitions=1",
-    "system.enableActivityEagerExecution=true",
-)
+# One partition per task queue: its tasks are dispatched in the order they were made (near-FIFO), which is
+# what keeps jobs of one game started close together in start order (README, "Per-game order"); several
+# partitions (a server's default: 4) let a backlogged partition hold a first task back for seconds under
+# load. A real server takes the same setting per task queue.
+ORDERED_DISPATCH = ("matching.numTaskqueueReadPartitions=1", "matching.numTaskqueueWritePartitions=1")
+# A workflow task's completion carries its first activity back to the same worker (eager activity
+# execution), saving the activity task's trip through matching; a real server needs the same flag.
+EAGER_ACTIVITIES = ("system.enableActivityEagerExecution=true",)
+DEV_SERVER_CONFIG = (*ORDERED_DISPATCH, *EAGER_ACTIVITIES)
+
+
+def dynamic_config_args(values: Sequence[str]) -> list[str]:
+    """`temporal server start-dev` arguments setting these dynamic config values."""
+    return [arg for value in values for arg in ("--dynamic-config-value", value)]
 
 
 async def start_dev_server(settings: Settings, stack: contextlib.AsyncExitStack) -> Client:
@@ -203,7 +207,7 @@ async def start_dev_server(settings: Settings, stack: contextlib.AsyncExitStack)
             ui=True,
             ui_port=settings.dev_ui_port,
             dev_server_log_level="warn",
-            dev_server_extra_args=[arg for value in DEV_SERVER_CONFIG for arg in ("--dynamic-config-value", value)],
+            dev_server_extra_args=dynamic_config_args(DEV_SERVER_CONFIG),
         )
     except Exception as err:
         raise StartupError(

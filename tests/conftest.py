@@ -18,6 +18,7 @@ from tests.support.binaries import temporal_cli
 from tests.support.docker_engine import TEST_IMAGES, DockerEngine, EngineImages, EngineUnavailable, acquire_engine
 from tests.support.processes import DEAD_DOCKER, Process, process_env
 from tests.support.redis_server import RedisServer, port_answers
+from worker import ORDERED_DISPATCH, dynamic_config_args
 from workflows.search import SEARCH_ATTRIBUTE_KEYS
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
@@ -110,6 +111,8 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
         data_converter=pydantic_data_converter,
         search_attributes=SEARCH_ATTRIBUTE_KEYS,
         dev_server_log_level="error",
+        # As `make run` and the README advise: ordered dispatch, which the start-order tests rely on.
+        dev_server_extra_args=dynamic_config_args(ORDERED_DISPATCH),
     )
     yield env
     await env.shutdown()

@@ -37,6 +37,7 @@ from tests.support.job_worker import (
     remove_game_containers,
     until_running_container,
 )
+from tests.support.stand_ins import ORDER_TEST_SETTLE_S
 from tests.support.streams import read_entries
 from workflows import StartRuntimeJob
 from workflows.search import GAME_ID, JOB_KIND
@@ -295,7 +296,7 @@ async def test_an_image_outside_the_policy_is_invalid_request_never_pulled_and_a
 @pytest.mark.parametrize("kinds", [["start", "stop"], ["stop", "start", "stop"]], ids=["start-stop", "stop-start-stop"])
 async def test_jobs_of_one_game_started_together_run_one_at_a_time_in_start_order(
     client: Client,
-    worker: Settings,
+    make_settings: MakeSettings,
     docker: aiodocker.Docker,
     redis: aioredis.Redis,
     stream: str,
@@ -305,12 +306,15 @@ async def test_jobs_of_one_game_started_together_run_one_at_a_time_in_start_orde
 ) -> None:
     gid = games()
     handles: list[WorkflowHandle[Any, JobResult]] = []
-    for kind in kinds:  # started back to back, each before the previous one has finished
-        if kind == "start":
-            handles.append(await start_job(client, gid, image=images.slow_healthy, task_queue=worker.task_queue))
-        else:
-            handles.append(await stop_job(client, gid, stop_timeout_s=1, task_queue=worker.task_queue))
-    results = await asyncio.gather(*(result_of(h) for h in handles))
+    # Start order is promised within the settle window: see ORDER_TEST_SETTLE_S.
+    settings = make_settings(order_settle_s=ORDER_TEST_SETTLE_S)
+    async with real_worker(client, settings):
+        for kind in kinds:  # started back to back, each before the previous one has finished
+            if kind == "start":
+                handles.append(await start_job(client, gid, image=images.slow_healthy, task_queue=settings.task_queue))
+            else:
+                handles.append(await stop_job(client, gid, stop_timeout_s=1, task_queue=settings.task_queue))
+        results = await asyncio.gather(*(result_of(h) for h in handles))
 
     started_at = [(await h.describe()).start_time for h in handles]
     assert started_at == sorted(started_at)

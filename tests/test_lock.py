@@ -35,7 +35,7 @@ from contract.lock import (
     lock_workflow_id,
 )
 from contract.models import JobResult, JobStatus
-from tests.support.stand_ins import StandInEngine, job_worker
+from tests.support.stand_ins import ORDER_TEST_SETTLE_S, StandInEngine, job_worker
 from tests.support.streams import read_entries
 from workflows import GameLock, StartRuntimeJob, StopRuntimeJob
 from workflows.awaiting import shielded
@@ -99,7 +99,8 @@ async def test_a_busy_lock_continues_as_new_with_its_waiters(
 ) -> None:
     monkeypatch.setattr(contract.lock, "GRANTS_BEFORE_CONTINUE_AS_NEW", 2)
     gid, engine = game(), StandInEngine(delay_s=0.3)
-    async with job_worker(client, task_queue, redis_url, stream, engine):
+    # Asserts start order: within the settle window (see ORDER_TEST_SETTLE_S).
+    async with job_worker(client, task_queue, redis_url, stream, engine, order_settle_s=ORDER_TEST_SETTLE_S):
         handles = [await start(client, task_queue, StartRuntimeJob.run, gid) for _ in range(6)]
         results = [await result_of(h) for h in handles]
     assert all(r.outcome == "success" for r in results)
