@@ -33,22 +33,17 @@ from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError,
 with workflow.unsafe.imports_passed_through():
     from contract.engine import DOCKER_UNAVAILABLE_TYPE
     from contract.hosts import (
-        ENGINE_CHANGED_SIGNAL,
         EngineChanged,
         HostRef,
         Placement,
         PlacementNote,
-        registry_workflow_id,
     )
     from contract.lock import (
         GRANT_SIGNAL,
-        RELEASE_SIGNAL,
         REQUEST_AGAIN_EVERY,
-        TAKE_TURN_ACTIVITY,
         LockRelease,
         LockRequest,
         Turn,
-        lock_workflow_id,
     )
     from contract.reconcile import (
         ACTIONS_METRIC,
@@ -73,7 +68,7 @@ with workflow.unsafe.imports_passed_through():
         RemoveContainer,
     )
     from workflows.awaiting import holds_within, shielded
-    from workflows.jobs import LOCK_ACTIVITY_TIMEOUT, LOCK_RETRY_POLICY
+    from workflows.turns import ask_for_turn, give_back_turn, tell_registry
 
 # A host's Docker step: a few quick attempts (a run every few minutes is the real retry); a host with no
 # live worker is reported after RTJOBS_HOST_WAIT_S (the schedule-to-start timeout).
@@ -271,9 +266,9 @@ class RuntimeReconcile:
             await shielded(self._release(game_id, after))
         removed = {f.container_id for f in findings if f.done and _removes(f)}
         if any(f.done and Action.ADOPTED in f.actions for f in findings):
-            await self._tell_registry(game_id, request.host, present=True)
+            await tell_registry(EngineChanged(game_id=game_id, host_id=request.host.host_id, present=True))
         elif removed and all(c.container_id in removed for c in containers):
-            await self._tell_registry(game_id, request.host, present=False)
+            await tell_registry(EngineChanged(game_id=game_id, host_id=request.host.host_id, present=False))
         return findings
 
     async def _act(self, request: ReconcileRequest, finding: Finding) -> Finding:
@@ -347,14 +342,7 @@ class RuntimeReconcile:
         )
 
         async def take() -> None:
-            turn: Turn = await workflow.execute_local_activity(
-                TAKE_TURN_ACTIVITY,
-                request,
-                start_to_close_timeout=LOCK_ACTIVITY_TIMEOUT,
-                retry_policy=LOCK_RETRY_POLICY,
-                result_type=Turn,
-                summary=f"take the turn of game {game_id}",
-            )
+            turn = await ask_for_turn(request)
             if turn.granted and not self._granted:
                 self.lock_granted(turn)
 
@@ -365,22 +353,9 @@ class RuntimeReconcile:
 
     async def _release(self, game_id: str, after: PlacementNote | None) -> None:
         info = workflow.info()
-        release = LockRelease(run_id=info.run_id, first_run_id=info.first_execution_run_id, after=after)
-        try:
-            await workflow.get_external_workflow_handle(lock_workflow_id(game_id, info.task_queue)).signal(
-                RELEASE_SIGNAL, release
-            )
-        except ApplicationError as err:
-            workflow.logger.warning("could not release the turn of game %s: %s", game_id, err)
-
-    async def _tell_registry(self, game_id: str, host: HostRef, *, present: bool) -> None:
-        """The registry's inventory, corrected now rather than at the host's next report."""
-        try:
-            await workflow.get_external_workflow_handle(registry_workflow_id(workflow.info().task_queue)).signal(
-                ENGINE_CHANGED_SIGNAL, EngineChanged(game_id=game_id, host_id=host.host_id, present=present)
-            )
-        except ApplicationError as err:
-            workflow.logger.warning("could not tell the host registry about game %s: %s", game_id, err)
+        await give_back_turn(
+            game_id, LockRelease(run_id=info.run_id, first_run_id=info.first_execution_run_id, after=after)
+        )
 
     def _end_with_error(self, summary: ReconcileSummary, err: BaseException) -> ReconcileSummary:
         cause = err.cause if isinstance(err, ActivityError) and err.cause is not None else err
