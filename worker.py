@@ -38,7 +38,12 @@ from activities.docker import EngineActivities
 from activities.hosts import HostFacts, HostReporter, PlacementActivities, identify_host
 from activities.lock import LockActivities
 from activities.publish import ResultPublisher
-from activities.reconcile import ReconcileDockerActivities, ReconcileRecordActivities, ensure_reconcile_schedule
+from activities.reconcile import (
+    EngineEventPublisher,
+    ReconcileDockerActivities,
+    ReconcileRecordActivities,
+    ensure_reconcile_schedule,
+)
 from activities.redis_topology import (
     RedisClient,
     RedisUrlError,
@@ -345,6 +350,7 @@ def build_worker(client: Client, settings: Settings, redis: RedisClient, engine:
             LockActivities(client, order_settle_s=settings.order_settle_s, host_wait_s=settings.host_wait_s),
             PlacementActivities(client),
             ReconcileRecordActivities(client),
+            EngineEventPublisher(redis, settings),
         ),
         graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_timeout_s),
         # Heartbeats are otherwise throttled to 0.8 x the heartbeat timeout (16 s): a cancelled job

@@ -28,6 +28,8 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.docker_gateway import DockerGateway, Inspect, permanent
 from activities.engine_spec import is_ours, ours_filters
+from activities.publish import ResultPublisher
+from activities.redis_topology import RedisClient
 from contract.hosts import HostRef
 from contract.lock import LOCK_WORKFLOW, Turn, coordination_queue, lock_workflow_id
 from contract.models import LABEL_GAME_ID, ErrorCode
@@ -35,10 +37,12 @@ from contract.reconcile import (
     GAME_CONTAINERS_ACTIVITY,
     LIST_CONTAINERS_ACTIVITY,
     LIST_RECORDS_ACTIVITY,
+    PUBLISH_ENGINE_EVENT_ACTIVITY,
     RECONCILE_WORKFLOW,
     REMOVE_CONTAINER_ACTIVITY,
     RUNNING_STATE,
     ContainerSeen,
+    EngineEvent,
     GameContainers,
     HostInventory,
     ReconcileRequest,
@@ -186,6 +190,35 @@ class ReconcileRecordActivities:
                 records.append(RecordSeen(game_id=game_id, container_id=placement.container_id))
             activity.heartbeat()
         return records
+
+
+class EngineEventPublisher:
+    """On the shared queue: engine events to their own stream, through the results' publisher (the same
+    once-only script, replication wait and trimming), keyed by the reconcile run and the game."""
+
+    def __init__(self, redis: RedisClient, settings: Settings) -> None:
+        self._stream = settings.engine_events_stream
+        self._publisher = ResultPublisher(
+            redis,
+            stream=settings.engine_events_stream or "-",
+            dedup_ttl_s=settings.publish_dedup_ttl_s,
+            maxlen=settings.results_maxlen,
+            min_replicas=settings.redis_min_replicas,
+            wait_timeout_ms=settings.redis_wait_timeout_ms,
+        )
+
+    @activity.defn(name=PUBLISH_ENGINE_EVENT_ACTIVITY)
+    async def publish_engine_event(self, event: EngineEvent) -> str:
+        """The entry id; "" when RTJOBS_ENGINE_EVENTS_STREAM is empty (off)."""
+        if not self._stream:
+            return ""
+        info = activity.info()
+        key_run = f"{info.workflow_run_id}:{event.game_id}"  # one event per game and reconcile run
+        entry_id = await self._publisher.publish_fields(event.stream_fields(), info.workflow_id or "", key_run)
+        activity.logger.info(
+            "%s of game %s on host %s published as %s", event.event, event.game_id, event.host, entry_id
+        )
+        return entry_id
 
 
 def reconcile_request(settings: Settings, host: HostRef, *, dry_run: bool = False) -> ReconcileRequest:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -23,6 +24,8 @@ GAME_CONTAINERS_ACTIVITY = "reconcile_game_containers"
 REMOVE_CONTAINER_ACTIVITY = "reconcile_remove_container"
 # On the shared queue (the Temporal client): the placement records that name the host.
 LIST_RECORDS_ACTIVITY = "reconcile_list_records"
+# On the shared queue (Redis): an engine that died (or was removed) outside any job, for the Lobby.
+PUBLISH_ENGINE_EVENT_ACTIVITY = "publish_engine_event"
 
 # The SDK metric (counter, label `action`): one per action done (never for a dry run).
 ACTIONS_METRIC = "rtjobs_reconcile_actions_total"
@@ -204,3 +207,29 @@ class ReconcileSummary(BaseModel):
         if self.error:
             line += f"; ERROR: {self.error}"
         return line
+
+
+EngineEventKind = Literal["engine_lost", "engine_removed"]
+
+
+class EngineEvent(BaseModel):
+    """An entry of the engine-event stream (RTJOBS_ENGINE_EVENTS_STREAM, default `runtime:engine_events`):
+    a game's engine that the Lobby was told runs (a job's success) and that reconciliation found gone or
+    not running (`engine_lost`: its record cleared), or removed because no record named it
+    (`engine_removed`, only with RTJOBS_RECONCILE_REMOVE_UNKNOWN). Not `runtime:job_results`, whose
+    contract is one entry per job run: these come from no job. Flat string fields, as the results."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    game_id: str = Field(pattern=r"\S")
+    event: EngineEventKind
+    host: str
+    container_id: str
+    # What reconciliation found: `gone` (no container), or Docker's state (`exited`, `created`, `dead`,
+    # `running` for a removed unknown engine).
+    state: str
+    detail: str
+    observed_at: str  # ISO 8601, UTC
+
+    def stream_fields(self) -> dict[str, str]:
+        return self.model_dump(mode="json")

@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     reconcile_every: timedelta | None = timedelta(minutes=5)
     reconcile_grace_s: float = Field(default=300.0, ge=0)
     reconcile_remove_unknown: bool = False
+    # Where reconciliation tells the Lobby of engines that died or were removed outside any job
+    # (contract.reconcile.EngineEvent); empty = not published.
+    engine_events_stream: str = "runtime:engine_events"
 
     graceful_shutdown_timeout_s: float = Field(default=30.0, ge=0)
     # Workflows kept in the worker's memory between tasks (each holds a sandbox of ~200 KB); jobs

@@ -52,11 +52,14 @@ with workflow.unsafe.imports_passed_through():
         LIST_RECORDS_ACTIVITY,
         MAX_GAMES_PER_RUN,
         NOT_RUNNING_STATES,
+        PUBLISH_ENGINE_EVENT_ACTIVITY,
         RECONCILE_WORKFLOW,
         REMOVE_CONTAINER_ACTIVITY,
         RUNNING_STATE,
         Action,
         ContainerSeen,
+        EngineEvent,
+        EngineEventKind,
         Finding,
         FindingKind,
         GameContainers,
@@ -77,6 +80,7 @@ DOCKER_STEP_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=4), maximum_attempts=3
 )
 RECORDS_TIMEOUT = timedelta(seconds=120)
+EVENT_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=5)
 RECORDS_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3)
 
 
@@ -165,6 +169,28 @@ def _found(
 ) -> Finding:
     return Finding(
         game_id=game_id, kind=kind, container_id=c.container_id, state=c.state, actions=actions or [], note=note
+    )
+
+
+def engine_event(finding: Finding, host: HostRef, now: datetime) -> EngineEvent | None:
+    """The Lobby's news of an engine it was told runs, found gone or not running (its record cleared),
+    or of a running engine removed because nothing recorded it; None for everything else."""
+    if not finding.done:
+        return None
+    if Action.REMOVED_UNKNOWN in finding.actions:
+        kind: EngineEventKind = "engine_removed"
+    elif Action.CLEARED in finding.actions:
+        kind = "engine_lost"
+    else:
+        return None
+    return EngineEvent(
+        game_id=finding.game_id,
+        event=kind,
+        host=host.name,
+        container_id=finding.container_id,
+        state=finding.state or "gone",
+        detail=f"{finding.kind}: {finding.note}" if finding.note else str(finding.kind),
+        observed_at=now.isoformat(),
     )
 
 
@@ -262,6 +288,10 @@ class RuntimeReconcile:
             decided = plan(game_id, containers, turn, request.host, workflow.now(), request)
             findings = [await self._act(request, finding) for finding in decided.findings]
             after = decided.after
+            for finding in findings:
+                event = engine_event(finding, request.host, workflow.now())
+                if event is not None:  # (under the turn: before any later job of the game reports)
+                    await self._publish(event)
         finally:
             await shielded(self._release(game_id, after))
         removed = {f.container_id for f in findings if f.done and _removes(f)}
@@ -270,6 +300,20 @@ class RuntimeReconcile:
         elif removed and all(c.container_id in removed for c in containers):
             await tell_registry(EngineChanged(game_id=game_id, host_id=request.host.host_id, present=False))
         return findings
+
+    async def _publish(self, event: EngineEvent) -> None:
+        """Bounded, unlike a job's result: the game's turn is held meanwhile. A lost event is logged."""
+        try:
+            await workflow.execute_activity(
+                PUBLISH_ENGINE_EVENT_ACTIVITY,
+                event,
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=EVENT_RETRY,
+                result_type=str,
+                summary=f"publish {event.event} of game {event.game_id}",
+            )
+        except ActivityError as err:
+            workflow.logger.warning("%s of game %s not published: %s", event.event, event.game_id, err.cause)
 
     async def _act(self, request: ReconcileRequest, finding: Finding) -> Finding:
         host, game_id = request.host, finding.game_id

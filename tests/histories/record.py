@@ -175,7 +175,7 @@ async def main(out: Path) -> None:
             for game_id in recorder.games:
                 await remove_game_containers(docker, game_id)
         redis = redis_client(settings.redis_url)
-        await redis.delete(settings.results_stream)
+        await redis.delete(settings.results_stream, settings.engine_events_stream)
         await redis.aclose()
         await engine.close()
         await env.shutdown()

@@ -21,10 +21,11 @@ import pytest
 from temporalio.client import ScheduleActionStartWorkflow, ScheduleOverlapPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.publish import redis_client
 from contract.hosts import DRAIN_UPDATE, UNDRAIN_UPDATE, HostCommand, HostView, registry_workflow_id
 from contract.lock import Turn
 from contract.models import LABEL_GAME_ID, LABEL_MANAGED_BY, MANAGED_BY, container_name
-from contract.reconcile import RECONCILE_WORKFLOW, Action, FindingKind, ReconcileSummary, schedule_id
+from contract.reconcile import RECONCILE_WORKFLOW, Action, EngineEvent, FindingKind, ReconcileSummary, schedule_id
 from tests.reliability.runs import results
 from tests.support.fleet import (
     FLEET_IMAGE,
@@ -39,6 +40,7 @@ from tests.support.fleet import (
     run_jobs,
     send,
 )
+from tests.support.streams import read_entries_at
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -106,6 +108,14 @@ async def reconcile(fleet: Fleet, *args: str, expect_exit: int = 0) -> dict[str,
     return {s.host.name: s for s in (ReconcileSummary.model_validate(x) for x in json.loads(proc.stdout))}
 
 
+async def fleet_redis_delete(fleet: Fleet, key: str) -> None:
+    redis = redis_client(fleet.redis_url)
+    try:
+        await redis.delete(key)
+    finally:
+        await redis.aclose()
+
+
 def kinds(summary: ReconcileSummary) -> Kinds:
     return {f.game_id: (f.kind.value, [a.value for a in f.actions], f.done) for f in summary.findings}
 
@@ -119,7 +129,10 @@ async def world(fleet: Fleet, games: list[str]) -> tuple[dict[str, dict[str, tup
 
 async def test_orphans_of_every_kind_on_both_hosts_and_a_start_in_flight(fleet: Fleet) -> None:
     # Every start holds its turn for 8 s of running: long enough for a reconcile to meet one in flight.
-    fleet.settings.update(RTJOBS_RECONCILE_GRACE_S="0", RTJOBS_ENGINE_MIN_RUNNING_S="8")
+    events_stream = f"{fleet.stream}:engine_events"
+    fleet.settings.update(
+        RTJOBS_RECONCILE_GRACE_S="0", RTJOBS_ENGINE_MIN_RUNNING_S="8", RTJOBS_ENGINE_EVENTS_STREAM=events_stream
+    )
     await fleet.start_workers()
     planted: dict[str, dict[str, str]] = {}  # host -> role -> game id
     ids: dict[str, str] = {}  # game id -> container id (of the planted or first engine)
@@ -164,6 +177,7 @@ async def test_orphans_of_every_kind_on_both_hosts_and_a_start_in_flight(fleet: 
         would = {g: (k, a, False) for g, (k, a, _done) in expected[host].items()}
         assert kinds(dry[host]) == would, (host, dry[host])
     assert await world(fleet, every_game) == before
+    assert await read_entries_at(fleet.redis_url, events_stream) == []
 
     # A start job in flight on a new game while reconcile runs: its engine runs, its record is not
     # written yet (the job still holds the turn).
@@ -216,9 +230,22 @@ async def test_orphans_of_every_kind_on_both_hosts_and_a_start_in_flight(fleet: 
         assert records["foreign"] is None  # never even asked for its turn
         print(f"\n[reconcile {host}] " + "; ".join(f.line() for f in done[host].findings))
 
-    # Run again: nothing is off any more.
+    # The Lobby learns of the engines it was told run and that died outside any job: one event each.
+    events = [
+        EngineEvent.model_validate(fields) for _id, fields in await read_entries_at(fleet.redis_url, events_stream)
+    ]
+    lost = {(e.host, e.game_id): (e.event, e.state, e.container_id) for e in events}
+    assert len(events) == len(lost) == 4, events
+    assert lost == {
+        **{(h, p["gone"]): ("engine_lost", "gone", ids[p["gone"]]) for h, p in planted.items()},
+        **{(h, p["killed"]): ("engine_lost", "exited", ids[p["killed"]]) for h, p in planted.items()},
+    }
+
+    # Run again: nothing is off any more, nothing more is published.
     again = await reconcile(fleet)
     assert {h: s.findings for h, s in again.items()} == {H1: [], H2: []}, again
+    assert len(await read_entries_at(fleet.redis_url, events_stream)) == 4
+    await fleet_redis_delete(fleet, events_stream)
 
 
 async def test_the_schedule_exists_and_fires_within_the_grace_period_nothing_is_removed(fleet: Fleet) -> None:
