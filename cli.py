@@ -7,6 +7,7 @@
     rtjobs hosts [--json]                  (the fleet's Docker hosts on RTJOBS_TASK_QUEUE)
     rtjobs host drain|undrain HOST         (HOST: name or id; drained: no new engines)
     rtjobs host forget HOST [--force]      (a host gone for good; --force: even while live)
+    rtjobs reconcile [--host HOST] [--dry-run] [--json]   (drift: orphaned engines, stale records)
     rtjobs worker        (python worker.py)
     rtjobs dev           (python worker.py --dev)
 
@@ -23,6 +24,7 @@ import itertools
 import json
 import sys
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn, TextIO, cast
@@ -41,6 +43,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 import worker
+from activities.reconcile import reconcile_request
 from activities.redis_topology import RedisClient, RedisUrlError, redis_client, scrub
 from contract.hosts import (
     DRAIN_UPDATE,
@@ -49,11 +52,13 @@ from contract.hosts import (
     HOSTS_QUERY,
     UNDRAIN_UPDATE,
     HostCommand,
+    HostRef,
     HostView,
     registry_workflow_id,
 )
 from contract.lock import LOCK_WORKFLOW, coordination_queue
 from contract.models import MAX_STOP_TIMEOUT_S, GameId, ImageRef, JobResult, JobStatus, Outcome, one_line
+from contract.reconcile import RECONCILE_WORKFLOW, ReconcileSummary, schedule_id
 from contract.settings import Settings, redact_url
 from starter import connect, connect_config, describe, start_job, stop_job
 from workflows.hosts import UNKNOWN_HOST_TYPE
@@ -215,6 +220,14 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("host", type=host_name, help="host name or id (see `rtjobs hosts`)")
         if action == FORGET_UPDATE:
             sub.add_argument("--force", action="store_true", help="even while a worker still reports it")
+
+    reconcile = commands.add_parser(
+        "reconcile",
+        help="reconcile the hosts' engines with their games' records now, and print what was found and done",
+    )
+    reconcile.add_argument("--host", type=host_name, help="only this host (name or id; default: every live host)")
+    reconcile.add_argument("--dry-run", action="store_true", help="only report what would be done; change nothing")
+    reconcile.add_argument("--json", action="store_true", help="a JSON array of the hosts' summaries")
 
     commands.add_parser("worker", help="run the worker (TEMPORAL_ADDRESS)")
     commands.add_parser("dev", help="run the worker with the embedded Temporal dev server and UI")
@@ -624,6 +637,51 @@ async def command_host(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+async def run_reconcile(args: argparse.Namespace, settings: Settings) -> int:
+    """One `RuntimeReconcile` run per host (all at once), with this environment's reconcile settings;
+    exit 1 when a host could not be reconciled. Hosts without a live worker are skipped unless named:
+    their Docker step would only wait out RTJOBS_HOST_WAIT_S."""
+    client = await _connect()
+    views = await Registry(client, settings.task_queue).hosts()
+    if args.host is not None:
+        views = [v for v in views if args.host in (v.name, v.host_id)]
+        if not views:
+            raise CliError(f"no host {args.host} in the fleet of task queue {settings.task_queue} (see `rtjobs hosts`)")
+    else:
+        for view in views:
+            if not view.live:
+                print(
+                    f"host {view.name}: no live worker, skipped (name it with --host to wait for one)", file=sys.stderr
+                )
+        views = [v for v in views if v.live]
+    summaries = await asyncio.gather(*(_reconcile_host(client, settings, v, dry_run=args.dry_run) for v in views))
+    if args.json:
+        print(json.dumps([s.model_dump(mode="json") for s in summaries], indent=2))
+    else:
+        for summary in summaries:
+            print(summary.headline())
+            for finding in summary.findings:
+                print(f"  {finding.line()}")
+    return EXIT_FAILURE if any(s.error for s in summaries) else EXIT_OK
+
+
+async def _reconcile_host(client: Client, settings: Settings, view: HostView, *, dry_run: bool) -> ReconcileSummary:
+    host = HostRef(host_id=view.host_id, name=view.name, queue=view.queue)
+    sid = schedule_id(settings.task_queue, view.host_id)
+    try:
+        summary: ReconcileSummary = await client.execute_workflow(
+            RECONCILE_WORKFLOW,
+            reconcile_request(settings, host, dry_run=dry_run),
+            id=f"{sid}-cli-{uuid.uuid4().hex[:8]}",
+            task_queue=settings.task_queue,
+            result_type=ReconcileSummary,
+            static_summary=f"rtjobs reconcile{' --dry-run' if dry_run else ''} of host {view.name}",
+        )
+    except (RPCError, WorkflowFailureError) as err:
+        raise CliError(f"reconcile of host {view.name} failed: {one_line(str(err.__cause__ or err), 300)}") from None
+    return summary
+
+
 # --- main -------------------------------------------------------------------------------------------
 
 
@@ -646,6 +704,8 @@ def _run(args: argparse.Namespace) -> int:
             return asyncio.run(show_hosts(args, settings))
         if args.command == "host":
             return asyncio.run(command_host(args, settings))
+        if args.command == "reconcile":
+            return asyncio.run(run_reconcile(args, settings))
         return asyncio.run(run_job(args))
     except ValidationError as err:
         print(f"rtjobs: error: invalid configuration: {one_line(str(err), 300)}", file=sys.stderr)

@@ -38,6 +38,12 @@ from activities.docker import EngineActivities
 from activities.hosts import HostFacts, HostReporter, PlacementActivities, identify_host
 from activities.lock import LockActivities
 from activities.publish import ResultPublisher
+from activities.reconcile import (
+    EngineEventPublisher,
+    ReconcileDockerActivities,
+    ReconcileRecordActivities,
+    ensure_reconcile_schedule,
+)
 from activities.redis_topology import (
     RedisClient,
     RedisUrlError,
@@ -362,6 +368,8 @@ def build_worker(client: Client, settings: Settings, redis: RedisClient, engine:
             engine,
             LockActivities(client, order_settle_s=settings.order_settle_s, host_wait_s=settings.host_wait_s),
             PlacementActivities(client),
+            ReconcileRecordActivities(client),
+            EngineEventPublisher(redis, settings),
         ),
         graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_timeout_s),
         # Heartbeats are otherwise throttled to 0.8 x the heartbeat timeout (16 s): a cancelled job
@@ -391,7 +399,7 @@ def build_host_worker(client: Client, settings: Settings, engine: EngineActiviti
     return Worker(
         client,
         task_queue=facts.ref.queue,
-        activities=activity_methods(engine),
+        activities=activity_methods(engine, ReconcileDockerActivities(engine.gateway)),
         graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_timeout_s),
         max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
         default_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
@@ -443,6 +451,10 @@ async def _serve_host(
         log.warning("first report of host %s to the registry failed: %s", facts.ref.name, _short_error(err))
     await stack.enter_async_context(build_host_worker(client, settings, engine, facts))
     await stack.enter_async_context(reporter.running())
+    try:
+        await ensure_reconcile_schedule(client, settings, facts.ref)
+    except Exception as err:  # the jobs do not need it: the worker serves on, and says so
+        log.warning("reconcile schedule of host %s not set: %s", facts.ref.name, _short_error(err))
     log.info(
         "host %s (engine %s, Docker %s): %s engines at most (%s); game network %s %s; host queue %s",
         facts.ref.name,

@@ -80,7 +80,10 @@ class ResultPublisher:
 
     async def publish(self, result: JobResult, workflow_id: str, run_id: str) -> str:
         """Append `result` once for the job run (workflow_id, run_id); returns the entry id."""
-        fields = result.stream_fields()
+        return await self.publish_fields(result.stream_fields(), workflow_id, run_id)
+
+    async def publish_fields(self, fields: dict[str, str], workflow_id: str, run_id: str) -> str:
+        """Append one entry once for the key (workflow_id, run_id); returns the entry id."""
         argv: list[Any] = [self._dedup_ttl_s, self._maxlen]
         for name, value in fields.items():
             argv += [name, value]

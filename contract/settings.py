@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contract.image_policy import ImagePattern, ImagePolicyError, default_allow, parse_allow, refusal
@@ -87,6 +87,18 @@ class Settings(BaseSettings):
     host_report_every_s: float = Field(default=10.0, ge=0.2, le=300)
     host_wait_s: float = Field(default=60.0, ge=1, le=3600)
 
+    # Reconciliation (README "Drift and reconciliation"): how often each host's `RuntimeReconcile` runs
+    # (its Schedule, created or updated by the worker at start-up; empty = no schedule, and an existing
+    # one is deleted); how long a container of ours that does not run is left alone (a start or a
+    # clean-up may still be about it; 0 = removed at once); whether a running engine that no record
+    # names is removed (default: adopted into its game's record, never killed).
+    reconcile_every: timedelta | None = timedelta(minutes=5)
+    reconcile_grace_s: float = Field(default=300.0, ge=0)
+    reconcile_remove_unknown: bool = False
+    # Where reconciliation tells the Lobby of engines that died or were removed outside any job
+    # (contract.reconcile.EngineEvent); empty = not published.
+    engine_events_stream: str = "runtime:engine_events"
+
     graceful_shutdown_timeout_s: float = Field(default=30.0, ge=0)
     # Workflows kept in the worker's memory between tasks (each holds a sandbox of ~200 KB); jobs
     # waiting on a long activity are evicted and cheaply replayed from history when they resume.
@@ -147,15 +159,15 @@ class Settings(BaseSettings):
         """Why the image policy refuses `image` (one line), or None when it may run."""
         return refusal(image, self.image_allow_patterns, require_digest=self.image_require_digest)
 
-    @field_validator("results_retention", mode="before")
+    @field_validator("results_retention", "reconcile_every", mode="before")
     @classmethod
-    def _parse_retention(cls, value: object) -> object:
+    def _parse_duration_setting(cls, value: object, info: ValidationInfo) -> object:
         if not isinstance(value, str):
             return value
         try:
             return parse_duration(value)
         except ValueError as err:
-            raise ValueError(f"RTJOBS_RESULTS_RETENTION: {err}") from None
+            raise ValueError(f"RTJOBS_{str(info.field_name).upper()}: {err}") from None
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -8,9 +8,13 @@ from typing import Any
 import jsonschema
 import redis.asyncio as aioredis
 import yaml
+from temporalio.testing import ActivityEnvironment
 
 from activities.publish import ResultPublisher, redis_client
+from activities.reconcile import EngineEventPublisher
 from contract.models import ErrorCode, JobResult
+from contract.reconcile import EngineEvent
+from contract.settings import Settings
 from tests.support.streams import read_entries
 
 SPEC = Path(__file__).resolve().parent.parent / "api" / "runtime-jobs-asyncapi.yaml"
@@ -71,4 +75,53 @@ async def test_entries_the_activity_wrote_validate_against_the_payload_schema(
         validator.validate(fields)
     # ... and the schema is not vacuous: a blank game id or a seventh field is rejected.
     assert not validator.is_valid({**entries[0][1], "game_id": " "})
+    assert not validator.is_valid({**entries[0][1], "extra": ""})
+
+
+def test_engine_event_model_and_asyncapi_payload_agree_field_by_field() -> None:
+    spec = load_spec()
+    assert spec["channels"]["engineEvents"]["address"] == Settings().engine_events_stream == "runtime:engine_events"
+    payload = spec["components"]["schemas"]["EngineEvent"]
+    model = EngineEvent.model_json_schema()
+    assert list(payload["properties"]) == list(model["properties"]) == payload["required"]
+    assert payload["additionalProperties"] is False and model["additionalProperties"] is False
+    for name, prop in model["properties"].items():
+        assert prop["type"] == payload["properties"][name]["type"] == "string", name
+    assert payload["properties"]["event"]["enum"] == model["properties"]["event"]["enum"]
+
+
+async def test_engine_events_the_activity_wrote_validate_against_the_payload_schema(
+    redis_url: str, redis: aioredis.Redis, stream: str
+) -> None:
+    """Through the worker's publisher (its once-only key per reconcile run and game): a second publish of
+    the same game in the same run appends nothing."""
+    client = redis_client(redis_url)
+    events = [
+        EngineEvent(
+            game_id=f"g-{n}",
+            event=kind,
+            host="h1",
+            container_id="abc",
+            state=state,
+            detail="engine_gone: no container of ours here",
+            observed_at="2026-11-28T03:00:00+00:00",
+        )
+        for n, (kind, state) in enumerate(
+            [("engine_lost", "gone"), ("engine_lost", "exited"), ("engine_removed", "running")]
+        )
+    ]
+    try:
+        publisher = EngineEventPublisher(client, Settings(engine_events_stream=stream))
+        env = ActivityEnvironment()
+        ids = [await env.run(publisher.publish_engine_event, e) for e in [*events, events[0]]]
+    finally:
+        await client.aclose()
+    assert ids[-1] == ids[0] and len(set(ids)) == 3, ids
+    schema = load_spec()["components"]["schemas"]["EngineEvent"]
+    validator = jsonschema.Draft202012Validator(schema)
+    entries = await read_entries(redis, stream)
+    assert [EngineEvent.model_validate(fields) for _id, fields in entries] == events
+    for _entry_id, fields in entries:
+        validator.validate(fields)
+    assert not validator.is_valid({**entries[0][1], "event": "engine_died"})
     assert not validator.is_valid({**entries[0][1], "extra": ""})

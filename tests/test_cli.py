@@ -77,6 +77,8 @@ def rtjobs(
         (["host", "evict", "h1"], "invalid choice"),
         (["host", "undrain", "a b"], "invalid host name"),
         (["host", "drain", "h1", "--force"], "unrecognized arguments"),
+        (["reconcile", "--host", "a b"], "invalid host name"),
+        (["reconcile", "--force"], "unrecognized arguments"),
         (["frobnicate"], "invalid choice"),
         ([], "required"),
     ],
@@ -415,6 +417,19 @@ async def test_unknown_host_is_one_line_naming_the_known_hosts(
             assert line == (
                 f"rtjobs: error: no host named 'h-three'; known hosts: h-one ({one.host_id}), h-two ({two.host_id})"
             )
+
+
+async def test_reconcile_of_an_unknown_host_is_one_line(
+    client: Client, task_queue: str, worker_env: dict[str, str]
+) -> None:
+    async with registry_worker(client, task_queue):
+        await report(client, task_queue, "h-one")
+        done = await cli(worker_env, "reconcile", "--dry-run", "--host", "h-three")
+    assert done.returncode == 1, done
+    assert done.stdout == ""
+    assert done.stderr.strip() == (
+        f"rtjobs: error: no host h-three in the fleet of task queue {task_queue} (see `rtjobs hosts`)"
+    )
 
 
 async def test_hosts_before_any_report_says_no_host_reported(worker_env: dict[str, str], task_queue: str) -> None:

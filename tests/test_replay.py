@@ -25,6 +25,7 @@ from temporalio.workflow import NondeterminismError
 
 from contract.lock import JOB_PATCH_V2, JOB_PATCH_V3, LOCK_PATCH_V2, LOCK_PATCH_V3
 from contract.models import JobRequest, JobResult
+from contract.reconcile import ReconcileSummary
 from workflows import ALL_WORKFLOWS, GameLock, StartRuntimeJob, StopRuntimeJob
 from workflows.jobs import FAILURE_TYPES
 
@@ -45,7 +46,7 @@ EXPECTED: dict[str, str | None] = {
 }
 LOCK_HISTORIES = {"game_lock"}
 # Long-lived workflows recorded from the version that introduced them.
-INTRODUCED = {"host_registry": "v3"}
+INTRODUCED = {"host_registry": "v3", "reconcile": "v4"}
 VERSIONS = sorted(
     (p.name for p in HISTORIES.iterdir() if p.is_dir() and (HISTORIES / f"{p.name}.sha256").exists()),
     key=lambda v: int(v[1:]),
@@ -172,6 +173,16 @@ def test_lock_history_granted_two_jobs(version: str) -> None:
         assert (len(grants), len(updates)) == (2, 0)
     else:
         assert (len(grants), len(updates)) == (1, 2)
+
+
+def test_the_reconcile_history_removed_adopted_and_cleared() -> None:
+    """Its run took three games' turns and did one of each action (so replay covers every branch that acts)."""
+    events = load("reconcile", INTRODUCED["reconcile"]).events
+    [payload] = events[-1].workflow_execution_completed_event_attributes.result.payloads
+    summary = ReconcileSummary.model_validate(json.loads(payload.data))
+    assert summary.done_counts() == {"removed": 1, "adopted": 1, "cleared": 1}, summary
+    markers = [e for e in events if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED]
+    assert len(markers) >= 3  # a take_game_turn local activity per game
 
 
 # --- the replay test would catch a non-deterministic change ----------------------------------------

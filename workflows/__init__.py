@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from workflows.hosts import HostRegistry
     from workflows.jobs import StartRuntimeJob, StopRuntimeJob
     from workflows.lock import GameLock
+    from workflows.reconcile import RuntimeReconcile
 
     ALL_WORKFLOWS: list[type]
 
@@ -22,14 +23,18 @@ _WHERE = {
     "StopRuntimeJob": "workflows.jobs",
     "GameLock": "workflows.lock",
     "HostRegistry": "workflows.hosts",
+    "RuntimeReconcile": "workflows.reconcile",
 }
 
-__all__ = ["ALL_WORKFLOWS", "GameLock", "HostRegistry", "StartRuntimeJob", "StopRuntimeJob"]
+__all__ = ["ALL_WORKFLOWS", "GameLock", "HostRegistry", "RuntimeReconcile", "StartRuntimeJob", "StopRuntimeJob"]
 
 
 def __getattr__(name: str) -> Any:
     if name == "ALL_WORKFLOWS":
-        return [__getattr__(n) for n in ("StartRuntimeJob", "StopRuntimeJob", "GameLock", "HostRegistry")]
+        return [
+            __getattr__(n)
+            for n in ("StartRuntimeJob", "StopRuntimeJob", "GameLock", "HostRegistry", "RuntimeReconcile")
+        ]
     if name in _WHERE:
         return getattr(importlib.import_module(_WHERE[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,7 +20,6 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError, TimeoutType
 from temporalio.workflow import ActivityCancellationType
 
@@ -39,7 +38,6 @@ with workflow.unsafe.imports_passed_through():
         RemoveFailedStart,
     )
     from contract.hosts import (
-        ENGINE_CHANGED_SIGNAL,
         PLACE_ACTIVITY,
         EngineChanged,
         HostRef,
@@ -47,20 +45,16 @@ with workflow.unsafe.imports_passed_through():
         Placement,
         PlacementNote,
         PlaceRequest,
-        registry_workflow_id,
     )
     from contract.lock import (
         ACQUIRE_ACTIVITY,
         GRANT_SIGNAL,
         JOB_PATCH_V2,
         JOB_PATCH_V3,
-        RELEASE_SIGNAL,
         REQUEST_AGAIN_EVERY,
-        TAKE_TURN_ACTIVITY,
         LockRelease,
         LockRequest,
         Turn,
-        lock_workflow_id,
     )
     from contract.models import (
         ErrorCode,
@@ -87,9 +81,8 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.awaiting import holds_within, shielded
     from workflows.search import GAME_ID, JOB_KIND, RUNTIME_HOST
+    from workflows.turns import LOCK_ACTIVITY_TIMEOUT, LOCK_RETRY_POLICY, ask_for_turn, give_back_turn, tell_registry
 
-LOCK_ACTIVITY_TIMEOUT = timedelta(seconds=15)  # > the largest RTJOBS_ORDER_SETTLE_S (5 s) + an RPC
-LOCK_RETRY_POLICY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=5))
 # A payload without a usable game id (or not JSON at all) fails the run at once, not its task forever.
 FAILURE_TYPES = [UnusableJobInput, pydantic.ValidationError]
 # A start or stop looks for the game's engine at most this many times when hosts turn out not to
@@ -279,13 +272,7 @@ class _RuntimeJob:
             present = False  # a failed start on a new host, whose leftovers were removed
         if present is None:
             return
-        try:
-            await workflow.get_external_workflow_handle(registry_workflow_id(workflow.info().task_queue)).signal(
-                ENGINE_CHANGED_SIGNAL, EngineChanged(game_id=game_id, host_id=host.host_id, present=present)
-            )
-        except ApplicationError as err:
-            # No registry run (terminated): the host's next report tells it the same.
-            workflow.logger.warning("could not tell the host registry about game %s: %s", game_id, err)
+        await tell_registry(EngineChanged(game_id=game_id, host_id=host.host_id, present=present))
 
     async def _take_turn(self, game_id: str, *, request_again: bool) -> bool:
         """Wait for the game's turn; returns whether the job was cancelled meanwhile.
@@ -316,14 +303,7 @@ class _RuntimeJob:
         async def take() -> None:
             # The fleet's acquire: one update-with-start, answered at once with the turn when the game
             # is idle; otherwise the grant signal follows. Asked again, it answers the same way.
-            turn: Turn = await workflow.execute_local_activity(
-                TAKE_TURN_ACTIVITY,
-                request,
-                start_to_close_timeout=LOCK_ACTIVITY_TIMEOUT,
-                retry_policy=LOCK_RETRY_POLICY,
-                result_type=Turn,
-                summary=f"take the turn of game {game_id}",
-            )
+            turn = await ask_for_turn(request)
             # RTJOBS_HOST_WAIT_S of the worker that ran the activity (a grant signal cannot know it).
             self._host_wait = timedelta(seconds=turn.host_wait_s)
             if turn.granted and not self._granted:
@@ -408,14 +388,8 @@ class _RuntimeJob:
         release = LockRelease(
             run_id=info.run_id, first_run_id=info.first_execution_run_id, after=self._after if self._fleet else None
         )
-        try:
-            await workflow.get_external_workflow_handle(lock_workflow_id(game_id, info.task_queue)).signal(
-                RELEASE_SIGNAL, release
-            )
-        except ApplicationError as err:
-            # The lock run is gone (terminated): there is nothing to release, and the result the job
-            # already published stands. The next request starts a new lock run.
-            workflow.logger.warning("could not release the turn of game %s: %s", game_id, err)
+        # (A lock run that is gone has nothing to release; the result the job published stands.)
+        await give_back_turn(game_id, release)
 
     def _step(self, step: str) -> None:
         self._status = self._status.model_copy(update={"step": step})

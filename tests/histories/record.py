@@ -26,9 +26,10 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from activities.publish import redis_client
-from contract.hosts import registry_workflow_id
+from contract.hosts import HOSTS_QUERY, HostRef, HostView, registry_workflow_id
 from contract.lock import lock_workflow_id
-from contract.models import JobResult
+from contract.models import LABEL_GAME_ID, LABEL_MANAGED_BY, MANAGED_BY, JobResult, container_name
+from contract.reconcile import RECONCILE_WORKFLOW, ReconcileRequest, ReconcileSummary
 from contract.settings import Settings
 from starter import start_job, stop_job
 from tests.support.binaries import temporal_cli
@@ -62,11 +63,14 @@ class Recorder:
         (self.out / f"{name}.json").write_text(text)
         print(f"recorded {name}: {len(history.events)} events of {handle.id}", file=sys.stderr)
 
-    async def finish(self, name: str, handle: WorkflowHandle[Any, JobResult], expect: str) -> None:
+    async def finish(
+        self, name: str, handle: WorkflowHandle[Any, JobResult], expect: str, *, save: bool = True
+    ) -> None:
         result = await asyncio.wait_for(handle.result(), WAIT_S)
         if result.error_code != expect:
             raise SystemExit(f"{name}: expected error_code {expect!r}, got {result}")
-        await self.save(name, handle)
+        if save:
+            await self.save(name, handle)
 
     async def run(self) -> None:
         images, tq = self.engine.images, self.settings.task_queue
@@ -105,6 +109,44 @@ class Recorder:
         await self.save("game_lock", self.client.get_workflow_handle(lock_workflow_id(together, tq)))
         # The fleet's registry (from v3): the worker's reports and the placements of the runs above.
         await self.save("host_registry", self.client.get_workflow_handle(registry_workflow_id(tq)))
+        await self.reconcile()
+
+    async def reconcile(self) -> None:
+        """(From v4.) A host with a stopped container of ours, a running engine without record and a
+        record whose engine was removed by hand: one reconcile run removes, adopts and clears.
+
+        With a grace of 0 it acts on every container of ours on the engine: record with a Docker engine
+        of your own (unset DOCKER_HOST: a private dockerd), never one that others' engines run on."""
+        tq = self.settings.task_queue
+        gone = self.game()
+        await self.finish("-", await start_job(self.client, gone, task_queue=tq), "", save=False)
+        exited, unrecorded = self.game(), self.game()
+        async with aiodocker.Docker(url=self.engine.url) as docker:
+            await remove_game_containers(docker, gone)
+            for game_id, cmd in ((exited, ["/bin/sh", "-c", "exit 3"]), (unrecorded, None)):
+                labels = {LABEL_GAME_ID: game_id, LABEL_MANAGED_BY: MANAGED_BY}
+                config: dict[str, Any] = {"Image": self.engine.images.healthy, "Labels": labels}
+                config["HostConfig"] = {"NetworkMode": "none"}
+                if cmd:
+                    config["Cmd"] = cmd
+                container = await docker.containers.create(config, name=container_name(game_id))
+                await container.start()
+                if cmd:
+                    await container.wait()
+        registry = self.client.get_workflow_handle(registry_workflow_id(tq))
+        [view] = await registry.query(HOSTS_QUERY, result_type=list[HostView])
+        host = HostRef(host_id=view.host_id, name=view.name, queue=view.queue)
+        handle = await self.client.start_workflow(
+            RECONCILE_WORKFLOW,
+            ReconcileRequest(host=host, grace_s=0),
+            id=f"hist-reconcile-{uuid.uuid4().hex[:8]}",
+            task_queue=tq,
+            result_type=ReconcileSummary,
+        )
+        summary = await asyncio.wait_for(handle.result(), WAIT_S)
+        if summary.done_counts() != {"removed": 1, "adopted": 1, "cleared": 1}:
+            raise SystemExit(f"reconcile: expected one removed, adopted and cleared: {summary}")
+        await self.save("reconcile", handle)
 
 
 async def main(out: Path) -> None:
@@ -133,7 +175,7 @@ async def main(out: Path) -> None:
             for game_id in recorder.games:
                 await remove_game_containers(docker, game_id)
         redis = redis_client(settings.redis_url)
-        await redis.delete(settings.results_stream)
+        await redis.delete(settings.results_stream, settings.engine_events_stream)
         await redis.aclose()
         await engine.close()
         await env.shutdown()

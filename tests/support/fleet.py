@@ -24,12 +24,14 @@ from dataclasses import dataclass, field
 import aiodocker
 import pytest
 from temporalio.client import Client
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from contract.hosts import HostView, registry_workflow_id
 from contract.lock import Turn, lock_workflow_id
 from contract.models import LABEL_GAME_ID, LABEL_MANAGED_BY, MANAGED_BY, JobResult
 from contract.policies import PUBLISH_ACTIVITY
+from contract.reconcile import schedule_id
 from starter import start_job, stop_job
 from tests.reliability.runs import Run, activity_runs, results
 from tests.support.docker_engine import (
@@ -254,6 +256,9 @@ class Fleet:
 
         Each worker's warnings (counted) and last lines are printed first: a failed test shows them
         (pytest's captured teardown output), since a killed worker's log file goes with it."""
+        for fleet_host in self.hosts.values():  # (the reconcile tests turn the schedules on)
+            with contextlib.suppress(RPCError):
+                await self.client.get_schedule_handle(schedule_id(self.task_queue, fleet_host.host_id)).delete()
         for host, procs in self.workers.items():
             for proc in procs:
                 print(f"--- worker of {host} (pid {proc.proc.pid}):\n{log_digest(proc.output())}")

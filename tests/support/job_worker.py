@@ -45,6 +45,8 @@ def e2e_settings(*, docker_url: str, redis_url: str, task_queue: str, stream: st
         "engine_pids_limit": 64,
         "publish_dedup_ttl_s": 600,
         "graceful_shutdown_timeout_s": 5.0,
+        "reconcile_every": None,  # no schedule firing mid-test (see tests.support.processes.process_env)
+        "engine_events_stream": f"{stream}:engine_events",  # (a reconcile run's events: not the shared stream)
     }
     values.update(overrides)
     return Settings(**values)

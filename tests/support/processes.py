@@ -23,6 +23,9 @@ def process_env(**overrides: str) -> dict[str, str]:
     prefixes = ("TEMPORAL_", "RTJOBS_", "REDIS_URL", "DOCKER_HOST")
     env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
     env["TEMPORAL_CONFIG_FILE"] = "/nonexistent/rtjobs-test-temporal.toml"  # no operator profile leaks in
+    # No reconcile schedule unless a test asks for one: a run firing mid-test on the test's host would
+    # change what the test checks (tests/reliability/test_reconcile.py turns it on).
+    env["RTJOBS_RECONCILE_EVERY"] = ""
     env.update(overrides)
     return env
 

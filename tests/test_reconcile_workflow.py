@@ -1,0 +1,146 @@
+"""`RuntimeReconcile` on the real dev server with stand-in activities (what each stands in for runs against real
+dockerds in tests/reliability/test_reconcile.py): the run's order of steps, its summary, and the SDK metric
+`rtjobs_reconcile_actions_total` as a Prometheus endpoint of the worker's runtime serves it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from temporalio import activity
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from contract.hosts import HostRef, Placement
+from contract.lock import TAKE_TURN_ACTIVITY, LockRequest, Turn
+from contract.reconcile import (
+    ACTIONS_METRIC,
+    GAME_CONTAINERS_ACTIVITY,
+    LIST_CONTAINERS_ACTIVITY,
+    LIST_RECORDS_ACTIVITY,
+    PUBLISH_ENGINE_EVENT_ACTIVITY,
+    REMOVE_CONTAINER_ACTIVITY,
+    ContainerSeen,
+    EngineEvent,
+    GameContainers,
+    HostInventory,
+    ReconcileRequest,
+    ReconcileSummary,
+    RecordQuery,
+    RecordSeen,
+    RemoveContainer,
+)
+from tests.support.redis_server import free_port
+from workflows.reconcile import RuntimeReconcile
+
+LONG_AGO = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+class StandIns:
+    """A host with an exited container of game `old` and a running engine of game `new`, and a record of
+    game `lost` on the host whose engine is gone; every call is noted in order."""
+
+    def __init__(self, host: HostRef) -> None:
+        self.host = host
+        self.calls: list[str] = []
+        self.containers = {
+            "old": ContainerSeen(container_id="c-old", game_id="old", state="exited", created_at=LONG_AGO),
+            "new": ContainerSeen(container_id="c-new", game_id="new", state="running", created_at=LONG_AGO),
+        }
+
+    @activity.defn(name=LIST_CONTAINERS_ACTIVITY)
+    async def list_containers(self) -> HostInventory:
+        self.calls.append("list")
+        return HostInventory(containers=list(self.containers.values()))
+
+    @activity.defn(name=LIST_RECORDS_ACTIVITY)
+    async def list_records(self, query: RecordQuery) -> list[RecordSeen]:
+        return [RecordSeen(game_id="lost", container_id="c-lost")]
+
+    @activity.defn(name=TAKE_TURN_ACTIVITY)
+    async def take_turn(self, request: LockRequest) -> Turn:
+        self.calls.append(f"turn {request.game_id}")
+        if request.game_id == "lost":
+            placement = Placement(host=self.host, container_id="c-lost")
+            return Turn(granted=True, placement_known=True, placement=placement)
+        return Turn(granted=True)
+
+    @activity.defn(name=GAME_CONTAINERS_ACTIVITY)
+    async def game_containers(self, request: GameContainers) -> list[ContainerSeen]:
+        self.calls.append(f"look {request.game_id}")
+        found = self.containers.get(request.game_id)
+        return [found] if found else []
+
+    @activity.defn(name=REMOVE_CONTAINER_ACTIVITY)
+    async def remove(self, request: RemoveContainer) -> bool:
+        self.calls.append(f"remove {request.container_id}")
+        return self.containers.pop(request.game_id, None) is not None
+
+    @activity.defn(name=PUBLISH_ENGINE_EVENT_ACTIVITY)
+    async def publish(self, event: EngineEvent) -> str:
+        self.calls.append(f"event {event.event} {event.game_id}")
+        return "1-0"
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text: str = response.read().decode()
+    return text
+
+
+async def test_one_turn_per_game_that_is_off_and_the_actions_metric(temporal_env: WorkflowEnvironment) -> None:
+    port = free_port()
+    runtime = Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=f"127.0.0.1:{port}")))
+    target = temporal_env.client.service_client.config.target_host
+    client = await Client.connect(target, data_converter=pydantic_data_converter, runtime=runtime)
+    queue = f"test-{uuid.uuid4().hex[:12]}"
+    host = HostRef(host_id="HOST-1", name="h1", queue=f"{queue}@host-host-1")
+    stand_ins = StandIns(host)
+    shared = Worker(
+        client,
+        task_queue=queue,
+        workflows=[RuntimeReconcile],
+        activities=[stand_ins.list_records, stand_ins.take_turn, stand_ins.publish],
+    )
+    on_host = Worker(
+        client,
+        task_queue=host.queue,
+        activities=[stand_ins.list_containers, stand_ins.game_containers, stand_ins.remove],
+    )
+    async with shared, on_host:
+        summary = await client.execute_workflow(
+            RuntimeReconcile.run,
+            ReconcileRequest(host=host, grace_s=60),
+            id=f"reconcile-{queue}",
+            task_queue=queue,
+            execution_timeout=timedelta(seconds=60),
+        )
+        await asyncio.sleep(1.5)  # the core's Prometheus exporter serves what was recorded
+        text = await asyncio.to_thread(scrape, port)
+
+    assert isinstance(summary, ReconcileSummary)
+    assert summary.done_counts() == {"removed": 1, "adopted": 1, "cleared": 1}, summary
+    # Games in order; each one's turn taken before its containers are looked at and anything is done.
+    assert stand_ins.calls == [
+        "list",
+        "turn lost",
+        "look lost",
+        "event engine_lost lost",
+        "turn new",
+        "look new",
+        "turn old",
+        "look old",
+        "remove c-old",
+    ]
+    counted = {
+        line.split('action="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(ACTIONS_METRIC + "{")
+    }
+    assert counted == {"removed": 1.0, "adopted": 1.0, "cleared": 1.0}, text

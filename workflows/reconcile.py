@@ -1,0 +1,413 @@
+"""`RuntimeReconcile`: one Docker host's engines brought back in line with their games' records.
+
+Run by the host's Temporal Schedule (RTJOBS_RECONCILE_EVERY, created by its workers at start-up) and on
+demand (`rtjobs reconcile`). One run: list the containers of ours on the host (its own queue) and the
+records that place a game there (the per-game workflows, by their `RuntimeHost` attribute); decide per
+game what is off (`plan`); for each game where something is, take the game's turn exactly as a job
+does (the `take_game_turn` local activity, the grant signal, the release carrying a `PlacementNote`),
+look at its containers again under the turn, and only then act. A job is never raced: while one
+works on the game, reconciliation waits for the turn; what the job leaves is what it then judges.
+
+What it does (README "Drift and reconciliation" says why):
+- a container of ours that does not run (created, exited, dead), idle for RTJOBS_RECONCILE_GRACE_S: removed;
+- a running engine no record names: adopted into the game's record (RTJOBS_RECONCILE_REMOVE_UNKNOWN: removed);
+- a record whose engine is gone, or did not run and was removed: cleared (placement unknown: the next
+  job asks the registry), never restarted: the Lobby decides whether a game runs, from its results;
+- a running engine here while the record names another host, a paused or restarting one: reported only;
+- a container without our label: never listed, never touched.
+
+Deterministic: the time is `workflow.now()`, Docker and Temporal lookups are activities. A run acts on
+at most MAX_GAMES_PER_RUN games (bounded history); the rest is found again by the next run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError, TimeoutType
+
+with workflow.unsafe.imports_passed_through():
+    from contract.engine import DOCKER_UNAVAILABLE_TYPE
+    from contract.hosts import (
+        EngineChanged,
+        HostRef,
+        Placement,
+        PlacementNote,
+    )
+    from contract.lock import (
+        GRANT_SIGNAL,
+        REQUEST_AGAIN_EVERY,
+        LockRelease,
+        LockRequest,
+        Turn,
+    )
+    from contract.reconcile import (
+        ACTIONS_METRIC,
+        GAME_CONTAINERS_ACTIVITY,
+        LIST_CONTAINERS_ACTIVITY,
+        LIST_RECORDS_ACTIVITY,
+        MAX_GAMES_PER_RUN,
+        NOT_RUNNING_STATES,
+        PUBLISH_ENGINE_EVENT_ACTIVITY,
+        RECONCILE_WORKFLOW,
+        REMOVE_CONTAINER_ACTIVITY,
+        RUNNING_STATE,
+        Action,
+        ContainerSeen,
+        EngineEvent,
+        EngineEventKind,
+        Finding,
+        FindingKind,
+        GameContainers,
+        HostInventory,
+        ReconcileRequest,
+        ReconcileSummary,
+        RecordQuery,
+        RecordSeen,
+        RemoveContainer,
+    )
+    from workflows.awaiting import holds_within, shielded
+    from workflows.turns import ask_for_turn, give_back_turn, tell_registry
+
+# A host's Docker step: a few quick attempts (a run every few minutes is the real retry); a host with no
+# live worker is reported after RTJOBS_HOST_WAIT_S (the schedule-to-start timeout).
+DOCKER_STEP_TIMEOUT = timedelta(seconds=60)
+DOCKER_STEP_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=4), maximum_attempts=3
+)
+RECORDS_TIMEOUT = timedelta(seconds=120)
+EVENT_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=5)
+RECORDS_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3)
+
+
+@dataclass
+class Plan:
+    """What is off with one game on the host and what to do; `after`: what the game's record becomes
+    (None: left as it is)."""
+
+    findings: list[Finding] = field(default_factory=list)
+    after: PlacementNote | None = None
+
+    @property
+    def acts(self) -> bool:
+        return any(f.actions for f in self.findings)
+
+
+def plan(
+    game_id: str,
+    containers: list[ContainerSeen],
+    turn: Turn,
+    host: HostRef,
+    now: datetime,
+    request: ReconcileRequest,
+) -> Plan:
+    """The decision for one game, from its containers of ours on the host and its record (pure).
+
+    `turn` is the record: the game's workflow's answer under the turn, or (before the turn, and in a dry
+    run) what the record listing found (`placement_known` False when none names this host).
+    """
+    placement = turn.placement if turn.placement_known else None
+    record_here = placement is not None and placement.host.host_id == host.host_id
+    record_elsewhere = placement is not None and not record_here
+    recorded_id = placement.container_id if placement is not None and record_here else None
+    result = Plan()
+    adopted = False
+    removed_recorded = False
+    for c in sorted(containers, key=lambda c: c.container_id):
+        is_recorded = record_here and recorded_id in (c.container_id, "")
+        if c.state == RUNNING_STATE:
+            if is_recorded:
+                continue  # as the record says
+            if record_elsewhere:
+                assert placement is not None
+                note = f"the record places the game on host {placement.host.name}: left for an operator"
+                result.findings.append(_found(game_id, FindingKind.CONFLICT, c, note=note))
+            elif request.remove_unknown:
+                result.findings.append(_found(game_id, FindingKind.RUNNING_UNRECORDED, c, [Action.REMOVED_UNKNOWN]))
+            elif not adopted:
+                adopted = True
+                result.findings.append(_found(game_id, FindingKind.RUNNING_UNRECORDED, c, [Action.ADOPTED]))
+                result.after = PlacementNote(known=True, placement=Placement(host=host, container_id=c.container_id))
+            else:
+                note = "a second running engine of the game here: left for an operator"
+                result.findings.append(_found(game_id, FindingKind.CONFLICT, c, note=note))
+            continue
+        kind = FindingKind.ENGINE_NOT_RUNNING if is_recorded else FindingKind.STOPPED_CONTAINER
+        if c.state not in NOT_RUNNING_STATES:
+            result.findings.append(_found(game_id, FindingKind.OTHER_STATE, c, note="someone is at work on it: left"))
+            continue
+        idle_s = (now - c.since).total_seconds()
+        if idle_s < request.grace_s:
+            note = f"{c.state} {idle_s:.0f} s ago, within the grace period ({request.grace_s:g} s)"
+            result.findings.append(_found(game_id, kind, c, note=note))
+            continue
+        actions = [Action.REMOVED]
+        if is_recorded:
+            removed_recorded = True
+            actions.append(Action.CLEARED)
+        result.findings.append(_found(game_id, kind, c, actions, note=f"{c.state} {idle_s:.0f} s ago"))
+    present = {c.container_id for c in containers}
+    if record_here and not adopted:
+        if removed_recorded:
+            result.after = PlacementNote(known=False)
+        elif recorded_id not in present and not (recorded_id == "" and containers):
+            note = f"container {recorded_id[:12]} is not on the host" if recorded_id else "no container of ours here"
+            finding = Finding(
+                game_id=game_id, kind=FindingKind.ENGINE_GONE, container_id=recorded_id or "", actions=[Action.CLEARED]
+            )
+            result.findings.append(finding.model_copy(update={"note": note}))
+            result.after = PlacementNote(known=False)
+    return result
+
+
+def _found(
+    game_id: str, kind: FindingKind, c: ContainerSeen, actions: list[Action] | None = None, note: str = ""
+) -> Finding:
+    return Finding(
+        game_id=game_id, kind=kind, container_id=c.container_id, state=c.state, actions=actions or [], note=note
+    )
+
+
+def engine_event(finding: Finding, host: HostRef, now: datetime) -> EngineEvent | None:
+    """The Lobby's news of an engine it was told runs, found gone or not running (its record cleared),
+    or of a running engine removed because nothing recorded it; None for everything else."""
+    if not finding.done:
+        return None
+    if Action.REMOVED_UNKNOWN in finding.actions:
+        kind: EngineEventKind = "engine_removed"
+    elif Action.CLEARED in finding.actions:
+        kind = "engine_lost"
+    else:
+        return None
+    return EngineEvent(
+        game_id=finding.game_id,
+        event=kind,
+        host=host.name,
+        container_id=finding.container_id,
+        state=finding.state or "gone",
+        detail=f"{finding.kind}: {finding.note}" if finding.note else str(finding.kind),
+        observed_at=now.isoformat(),
+    )
+
+
+def _removes(finding: Finding) -> bool:
+    return bool({Action.REMOVED, Action.REMOVED_UNKNOWN} & set(finding.actions))
+
+
+class HostUnreachable(Exception):
+    """The host's Docker step failed for want of Docker or of a worker: nothing more is done there."""
+
+
+@workflow.defn(name=RECONCILE_WORKFLOW)
+class RuntimeReconcile:
+    def __init__(self) -> None:
+        self._granted = False
+        self._turn = Turn(granted=False)
+        self._summary: ReconcileSummary | None = None
+
+    @workflow.signal(name=GRANT_SIGNAL)
+    def lock_granted(self, turn: Turn | None = None) -> None:
+        self._turn = turn if turn is not None else Turn(granted=True)
+        self._granted = True
+
+    @workflow.query(name="summary")
+    def summary(self) -> ReconcileSummary | None:
+        return self._summary
+
+    @workflow.run
+    async def run(self, request: ReconcileRequest) -> ReconcileSummary:
+        host = request.host
+        summary = self._summary = ReconcileSummary(host=host, dry_run=request.dry_run)
+        self._say(f"host {host.name}: listing the containers of ours and the records")
+        try:
+            inventory: HostInventory = await self._on_host(
+                request, LIST_CONTAINERS_ACTIVITY, None, HostInventory, "list the containers of ours"
+            )
+            records: list[RecordSeen] = await workflow.execute_activity(
+                LIST_RECORDS_ACTIVITY,
+                RecordQuery(host=host),
+                start_to_close_timeout=RECORDS_TIMEOUT,
+                heartbeat_timeout=timedelta(seconds=30),
+                retry_policy=RECORDS_RETRY,
+                result_type=list[RecordSeen],
+                summary=f"the games whose record places their engine on host {host.name}",
+            )
+        except (HostUnreachable, ActivityError) as err:
+            return self._end_with_error(summary, err)
+        summary.containers = len(inventory.containers)
+        summary.records = len(records)
+        now = workflow.now()
+        by_game: dict[str, list[ContainerSeen]] = {}
+        for c in inventory.containers:
+            by_game.setdefault(c.game_id, []).append(c)
+        recorded = {r.game_id: r for r in records}
+        to_act: list[str] = []
+        for game_id in sorted(set(by_game) | set(recorded)):
+            record = recorded.get(game_id)
+            listed = Turn(
+                granted=False,
+                placement_known=record is not None,
+                placement=Placement(host=host, container_id=record.container_id) if record else None,
+            )
+            seen_plan = plan(game_id, by_game.get(game_id, []), listed, host, now, request)
+            if seen_plan.acts and not request.dry_run:
+                to_act.append(game_id)
+            else:
+                summary.findings.extend(seen_plan.findings)
+        summary.deferred = max(0, len(to_act) - MAX_GAMES_PER_RUN)
+        for i, game_id in enumerate(to_act[:MAX_GAMES_PER_RUN]):
+            self._say(f"host {host.name}: game {game_id} ({i + 1}/{len(to_act)}): waiting for its turn")
+            try:
+                summary.findings.extend(await self._reconcile_game(request, game_id))
+            except HostUnreachable as err:
+                return self._end_with_error(summary, err)
+            except ActivityError as err:
+                workflow.logger.warning("reconcile host %s: game %s not reconciled: %s", host.name, game_id, err.cause)
+                note = f"not reconciled: {err.cause}"
+                summary.findings.append(Finding(game_id=game_id, kind=FindingKind.FAILED, note=note))
+        self._say(summary.headline())
+        return summary
+
+    async def _reconcile_game(self, request: ReconcileRequest, game_id: str) -> list[Finding]:
+        """Under the game's turn: its containers looked at again, the plan made from what is there and
+        what the record says now, then done; the release carries the record's new state."""
+        turn = await self._take_turn(game_id)
+        after: PlacementNote | None = None
+        try:
+            containers: list[ContainerSeen] = await self._on_host(
+                request,
+                GAME_CONTAINERS_ACTIVITY,
+                GameContainers(game_id=game_id),
+                list[ContainerSeen],
+                f"the containers of game {game_id}",
+            )
+            decided = plan(game_id, containers, turn, request.host, workflow.now(), request)
+            findings = [await self._act(request, finding) for finding in decided.findings]
+            after = decided.after
+            for finding in findings:
+                event = engine_event(finding, request.host, workflow.now())
+                if event is not None:  # (under the turn: before any later job of the game reports)
+                    await self._publish(event)
+        finally:
+            await shielded(self._release(game_id, after))
+        removed = {f.container_id for f in findings if f.done and _removes(f)}
+        if any(f.done and Action.ADOPTED in f.actions for f in findings):
+            await tell_registry(EngineChanged(game_id=game_id, host_id=request.host.host_id, present=True))
+        elif removed and all(c.container_id in removed for c in containers):
+            await tell_registry(EngineChanged(game_id=game_id, host_id=request.host.host_id, present=False))
+        return findings
+
+    async def _publish(self, event: EngineEvent) -> None:
+        """Bounded, unlike a job's result: the game's turn is held meanwhile. A lost event is logged."""
+        try:
+            await workflow.execute_activity(
+                PUBLISH_ENGINE_EVENT_ACTIVITY,
+                event,
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=EVENT_RETRY,
+                result_type=str,
+                summary=f"publish {event.event} of game {event.game_id}",
+            )
+        except ActivityError as err:
+            workflow.logger.warning("%s of game %s not published: %s", event.event, event.game_id, err.cause)
+
+    async def _act(self, request: ReconcileRequest, finding: Finding) -> Finding:
+        host, game_id = request.host, finding.game_id
+        if not finding.actions:
+            return finding
+        if _removes(finding):
+            try:
+                await self._on_host(
+                    request,
+                    REMOVE_CONTAINER_ACTIVITY,
+                    RemoveContainer(game_id=game_id, container_id=finding.container_id),
+                    bool,
+                    f"remove container {finding.container_id[:12]} of game {game_id}",
+                )
+            except ActivityError as err:
+                workflow.logger.warning("reconcile host %s: game %s: not removed: %s", host.name, game_id, err.cause)
+                return finding.model_copy(update={"note": f"not removed: {err.cause}"})
+        counter = workflow.metric_meter().create_counter(ACTIONS_METRIC, "reconcile actions done, by action")
+        for action in finding.actions:
+            counter.add(1, {"action": action.value})
+        workflow.logger.warning(
+            "reconcile host %s: game %s %s: %s %s",
+            host.name,
+            game_id,
+            finding.kind,
+            "+".join(finding.actions),
+            finding.note,
+            extra={"game_id": game_id, "host": host.name},
+        )
+        return finding.model_copy(update={"done": True})
+
+    async def _on_host(
+        self, request: ReconcileRequest, activity: str, arg: object, result_type: type, what: str
+    ) -> Any:
+        """A Docker step on the host's own queue; a host that cannot do it ends the run's work there."""
+        host = request.host
+        try:
+            return await workflow.execute_activity(
+                activity,
+                *([] if arg is None else [arg]),
+                task_queue=host.queue,
+                schedule_to_start_timeout=timedelta(seconds=request.host_wait_s),
+                start_to_close_timeout=DOCKER_STEP_TIMEOUT,
+                retry_policy=DOCKER_STEP_RETRY,
+                result_type=result_type,
+                summary=f"{what} on host {host.name}",
+            )
+        except ActivityError as err:
+            cause = err.cause
+            if isinstance(cause, TimeoutError) and cause.type == TimeoutType.SCHEDULE_TO_START:
+                raise HostUnreachable(
+                    f"no worker of host {host.name} took the Docker step within {request.host_wait_s:g} s"
+                ) from err
+            if isinstance(cause, ApplicationError) and cause.type == DOCKER_UNAVAILABLE_TYPE:
+                raise HostUnreachable(f"the Docker engine of host {host.name} did not answer: {cause.message}") from err
+            raise
+
+    async def _take_turn(self, game_id: str) -> Turn:
+        """The game's turn, asked exactly as a job asks it (so the game's workflow serialises us with its
+        jobs); asked again every REQUEST_AGAIN_EVERY while it does not come, as a job does."""
+        info = workflow.info()
+        self._granted = False
+        self._turn = Turn(granted=False)
+        request = LockRequest(
+            game_id=game_id,
+            workflow_id=info.workflow_id,
+            run_id=info.run_id,
+            started_at=workflow.now(),
+            first_run_id=info.first_execution_run_id,
+        )
+
+        async def take() -> None:
+            turn = await ask_for_turn(request)
+            if turn.granted and not self._granted:
+                self.lock_granted(turn)
+
+        await take()
+        while not await holds_within(lambda: self._granted, REQUEST_AGAIN_EVERY):
+            await take()
+        return self._turn
+
+    async def _release(self, game_id: str, after: PlacementNote | None) -> None:
+        info = workflow.info()
+        await give_back_turn(
+            game_id, LockRelease(run_id=info.run_id, first_run_id=info.first_execution_run_id, after=after)
+        )
+
+    def _end_with_error(self, summary: ReconcileSummary, err: BaseException) -> ReconcileSummary:
+        cause = err.cause if isinstance(err, ActivityError) and err.cause is not None else err
+        summary.error = str(cause) or type(cause).__name__
+        workflow.logger.warning("reconcile host %s stopped: %s", summary.host.name, summary.error)
+        self._say(summary.headline())
+        return summary
+
+    def _say(self, text: str) -> None:
+        workflow.set_current_details(text)
+        workflow.logger.info(text)
