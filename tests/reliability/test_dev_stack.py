@@ -1,0 +1,334 @@
+"""`make run` on a fresh machine runs real jobs, and the Temporal UI shows them (issue 11, items 0 and 7).
+
+One `make run` per module, from a fresh `git clone` of this checkout's HEAD, with nothing configured:
+no REDIS_URL, no DOCKER_HOST, no RTJOBS_ENGINE_IMAGE, state in the clone's `.state/`. The shared Redis
+of this machine takes 127.0.0.1:6379, so the dev stack is pointed at a free port with
+RTJOBS_DEV_REDIS_PORT (nothing answers there: it must start its own redis-server); no Docker engine
+answers at the default socket here (checked first), so it must start its own dockerd. The clone uses
+this test run's virtualenv (`make run VENV=...`, its install stamp taken as up to date: building a
+virtualenv per test is too slow); everything else is the clone's own code. The CLI is the clone's
+`cli.py`, run as the README's quick start runs `rtjobs`.
+
+With UPDATE_DOCS=1 the screenshots and the terminal transcript are written into docs/ (what the
+README shows); otherwise into the test's temp dir.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiodocker
+import pytest
+from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.wait import WebDriverWait
+
+from devstack import DEFAULT_DOCKER_SOCKET, DEMO_IMAGE, engine_answers
+from tests.support.processes import ROOT, WORKER_READY, process_env
+from tests.support.redis_server import free_port, port_answers
+
+pytestmark = [pytest.mark.slow, pytest.mark.docker]
+
+VENV = Path(sys.executable).parent.parent
+# Dev server, private dockerd (its first start makes its data root), the demo image, the worker.
+READY_S = 180.0
+CLI_TIMEOUT_S = 120.0
+STOP_S = 90.0
+UI_WAIT_S = 60.0
+DOCS = ROOT / "docs"
+
+
+@dataclass
+class DevStack:
+    """The running `make run` of the module: the clone, the make process, its ports and output."""
+
+    clone: Path
+    make: subprocess.Popen[bytes]
+    log: Path
+    temporal_port: int
+    ui_port: int
+    redis_port: int
+    transcript: list[str] = field(default_factory=list)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    @property
+    def docker_url(self) -> str:
+        found = re.search(r"Docker: started a private dockerd \(pid \d+\) at (\S+),", self.output())
+        assert found, self.output()
+        return found.group(1)
+
+    def worker_pid(self) -> int:
+        """The `worker.py --dev` that make runs (a child of make, or of the shell make ran)."""
+        for pid in _descendants(self.make.pid):
+            with contextlib.suppress(OSError):
+                if b"worker.py" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    return pid
+        raise AssertionError(f"no worker.py below make (pid {self.make.pid}):\n{self.output()}")
+
+    def rtjobs(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """The clone's `rtjobs` with TEMPORAL_ADDRESS exported, as the quick start runs it; the command
+        and its output go into the transcript (stderr first: its progress lines come before the table)."""
+        cli_env = process_env(TEMPORAL_ADDRESS=f"127.0.0.1:{self.temporal_port}", **(env or {}))
+        done = subprocess.run(
+            [sys.executable, "-c", "from cli import main; main()", *args],
+            cwd=self.clone,
+            env=cli_env,
+            capture_output=True,
+            text=True,
+            timeout=CLI_TIMEOUT_S,
+        )
+        self.transcript.append(f"$ rtjobs {' '.join(args)}\n{done.stderr}{done.stdout}")
+        return done
+
+
+def _descendants(pid: int) -> list[int]:
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        with contextlib.suppress(OSError):
+            for child in Path(f"/proc/{parent}/task/{parent}/children").read_text().split():
+                found.append(int(child))
+                todo.append(int(child))
+    return found
+
+
+def _pids_naming(marker: str) -> list[int]:
+    """Processes whose command line names `marker` (the clone's path): the dev stack's, nobody else's."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            with contextlib.suppress(OSError):
+                if marker.encode() in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+    return pids
+
+
+def _result_fields(stdout: str) -> dict[str, str]:
+    fields = {}
+    for line in stdout.splitlines():
+        name, _, value = line.partition(" ")
+        fields[name] = value.strip()
+    return fields
+
+
+@pytest.fixture(scope="module")
+def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
+    if asyncio.run(engine_answers(DEFAULT_DOCKER_SOCKET)):
+        pytest.fail(f"a Docker engine answers at {DEFAULT_DOCKER_SOCKET}: the dev stack would use it, not its own")
+    clone = tmp_path_factory.mktemp("fresh") / "rtjobs"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    temporal_port, ui_port, redis_port = free_port(), free_port(), free_port()
+    env = process_env(
+        RTJOBS_DEV_PORT=str(temporal_port), RTJOBS_DEV_UI_PORT=str(ui_port), RTJOBS_DEV_REDIS_PORT=str(redis_port)
+    )
+    log = clone.parent / "make-run.log"
+    stamp = VENV / ".installed-stamp"
+    with open(log, "wb") as out:
+        make = subprocess.Popen(
+            ["make", "run", f"VENV={VENV}", "-o", str(stamp)],
+            cwd=clone,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    stack = DevStack(clone, make, log, temporal_port, ui_port, redis_port)
+    try:
+        deadline = time.monotonic() + READY_S
+        while WORKER_READY not in stack.output():
+            assert make.poll() is None, f"make run exited {make.returncode}:\n{stack.output()}"
+            assert time.monotonic() < deadline, f"not ready within {READY_S}s:\n{stack.output()}"
+            time.sleep(0.2)
+        yield stack
+    finally:
+        _kill_leftovers(stack)
+
+
+def _kill_leftovers(stack: DevStack) -> None:
+    """After a failed test: what the stack left running, by the PIDs that name the clone's path."""
+    if stack.make.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(stack.make.pid, signal.SIGKILL)
+        stack.make.wait()
+    for pid in _pids_naming(str(stack.clone)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+async def _engines(url: str) -> list[dict[str, Any]]:
+    """Inspect data of the running containers of the engine at `url`."""
+    async with aiodocker.Docker(url=url) as docker:
+        return [await c.show() for c in await docker.containers.list()]
+
+
+async def _networks(url: str) -> list[dict[str, Any]]:
+    async with aiodocker.Docker(url=url) as docker:
+        networks: list[dict[str, Any]] = await docker.networks.list()
+        return networks
+
+
+def _save(name: str, tmp_path: Path) -> Path:
+    return (DOCS if os.environ.get("UPDATE_DOCS") == "1" else tmp_path) / name
+
+
+# --- item 0: the quick start on what `make run` started ------------------------------------------------
+
+
+def test_make_run_starts_redis_docker_and_demo_image_and_the_quick_start_succeeds(
+    dev_stack: DevStack, tmp_path: Path
+) -> None:
+    out = dev_stack.output()
+    assert re.search(rf"Redis: started redis-server \(pid \d+\) on 127\.0\.0\.1:{dev_stack.redis_port}", out), out
+    assert f"at unix://{dev_stack.clone}/.state/docker/docker.sock" in out, out
+    assert f"Engine image: built {DEMO_IMAGE}" in out, out
+
+    started = dev_stack.rtjobs("start", "g-1", "--wait")
+    assert started.returncode == 0, started.stderr
+    start = _result_fields(started.stdout)
+    assert start["outcome"] == "success" and start["error_code"] == "", started.stdout
+    assert re.fullmatch(r"[0-9a-f]{64}", start["container_id"]), started.stdout
+    assert start["engine_endpoint"] == "http://galaxy-game-g-1:8080"
+
+    # The engine runs the demo image on the game network, and answers HTTP there (from this host, by address).
+    [inspect] = asyncio.run(_engines(dev_stack.docker_url))
+    assert inspect["Name"] == "/galaxy-game-g-1"
+    assert inspect["Config"]["Image"] == DEMO_IMAGE
+    assert inspect["State"]["Health"]["Status"] == "healthy"
+    address = inspect["NetworkSettings"]["Networks"]["galaxy-games"]["IPAddress"]
+    with urllib.request.urlopen(f"http://{address}:8080/", timeout=5) as page:
+        assert page.read() == b"rtjobs demo engine\n"
+
+    stopped = dev_stack.rtjobs("stop", "g-1", "--wait")
+    assert stopped.returncode == 0, stopped.stderr
+    stop = _result_fields(stopped.stdout)
+    assert stop["outcome"] == "success" and stop["error_code"] == "", stopped.stdout
+    assert stop["container_id"] == start["container_id"]
+
+    results = dev_stack.rtjobs(
+        "results", "--game", "g-1", env={"REDIS_URL": f"redis://127.0.0.1:{dev_stack.redis_port}/0"}
+    )
+    assert results.returncode == 0, results.stderr
+    assert len([line for line in results.stdout.splitlines() if " g-1 " in line]) == 2, results.stdout
+    hosts = dev_stack.rtjobs("hosts")
+    assert hosts.returncode == 0, hosts.stderr
+    _save("cli.txt", tmp_path).write_text("\n".join(dev_stack.transcript))
+
+
+# --- item 7: the UI, seen -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def browser() -> Iterator[webdriver.Chrome]:
+    """Debian's chromium, headless, through its chromedriver (never a downloaded one)."""
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if chromium is None or driver is None:
+        pytest.skip("chromium and chromium-driver are not installed (scripts/system-deps.sh installs them)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1440,1000",
+    ):
+        options.add_argument(arg)
+    chrome = webdriver.Chrome(service=Service(driver), options=options)
+    try:
+        yield chrome
+    finally:
+        chrome.quit()
+
+
+def _page_shows(chrome: webdriver.Chrome, url: str, *texts: str) -> str:
+    """Open `url` and wait until the rendered page's text holds every one of `texts` (the UI renders
+    with JavaScript after load, and a job page's current details come from a query to the worker)."""
+    chrome.get(url)
+
+    def shown(driver: webdriver.Chrome) -> str | bool:
+        body = str(driver.find_element(By.TAG_NAME, "body").text)
+        return body if all(text in body for text in texts) else False
+
+    try:
+        return str(WebDriverWait(chrome, UI_WAIT_S, poll_frequency=0.25).until(shown))
+    except TimeoutException:
+        body = chrome.find_element(By.TAG_NAME, "body").text
+        raise AssertionError(f"{url} did not show {texts} within {UI_WAIT_S}s; it shows:\n{body}") from None
+
+
+def test_ui_lists_jobs_by_game_id_and_shows_a_jobs_step_and_activity_summaries(
+    dev_stack: DevStack, browser: webdriver.Chrome, tmp_path: Path
+) -> None:
+    started = dev_stack.rtjobs("start", "g-ui", "--wait")
+    assert started.returncode == 0, started.stderr
+    found = re.search(r"workflow (runtime-start-g-ui-\w+) run (\S+)", started.stderr)
+    assert found, started.stderr
+    workflow_id, run_id = found.groups()
+    ui = f"http://127.0.0.1:{dev_stack.ui_port}/namespaces/default/workflows"
+
+    query = urllib.parse.quote('GameId="g-ui"')
+    listed = _page_shows(browser, f"{ui}?query={query}", 'GameId = "g-ui"', workflow_id, "StartRuntimeJob")
+    assert "1 Workflow" in listed, listed  # the filter on the search attribute finds the job, and only it
+    browser.save_screenshot(str(_save("ui-jobs.png", tmp_path)))
+
+    job = f"{ui}/{workflow_id}/{run_id}"
+    # The job's current step (the workflow's current details, read by the UI through the worker).
+    _page_shows(browser, f"{job}/user-metadata", "Current Details", "start job for game g-ui: success")
+    # Each activity with its summary, in the job's event history.
+    _page_shows(
+        browser,
+        f"{job}/history",
+        "take the turn of game g-ui",
+        "find the host of game g-ui",
+        "start engine for game g-ui on host",
+        "publish success for game g-ui",
+    )
+    browser.set_window_size(1440, 2000)  # the whole history of the job, summaries included
+    browser.save_screenshot(str(_save("ui-job.png", tmp_path)))
+
+
+# --- item 0: SIGTERM stops all of it --------------------------------------------------------------------
+
+
+def test_sigterm_stops_the_worker_and_everything_the_dev_stack_started(dev_stack: DevStack) -> None:
+    engines = asyncio.run(_engines(dev_stack.docker_url))
+    networks = asyncio.run(_networks(dev_stack.docker_url))
+    engine_pids = [int(c["State"]["Pid"]) for c in engines]
+    assert engine_pids, "no engine runs (the UI test leaves g-ui running)"
+    bridges = [f"br-{n['Id'][:12]}" for n in networks if n["Driver"] == "bridge"]
+    assert bridges, networks
+    stack_pids = _pids_naming(str(dev_stack.clone))  # dev server, redis-server, dockerd, containerd, shims
+
+    os.kill(dev_stack.worker_pid(), signal.SIGTERM)
+    deadline = time.monotonic() + STOP_S
+    while dev_stack.make.poll() is None:
+        assert time.monotonic() < deadline, f"still running {STOP_S}s after SIGTERM:\n{dev_stack.output()}"
+        time.sleep(0.1)
+    out = dev_stack.output()
+    assert dev_stack.make.returncode == 0, out  # make exits with the worker's status
+    assert "Docker: stopped the private dockerd" in out and "Redis: stopped redis-server" in out, out
+    assert not [pid for pid in stack_pids + engine_pids if Path(f"/proc/{pid}").exists()], out
+    assert not _pids_naming(str(dev_stack.clone)), out
+    assert not port_answers(dev_stack.redis_port) and not port_answers(dev_stack.temporal_port), out
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
+    assert not [b for b in bridges if b in links], links
