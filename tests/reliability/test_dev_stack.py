@@ -38,8 +38,9 @@ from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.wait import WebDriverWait
+from temporalio.client import Client, WorkflowExecutionStatus
 
-from devstack import DEFAULT_DOCKER_SOCKET, DEMO_IMAGE, engine_answers
+from devstack import DEFAULT_DOCKER_SOCKET, DEMO_IMAGE, SERVE_HTTP, engine_answers, import_image, rootfs_tar, shell_cmd
 from tests.support.processes import ROOT, WORKER_READY, process_env
 from tests.support.redis_server import free_port, port_answers
 
@@ -298,8 +299,6 @@ def test_ui_lists_jobs_by_game_id_and_shows_a_jobs_step_and_activity_summaries(
     browser.save_screenshot(str(_save("ui-jobs.png", tmp_path)))
 
     job = f"{ui}/{workflow_id}/{run_id}"
-    # The job's current step (the workflow's current details, read by the UI through the worker).
-    _page_shows(browser, f"{job}/user-metadata", "Current Details", "start job for game g-ui: success")
     # Each activity with its summary, in the job's event history.
     _page_shows(
         browser,
@@ -311,6 +310,45 @@ def test_ui_lists_jobs_by_game_id_and_shows_a_jobs_step_and_activity_summaries(
     )
     browser.set_window_size(1440, 2000)  # the whole history of the job, summaries included
     browser.save_screenshot(str(_save("ui-job.png", tmp_path)))
+    browser.set_window_size(1440, 1000)
+
+    # A running job's current step (the workflow's current details, which the UI asks the worker for):
+    # an engine that never gets healthy keeps its start job in the Docker step.
+    asyncio.run(_import(dev_stack.docker_url, STUCK_IMAGE, STUCK_CHANGES))
+    stuck = dev_stack.rtjobs("start", "g-stuck", "--image", STUCK_IMAGE)
+    assert stuck.returncode == 0, stuck.stderr
+    found = re.search(r"workflow (runtime-start-g-stuck-\w+) run (\S+)", stuck.stderr)
+    assert found, stuck.stderr
+    try:
+        _page_shows(
+            browser,
+            f"{ui}/{found.group(1)}/{found.group(2)}/user-metadata",
+            "Current Details",
+            "start engine for game g-stuck on host",
+        )
+        browser.save_screenshot(str(_save("ui-job-running.png", tmp_path)))
+    finally:
+        asyncio.run(_cancel(dev_stack.temporal_port, found.group(1)))
+
+
+STUCK_IMAGE = "rtjobs-dev/engine:never-healthy"
+STUCK_CHANGES = [shell_cmd(SERVE_HTTP), "HEALTHCHECK --interval=1s --timeout=1s --start-period=1h CMD false"]
+
+
+async def _import(url: str, ref: str, changes: list[str]) -> None:
+    async with aiodocker.Docker(url=url) as docker:
+        await import_image(docker, ref, rootfs_tar(), changes)
+
+
+async def _cancel(temporal_port: int, workflow_id: str) -> None:
+    """Cancel the job and wait until it has closed (it removes its engine and publishes `cancelled`)."""
+    client = await Client.connect(f"127.0.0.1:{temporal_port}")
+    handle = client.get_workflow_handle(workflow_id)
+    await handle.cancel()
+    deadline = time.monotonic() + CLI_TIMEOUT_S
+    while (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
+        assert time.monotonic() < deadline, f"{workflow_id} still running {CLI_TIMEOUT_S}s after its cancel"
+        await asyncio.sleep(0.2)
 
 
 # --- item 0: SIGTERM stops all of it --------------------------------------------------------------------
@@ -320,7 +358,7 @@ def test_sigterm_stops_the_worker_and_everything_the_dev_stack_started(dev_stack
     engines = asyncio.run(_engines(dev_stack.docker_url))
     networks = asyncio.run(_networks(dev_stack.docker_url))
     engine_pids = [int(c["State"]["Pid"]) for c in engines]
-    assert engine_pids, "no engine runs (the UI test leaves g-ui running)"
+    assert engine_pids, "no engine runs (the UI test leaves g-ui's running)"
     bridges = [f"br-{n['Id'][:12]}" for n in networks if n["Driver"] == "bridge"]
     assert bridges, networks
     stack_pids = _pids_naming(str(dev_stack.clone))  # dev server, redis-server, dockerd, containerd, shims
