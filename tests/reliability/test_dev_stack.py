@@ -34,7 +34,7 @@ from typing import Any
 import aiodocker
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import TimeoutException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.wait import WebDriverWait
@@ -273,14 +273,28 @@ def _page_shows(chrome: webdriver.Chrome, url: str, *texts: str) -> str:
     chrome.get(url)
 
     def shown(driver: webdriver.Chrome) -> str | bool:
-        body = str(driver.find_element(By.TAG_NAME, "body").text)
+        body = _rendered_text(driver)
         return body if all(text in body for text in texts) else False
 
     try:
         return str(WebDriverWait(chrome, UI_WAIT_S, poll_frequency=0.25).until(shown))
     except TimeoutException:
-        body = chrome.find_element(By.TAG_NAME, "body").text
+        body = _rendered_text(chrome)
         raise AssertionError(f"{url} did not show {texts} within {UI_WAIT_S}s; it shows:\n{body}") from None
+
+
+def _rendered_text(chrome: webdriver.Chrome) -> str:
+    """The page's text with its frames' (the UI renders a workflow's current details in an iframe)."""
+    parts = [str(chrome.find_element(By.TAG_NAME, "body").text)]
+    for frame in chrome.find_elements(By.TAG_NAME, "iframe"):
+        try:
+            chrome.switch_to.frame(frame)
+            parts.append(str(chrome.find_element(By.TAG_NAME, "body").text))
+        except WebDriverException:  # a frame the page replaced meanwhile: read on the next poll
+            pass
+        finally:
+            chrome.switch_to.default_content()
+    return "\n".join(parts)
 
 
 def test_ui_lists_jobs_by_game_id_and_shows_a_jobs_step_and_activity_summaries(
@@ -324,7 +338,7 @@ def test_ui_lists_jobs_by_game_id_and_shows_a_jobs_step_and_activity_summaries(
             browser,
             f"{ui}/{found.group(1)}/{found.group(2)}/user-metadata",
             "Current Details",
-            "start engine for game g-stuck on host",
+            f"start engine for game g-stuck ({STUCK_IMAGE}) on host",
         )
         browser.save_screenshot(str(_save("ui-job-running.png", tmp_path)))
     finally:
