@@ -280,9 +280,11 @@ class PrivateDockerd:
                     self.proc.kill()
                     self.proc.wait()
             self.proc = None
-        for pid in self._our_pids():
+        leftovers = self._our_pids()
+        for pid in leftovers:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        wait_gone(leftovers)
         for bridge in bridges:
             subprocess.run(["ip", "link", "delete", bridge], check=False, capture_output=True)
         self._unmount_below()
@@ -302,6 +304,23 @@ class PrivateDockerd:
         points = [line.split()[1] for line in mounts if len(line.split()) > 1]
         for point in sorted((p for p in points if p.startswith(prefixes)), key=len, reverse=True):
             subprocess.run(["umount", "-l", point], check=False, capture_output=True)
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie, dead but not yet reaped, is not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def wait_gone(pids: list[int], timeout_s: float = 10.0) -> None:
+    """Wait until none of `pids` runs: a SIGKILL is delivered, not awaited, and a process that still
+    exits holds its mounts and network devices."""
+    deadline = time.monotonic() + timeout_s
+    while any(running(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 # --- a private redis-server ---------------------------------------------------------------------------

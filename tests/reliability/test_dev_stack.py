@@ -40,7 +40,17 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.wait import WebDriverWait
 from temporalio.client import Client, WorkflowExecutionStatus
 
-from devstack import DEFAULT_DOCKER_SOCKET, DEMO_IMAGE, SERVE_HTTP, engine_answers, import_image, rootfs_tar, shell_cmd
+from devstack import (
+    DEFAULT_DOCKER_SOCKET,
+    DEMO_IMAGE,
+    SERVE_HTTP,
+    engine_answers,
+    import_image,
+    rootfs_tar,
+    running,
+    shell_cmd,
+    wait_gone,
+)
 from tests.support.processes import ROOT, WORKER_READY, process_env
 from tests.support.redis_server import free_port, port_answers
 
@@ -385,7 +395,8 @@ def test_sigterm_stops_the_worker_and_everything_the_dev_stack_started(dev_stack
     out = dev_stack.output()
     assert dev_stack.make.returncode == 0, out  # make exits with the worker's status
     assert "Docker: stopped the private dockerd" in out and "Redis: stopped redis-server" in out, out
-    assert not [pid for pid in stack_pids + engine_pids if Path(f"/proc/{pid}").exists()], out
+    wait_gone(stack_pids + engine_pids)  # (a SIGKILLed process may still be exiting)
+    assert not [pid for pid in stack_pids + engine_pids if running(pid)], out
     assert not _pids_naming(str(dev_stack.clone)), out
     assert not port_answers(dev_stack.redis_port) and not port_answers(dev_stack.temporal_port), out
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
