@@ -343,12 +343,15 @@ def test_ui_lists_jobs_by_game_id_and_shows_a_jobs_step_and_activity_summaries(
     assert stuck.returncode == 0, stuck.stderr
     found = re.search(r"workflow (runtime-start-g-stuck-\w+) run (\S+)", stuck.stderr)
     assert found, stuck.stderr
+    step = f"start engine for game g-stuck ({STUCK_IMAGE}) on host"
     try:
+        # The UI reads the details once, when the page loads: open it once the job is in that step.
+        asyncio.run(_wait_for_step(dev_stack.temporal_port, found.group(1), step))
         _page_shows(
             browser,
             f"{ui}/{found.group(1)}/{found.group(2)}/user-metadata",
             "Current Details",
-            f"start engine for game g-stuck ({STUCK_IMAGE}) on host",
+            step,
         )
         browser.save_screenshot(str(_save("ui-job-running.png", tmp_path)))
     finally:
@@ -362,6 +365,15 @@ STUCK_CHANGES = [shell_cmd(SERVE_HTTP), "HEALTHCHECK --interval=1s --timeout=1s 
 async def _import(url: str, ref: str, changes: list[str]) -> None:
     async with aiodocker.Docker(url=url) as docker:
         await import_image(docker, ref, rootfs_tar(), changes)
+
+
+async def _wait_for_step(temporal_port: int, workflow_id: str, step: str) -> None:
+    """Until the job's `status` query (what `rtjobs start --wait` shows) names `step`."""
+    handle = (await Client.connect(f"127.0.0.1:{temporal_port}")).get_workflow_handle(workflow_id)
+    deadline = time.monotonic() + CLI_TIMEOUT_S
+    while not str((await handle.query("status"))["step"]).startswith(step):
+        assert time.monotonic() < deadline, f"{workflow_id} not in step {step!r} within {CLI_TIMEOUT_S}s"
+        await asyncio.sleep(0.1)
 
 
 async def _cancel(temporal_port: int, workflow_id: str) -> None:
