@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -270,6 +271,7 @@ def browser() -> Iterator[webdriver.Chrome]:
         "--window-size=1440,1000",
     ):
         options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})  # for _failed_requests
     chrome = webdriver.Chrome(service=Service(driver), options=options)
     try:
         yield chrome
@@ -290,7 +292,29 @@ def _page_shows(chrome: webdriver.Chrome, url: str, *texts: str) -> str:
         return str(WebDriverWait(chrome, UI_WAIT_S, poll_frequency=0.25).until(shown))
     except TimeoutException:
         body = _rendered_text(chrome)
-        raise AssertionError(f"{url} did not show {texts} within {UI_WAIT_S}s; it shows:\n{body}") from None
+        failed = _failed_requests(chrome)
+        raise AssertionError(
+            f"{url} did not show {texts} within {UI_WAIT_S}s; failed requests: {failed}; it shows:\n{body}"
+        ) from None
+
+
+def _failed_requests(chrome: webdriver.Chrome) -> list[str]:
+    """The page's requests answered with an error status, with the start of each answer."""
+    failed = []
+    for entry in chrome.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] != "Network.responseReceived":
+            continue
+        response = message["params"]["response"]
+        if int(response["status"]) >= 400:
+            try:
+                request = {"requestId": message["params"]["requestId"]}
+                answer = chrome.execute_cdp_cmd("Network.getResponseBody", request)
+                text = str(answer.get("body", ""))[:300]
+            except WebDriverException as err:
+                text = f"(body unavailable: {err.msg})"
+            failed.append(f"{response['status']} {response['url']}: {text}")
+    return failed
 
 
 def _rendered_text(chrome: webdriver.Chrome) -> str:
