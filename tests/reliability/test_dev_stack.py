@@ -271,7 +271,7 @@ def browser() -> Iterator[webdriver.Chrome]:
         "--window-size=1440,1000",
     ):
         options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})  # for _failed_requests
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})  # for _failed_requests
     chrome = webdriver.Chrome(service=Service(driver), options=options)
     try:
         yield chrome
@@ -300,9 +300,15 @@ def _page_shows(chrome: webdriver.Chrome, url: str, *texts: str) -> str:
 
 def _failed_requests(chrome: webdriver.Chrome) -> list[str]:
     """The page's requests answered with an error status, with the start of each answer."""
-    failed = []
-    for entry in chrome.get_log("performance"):
+    failed = [f"console: {e['message'][:300]}" for e in chrome.get_log("browser") if e["level"] == "SEVERE"]  # type: ignore[no-untyped-call]
+    urls: dict[str, str] = {}
+    for entry in chrome.get_log("performance"):  # type: ignore[no-untyped-call]
         message = json.loads(entry["message"])["message"]
+        if message["method"] == "Network.requestWillBeSent":
+            urls[message["params"]["requestId"]] = message["params"]["request"]["url"]
+        if message["method"] == "Network.loadingFailed":
+            params = message["params"]
+            failed.append(f"failed {urls.get(params['requestId'], '?')}: {params.get('errorText')}")
         if message["method"] != "Network.responseReceived":
             continue
         response = message["params"]["response"]
