@@ -20,7 +20,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -36,7 +35,6 @@ import aiodocker
 import pytest
 from selenium import webdriver
 from selenium.common.exceptions import TimeoutException, WebDriverException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.wait import WebDriverWait
 from temporalio.client import Client, WorkflowExecutionStatus
@@ -52,6 +50,7 @@ from devstack import (
     shell_cmd,
     wait_gone,
 )
+from tests.support.browser import isolated_chrome
 from tests.support.processes import ROOT, WORKER_READY, process_env
 from tests.support.redis_server import free_port, port_answers
 
@@ -236,17 +235,25 @@ def test_make_run_starts_redis_docker_and_demo_image_and_the_quick_start_succeed
     with urllib.request.urlopen(f"http://{address}:8080/", timeout=5) as page:
         assert page.read() == b"rtjobs demo engine\n"
 
+    again = dev_stack.rtjobs("start", "g-1", "--wait")  # the engine already runs that image
+    assert again.returncode == 0, again.stderr
+    replay = _result_fields(again.stdout)
+    assert (replay["error_code"], replay["container_id"]) == ("replay_no_op", start["container_id"]), again.stdout
+
     stopped = dev_stack.rtjobs("stop", "g-1", "--wait")
     assert stopped.returncode == 0, stopped.stderr
     stop = _result_fields(stopped.stdout)
     assert stop["outcome"] == "success" and stop["error_code"] == "", stopped.stdout
     assert stop["container_id"] == start["container_id"]
+    again = dev_stack.rtjobs("stop", "g-1", "--wait")  # nothing left to stop
+    assert again.returncode == 0, again.stderr
+    replay = _result_fields(again.stdout)
+    assert (replay["error_code"], replay["container_id"]) == ("replay_no_op", ""), again.stdout
 
-    results = dev_stack.rtjobs(
-        "results", "--game", "g-1", env={"REDIS_URL": f"redis://127.0.0.1:{dev_stack.redis_port}/0"}
-    )
+    redis_url = f"redis://127.0.0.1:{dev_stack.redis_port}/0"  # (the README's default port is taken here)
+    results = dev_stack.rtjobs("results", "--game", "g-1", env={"REDIS_URL": redis_url})
     assert results.returncode == 0, results.stderr
-    assert len([line for line in results.stdout.splitlines() if " g-1 " in line]) == 2, results.stdout
+    assert len([line for line in results.stdout.splitlines() if " g-1 " in line]) == 4, results.stdout
     hosts = dev_stack.rtjobs("hosts")
     assert hosts.returncode == 0, hosts.stderr
     _save("cli.txt", tmp_path).write_text("\n".join(dev_stack.transcript))
@@ -256,27 +263,11 @@ def test_make_run_starts_redis_docker_and_demo_image_and_the_quick_start_succeed
 
 
 @pytest.fixture
-def browser() -> Iterator[webdriver.Chrome]:
-    """Debian's chromium, headless, through its chromedriver (never a downloaded one)."""
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if chromium is None or driver is None:
-        pytest.skip("chromium and chromium-driver are not installed (scripts/system-deps.sh installs them)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--window-size=1440,1000",
-    ):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})  # for _failed_requests
-    chrome = webdriver.Chrome(service=Service(driver), options=options)
-    try:
-        yield chrome
-    finally:
-        chrome.quit()
+def browser(dev_stack: DevStack) -> Iterator[tuple[webdriver.Chrome, str]]:
+    """Debian's chromium, headless, in a network namespace of its own (tests/support/browser.py says
+    why), and the dev server UI's address as it reaches it."""
+    with isolated_chrome(dev_stack.ui_port) as (chrome, base):
+        yield chrome, base
 
 
 def _page_shows(chrome: webdriver.Chrome, url: str, *texts: str) -> str:
@@ -338,33 +329,34 @@ def _rendered_text(chrome: webdriver.Chrome) -> str:
 
 
 def test_ui_lists_jobs_by_game_id_and_shows_a_jobs_step_and_activity_summaries(
-    dev_stack: DevStack, browser: webdriver.Chrome, tmp_path: Path
+    dev_stack: DevStack, browser: tuple[webdriver.Chrome, str], tmp_path: Path
 ) -> None:
+    chrome, base = browser
     started = dev_stack.rtjobs("start", "g-ui", "--wait")
     assert started.returncode == 0, started.stderr
     found = re.search(r"workflow (runtime-start-g-ui-\w+) run (\S+)", started.stderr)
     assert found, started.stderr
     workflow_id, run_id = found.groups()
-    ui = f"http://127.0.0.1:{dev_stack.ui_port}/namespaces/default/workflows"
+    ui = f"{base}/namespaces/default/workflows"
 
     query = urllib.parse.quote('GameId="g-ui"')
     # The filter on the search attribute finds the job, and only it (the pager: 1-1 of 1).
-    _page_shows(browser, f"{ui}?query={query}", 'GameId = "g-ui"', workflow_id, "StartRuntimeJob", "1\u20131\nof 1")
-    browser.save_screenshot(str(_save("ui-jobs.png", tmp_path)))
+    _page_shows(chrome, f"{ui}?query={query}", 'GameId = "g-ui"', workflow_id, "StartRuntimeJob", "1\u20131\nof 1")
+    chrome.save_screenshot(str(_save("ui-jobs.png", tmp_path)))
 
     job = f"{ui}/{workflow_id}/{run_id}"
     # Each activity with its summary, in the job's event history.
     _page_shows(
-        browser,
+        chrome,
         f"{job}/history",
         "take the turn of game g-ui",
         "find the host of game g-ui",
         "start engine for game g-ui on host",
         "publish success for game g-ui",
     )
-    browser.set_window_size(1440, 2000)  # the whole history of the job, summaries included
-    browser.save_screenshot(str(_save("ui-job.png", tmp_path)))
-    browser.set_window_size(1440, 1000)
+    chrome.set_window_size(1440, 2000)  # the whole history of the job, summaries included
+    chrome.save_screenshot(str(_save("ui-job.png", tmp_path)))
+    chrome.set_window_size(1440, 1000)
 
     # A running job's current step (the workflow's current details, which the UI asks the worker for):
     # an engine that never gets healthy keeps its start job in the Docker step.
@@ -378,12 +370,12 @@ def test_ui_lists_jobs_by_game_id_and_shows_a_jobs_step_and_activity_summaries(
         # The UI reads the details once, when the page loads: open it once the job is in that step.
         asyncio.run(_wait_for_step(dev_stack.temporal_port, found.group(1), step))
         _page_shows(
-            browser,
+            chrome,
             f"{ui}/{found.group(1)}/{found.group(2)}/user-metadata",
             "Current Details",
             step,
         )
-        browser.save_screenshot(str(_save("ui-job-running.png", tmp_path)))
+        chrome.save_screenshot(str(_save("ui-job-running.png", tmp_path)))
     finally:
         asyncio.run(_cancel(dev_stack.temporal_port, found.group(1)))
 
