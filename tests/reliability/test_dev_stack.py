@@ -354,7 +354,7 @@ def test_ui_lists_jobs_by_game_id_and_shows_a_jobs_step_and_activity_summaries(
         "start engine for game g-ui on host",
         "publish success for game g-ui",
     )
-    chrome.set_window_size(1440, 2000)  # the whole history of the job, summaries included
+    chrome.set_window_size(1920, 1900)  # the whole history of the job, summaries included
     chrome.save_screenshot(str(_save("ui-job.png", tmp_path)))
     chrome.set_window_size(1440, 1000)
 
