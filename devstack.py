@@ -14,8 +14,10 @@ Each part is used where it already answers and started privately where nothing d
   HEALTHCHECK), imported through the Engine API from a busybox-static rootfs: no registry needed.
 
 One line each says what was used or started; what was started stops, in reverse order, when the
-worker does (SIGTERM or Ctrl-C): its children run in sessions of their own, so a terminal's Ctrl-C
-reaches only the worker, which stops them after its running activities.
+worker does (SIGTERM or Ctrl-C). A private redis-server or dockerd that a killed run left running (its
+pid file under `.state/` names it) is adopted: used, and stopped with this run. The children run in
+sessions of their own, so a terminal's Ctrl-C reaches only the worker, which stops them after its
+running activities.
 
 The test harness (tests/support/docker_engine.py) builds its test images and private daemons with
 the same code.
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -52,8 +55,9 @@ DEMO_IMAGE = "rtjobs-dev/engine:demo"
 REDIS_START_S = 10.0
 DOCKERD_START_S = 60.0
 STOP_GRACE_S = 20.0
-# A unix socket path is at most 107 bytes; dockerd puts containerd's sockets this deep below its exec root.
-_SOCKET_PATH_MAX = 107
+# containerd refuses a unix socket path longer than 104 bytes; dockerd puts containerd's sockets this
+# deep below its exec root.
+_SOCKET_PATH_MAX = 104
 _EXEC_ROOT_DEPTH = len("/containerd/containerd-debug.sock")
 
 # The engine: httpd on 8080 serving /www; sh as PID 1 so that SIGTERM ends it at once
@@ -190,11 +194,14 @@ class PrivateDockerd:
         self.exec_root = root / "exec"
         self.socket = root / "docker.sock"
         if len(str(self.exec_root)) + _EXEC_ROOT_DEPTH > _SOCKET_PATH_MAX:
-            # Too deep for containerd's sockets: the run-time state goes to a short temp dir instead.
-            run_dir = Path(tempfile.mkdtemp(prefix="rtjobs-dockerd-run-"))
+            # Too deep for containerd's sockets: the run-time state goes to a short dir named for `root`
+            # instead (the same one each time, so that a later run finds a daemon left running).
+            run_dir = Path(tempfile.gettempdir()) / f"rtjobs-dockerd-{hashlib.sha256(bytes(root)).hexdigest()[:12]}"
+            run_dir.mkdir(mode=0o700, exist_ok=True)
             self.exec_root, self.socket = run_dir / "exec", run_dir / "docker.sock"
         self.pidfile = root / "docker.pid"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.adopted: int | None = None
 
     @property
     def url(self) -> str:
@@ -219,12 +226,22 @@ class PrivateDockerd:
         while not self._ping():
             if self.proc.poll() is not None:
                 tail = (self.dir / "dockerd.log").read_text(errors="replace")[-2000:]
+                self.stop()  # (what it had started, and its mounts)
                 raise EngineUnavailable(f"private dockerd exited at start: {tail}")
             if time.monotonic() > deadline:
                 self.close()
                 raise EngineUnavailable(f"private dockerd did not answer within {wait_s}s")
             time.sleep(0.1)
         return self
+
+    def adopt(self) -> int | None:
+        """The pid of a daemon of ours still answering here (left by a run that was killed), which
+        `stop()` then ends too; None when there is none (then `start()` makes one)."""
+        pid = _pid_in(self.pidfile, "dockerd")
+        if pid is None or not self._ping():
+            return None
+        self.adopted = pid
+        return pid
 
     def _ping(self) -> bool:
         try:
@@ -270,7 +287,10 @@ class PrivateDockerd:
         """SIGTERM the daemon (it stops its containers), then end what it left and free its bridges."""
         # A stopped daemon leaves its networks' bridges on the host, holding their address ranges:
         # enough of them and no new daemon finds a free pool. Remove ours once it is down.
-        bridges = self._bridges() if self.proc is not None else []
+        bridges = self._bridges() if self.proc is not None or self.adopted is not None else []
+        if self.adopted is not None:
+            stop_pid(self.adopted)
+            self.adopted = None
         if self.proc is not None:
             if self.proc.poll() is None:
                 self.proc.terminate()
@@ -321,6 +341,28 @@ def wait_gone(pids: list[int], timeout_s: float = 10.0) -> None:
     deadline = time.monotonic() + timeout_s
     while any(running(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+def _pid_in(pidfile: Path, name: str) -> int | None:
+    """The running process `pidfile` names, if its command is `name` (not a reused pid)."""
+    try:
+        pid = int(pidfile.read_text().strip())
+        # (redis-server rewrites its title: "/usr/bin/redis-server 127.0.0.1:6379" in one argument)
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").split(b" ")[0]
+    except (OSError, ValueError):
+        return None
+    return pid if running(pid) and Path(command.decode(errors="replace")).name == name else None
+
+
+def stop_pid(pid: int, grace_s: float = STOP_GRACE_S) -> None:
+    """SIGTERM a process that is not our child, SIGKILL it after `grace_s`, and wait until it is gone."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    wait_gone([pid], grace_s)
+    if running(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        wait_gone([pid])
 
 
 # --- a private redis-server ---------------------------------------------------------------------------
@@ -396,11 +438,17 @@ async def start(settings: Settings, stack: contextlib.AsyncExitStack) -> Setting
 async def _redis(settings: Settings, stack: contextlib.AsyncExitStack) -> str:
     port = settings.dev_redis_port
     url = f"redis://127.0.0.1:{port}/0"
-    if await asyncio.to_thread(port_answers, port):
-        say(f"Redis: using the server answering on 127.0.0.1:{port}")
-        return url
     data_dir = settings.state_dir / "redis"
-    proc = await asyncio.to_thread(start_redis_server, port, data_dir)
+    pidfile = data_dir / "redis.pid"
+    if await asyncio.to_thread(port_answers, port):
+        leftover = _pid_in(pidfile, "redis-server")
+        if leftover is None:
+            say(f"Redis: using the server answering on 127.0.0.1:{port}")
+            return url
+        stack.push_async_callback(_stopping, f"Redis: stopped redis-server (pid {leftover})", stop_pid, leftover)
+        say(f"Redis: adopted the redis-server (pid {leftover}) an earlier run left on 127.0.0.1:{port}")
+        return url
+    proc = await asyncio.to_thread(start_redis_server, port, data_dir, ["--pidfile", str(pidfile)])
     stack.push_async_callback(_stopping, f"Redis: stopped redis-server (pid {proc.pid})", stop_process, proc)
     say(f"Redis: started redis-server (pid {proc.pid}) on 127.0.0.1:{port}, data in {data_dir}")
     return url
@@ -412,13 +460,17 @@ async def _docker(settings: Settings, stack: contextlib.AsyncExitStack) -> str |
         return DEFAULT_DOCKER_SOCKET
     try:
         daemon = PrivateDockerd(settings.state_dir / "docker")
-        await asyncio.to_thread(daemon.start)
+        pid = await asyncio.to_thread(daemon.adopt)
+        what = "adopted the private dockerd an earlier run left"
+        if pid is None:
+            await asyncio.to_thread(daemon.start)
+            assert daemon.proc is not None
+            pid, what = daemon.proc.pid, "started a private dockerd"
     except EngineUnavailable as err:
         say(f"Docker: no engine at {DEFAULT_DOCKER_SOCKET} and none started ({err}): starts report docker_unavailable")
         return None
-    assert daemon.proc is not None
-    stack.push_async_callback(_stopping, f"Docker: stopped the private dockerd (pid {daemon.proc.pid})", daemon.stop)
-    say(f"Docker: started a private dockerd (pid {daemon.proc.pid}) at {daemon.url}, data in {daemon.dir}")
+    stack.push_async_callback(_stopping, f"Docker: stopped the private dockerd (pid {pid})", daemon.stop)
+    say(f"Docker: {what} (pid {pid}) at {daemon.url}, data in {daemon.dir}")
     return daemon.url
 
 
