@@ -1,10 +1,11 @@
-# `make run`: the worker with an embedded Temporal dev server and web UI.
+# `make run`: the worker with an embedded Temporal dev server and web UI, and (devstack.py) Redis, a
+# Docker engine and a demo engine image where none is configured or answering.
 # `make test`: lint, type-check and the whole test suite. Both set everything up on a fresh machine.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint bench system-deps clean
+.PHONY: run test lint bench system-deps run-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -15,11 +16,14 @@ $(STAMP): pyproject.toml
 system-deps:
 	bash scripts/system-deps.sh
 
+run-deps:
+	bash scripts/system-deps.sh run
+
 # Byte-compiled once here: the workflow sandbox imports the workflow modules afresh for every workflow
 # run, and where PYTHONDONTWRITEBYTECODE is set nothing else writes their .pyc (each run would compile).
 BYTECODE := $(PY) -m compileall -q contract workflows activities
 
-run: $(STAMP)
+run: $(STAMP) run-deps
 	$(BYTECODE)
 	$(PY) worker.py --dev
 

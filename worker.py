@@ -34,6 +34,7 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+import devstack
 from activities.docker import EngineActivities
 from activities.hosts import HostFacts, HostReporter, PlacementActivities, identify_host
 from activities.lock import LockActivities
@@ -160,7 +161,8 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     parser.add_argument(
         "--dev",
         action="store_true",
-        help="start the embedded Temporal dev server (with web UI, state under RTJOBS_STATE_DIR) and use it",
+        help="start the embedded Temporal dev server (with web UI, state under RTJOBS_STATE_DIR) and use it; "
+        "with REDIS_URL/DOCKER_HOST unset and nothing answering, a private redis-server and dockerd too",
     )
     return Options(dev=parser.parse_args(argv).dev)
 
@@ -552,6 +554,7 @@ async def run(options: Options, settings: Settings) -> int:
         try:
             if options.dev:
                 client = await start_dev_server(settings, stack)
+                settings = await devstack.start(settings, stack)  # Redis, Docker, engine image
             else:
                 config = connect_config()
                 client = await connect_temporal(config)
@@ -561,7 +564,7 @@ async def run(options: Options, settings: Settings) -> int:
             stack.push_async_callback(engine.close)
             await check_docker(engine)
             await ensure_search_attributes(client)
-        except StartupError as err:
+        except (StartupError, devstack.DevStackError) as err:
             log.error("%s", err)
             return EXIT_STARTUP_FAILED
         log.info(

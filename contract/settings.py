@@ -125,6 +125,9 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     dev_port: int = Field(default=7233, ge=1, le=65535)
     dev_ui_port: int = Field(default=8233, ge=1, le=65535)
+    # `--dev` with REDIS_URL unset: the Redis on this port of 127.0.0.1, or a redis-server it starts
+    # there (devstack.py), so that starters' default REDIS_URL (port 6379) finds it.
+    dev_redis_port: int = Field(default=6379, ge=1, le=65535)
 
     @model_validator(mode="after")
     def _window_fits_the_start_timeout(self) -> Settings:

@@ -3,16 +3,23 @@
 # answers), redis-sentinel (the Sentinel topology tests; without it they run `redis-server --sentinel`),
 # Debian's docker.io (dockerd, for the private Docker engine of the tests), busybox-static (the
 # rootfs of the offline-built test engine images) and haproxy (the Docker socket proxy of
-# deploy/docker-socket-proxy, run by tests/test_socket_proxy.py).
+# deploy/docker-socket-proxy, run by tests/test_socket_proxy.py), chromium and its chromedriver (the
+# UI test, tests/reliability/test_dev_stack.py).
+# `system-deps.sh run`: only what `make run`'s dev stack uses (devstack.py): redis-server, dockerd and
+# busybox-static (the demo engine image), iproute2 (to free a stopped dockerd's bridges).
 set -euo pipefail
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
-command -v redis-sentinel >/dev/null 2>&1 || need+=(redis-sentinel)
 command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
 [ -x /bin/busybox ] || [ -x /usr/bin/busybox ] || need+=(busybox-static)
-command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
-command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+if [ "${1:-}" != run ]; then
+  command -v redis-sentinel >/dev/null 2>&1 || need+=(redis-sentinel)
+  command -v openssl >/dev/null 2>&1 || need+=(openssl)
+  command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)
+  command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+fi
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then
   echo "missing system packages: ${need[*]} (run as root, or install them: apt-get install ${need[*]})" >&2

@@ -13,6 +13,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from devstack import stop_process as stop_process  # (helper servers: tests/support/*)
+
 ROOT = Path(__file__).resolve().parents[2]
 STARTUP_S = 30.0
 DEAD_DOCKER = "unix:///nonexistent/rtjobs-test-docker.sock"
@@ -91,15 +93,3 @@ async def start_ready_worker(processes: list[Process], env: Mapping[str, str]) -
     worker = start_worker(processes, env)
     await worker.wait_for(WORKER_READY)
     return worker
-
-
-def stop_process(proc: subprocess.Popen[bytes] | None, grace_s: float = 10.0) -> None:
-    """SIGTERM a helper server (redis-server, haproxy, ...), SIGKILL it after `grace_s`, and reap it."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
