@@ -3,7 +3,9 @@
 # answers), redis-sentinel (the Sentinel topology tests; without it they run `redis-server --sentinel`),
 # Debian's docker.io (dockerd, for the private Docker engine of the tests), busybox-static (the
 # rootfs of the offline-built test engine images) and haproxy (the Docker socket proxy of
-# deploy/docker-socket-proxy, run by tests/test_socket_proxy.py).
+# deploy/docker-socket-proxy, run by tests/test_socket_proxy.py), prometheus (promtool: the alert rules and
+# dashboard queries of deploy/, tests/test_deploy_manifests.py) and mmdebstrap (the Debian base image of the
+# worker image's build test, tests/test_image.py).
 set -euo pipefail
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
@@ -13,6 +15,8 @@ command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then
   echo "missing system packages: ${need[*]} (run as root, or install them: apt-get install ${need[*]})" >&2
