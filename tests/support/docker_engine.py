@@ -197,13 +197,14 @@ async def engine_answers(url: str, timeout_s: float = 3.0) -> bool:
 class PrivateDockerd:
     """A dockerd of our own under a temp dir; `close()` stops it and whatever it left running."""
 
-    def __init__(self) -> None:
+    def __init__(self, storage_driver: str = "vfs") -> None:
         binary = shutil.which("dockerd")
         if binary is None:
             raise EngineUnavailable("DOCKER_HOST is not set/reachable and dockerd is not installed")
         if os.geteuid() != 0:
             raise EngineUnavailable("DOCKER_HOST is not set/reachable and a private dockerd needs root")
         self.binary = binary
+        self.storage_driver = storage_driver
         self.dir = Path(tempfile.mkdtemp(prefix="rtjobs-dockerd-"))
         self.socket = self.dir / "docker.sock"
         self.pidfile = self.dir / "docker.pid"
@@ -216,7 +217,7 @@ class PrivateDockerd:
     def start(self, wait_s: float = 60.0) -> PrivateDockerd:
         cmd = [
             self.binary,
-            "--storage-driver=vfs",
+            f"--storage-driver={self.storage_driver}",
             "--iptables=false",
             "--ip6tables=false",
             "--bridge=none",
