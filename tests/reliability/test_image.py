@@ -16,6 +16,7 @@ from typing import Any
 
 import aiodocker
 import pytest
+from aiohttp import web
 from temporalio.testing import WorkflowEnvironment
 
 from starter import start_job
@@ -76,6 +77,28 @@ async def image_engine() -> AsyncIterator[DockerEngine]:
         await engine.close()
 
 
+@contextlib.asynccontextmanager
+async def stand_in_health() -> AsyncIterator[tuple[int, list[int], list[str]]]:
+    """An HTTP server on a loopback port answering each request with the last status in `answers`."""
+    answers: list[int] = []
+    asked: list[str] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        asked.append(request.path)
+        return web.Response(status=answers[-1], text="stand-in")
+
+    app = web.Application()
+    app.router.add_get("/{path:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield port, answers, asked
+    finally:
+        await runner.cleanup()
+
+
 def proc_status(pid: int) -> dict[str, str]:
     lines = Path(f"/proc/{pid}/status").read_text().splitlines()
     return {k: v.strip() for k, _, v in (line.partition(":") for line in lines)}
@@ -132,6 +155,21 @@ async def test_the_image_runs_a_job_as_its_user_and_exits_0_on_sigterm(
         )
         code, out = await wi.run_to_exit(docker, tag, ["/opt/rtjobs/bin/python", "-c", probe])
         assert code == 0, out
+
+        # The HEALTHCHECK command itself, with the image's Python, against a stand-in /healthz on loopback
+        # (the worker's own endpoint is checked where it is built): the wildcard host means loopback, a 200
+        # is healthy, a 503 or no address is not.
+        check = config["Healthcheck"]["Test"][1:]
+        async with stand_in_health() as (port, answers, asked):
+            address = [f"RTJOBS_HEALTH_ADDRESS=0.0.0.0:{port}"]
+            verdicts = []
+            for answer in (200, 503):
+                answers.append(answer)
+                verdicts.append(await wi.run_to_exit(docker, tag, check, address, host_network=True))
+            verdicts.append(await wi.run_to_exit(docker, tag, check, ["RTJOBS_HEALTH_ADDRESS="], host_network=True))
+        assert [code for code, _out in verdicts] == [0, 1, 1], verdicts
+        assert asked == ["/healthz", "/healthz"]
+        assert "RTJOBS_HEALTH_ADDRESS is not set" in verdicts[2][1]
 
         env = worker_env_for(
             DOCKER_HOST="unix:///var/run/docker.sock",

@@ -21,6 +21,7 @@ import tempfile
 import tomllib
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import aiodocker
 from packaging.requirements import Requirement
@@ -158,9 +159,21 @@ async def python_version_of(docker: aiodocker.Docker, image: str) -> str:
     return out.strip()
 
 
-async def run_to_exit(docker: aiodocker.Docker, image: str, entrypoint: list[str]) -> tuple[int, str]:
+async def run_to_exit(
+    docker: aiodocker.Docker,
+    image: str,
+    entrypoint: list[str],
+    env: list[str] | None = None,
+    host_network: bool = False,
+) -> tuple[int, str]:
     """Run `entrypoint` in a throwaway container of `image`: its exit status and output."""
-    container = await docker.containers.create({"Image": image, "Entrypoint": entrypoint, "HostConfig": {}})
+    config: dict[str, Any] = {
+        "Image": image,
+        "Entrypoint": entrypoint,
+        "Env": env or [],
+        "HostConfig": {"NetworkMode": "host"} if host_network else {},
+    }
+    container = await docker.containers.create(config)
     try:
         await container.start()
         state = await container.wait()
