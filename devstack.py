@@ -180,13 +180,16 @@ class PrivateDockerd:
     """A dockerd of our own under `root` (a new temp dir when None); `stop()` ends it and whatever it
     left running, `close()` also deletes the directory."""
 
-    def __init__(self, root: Path | None = None) -> None:
+    def __init__(self, root: Path | None = None, storage_driver: str = "vfs") -> None:
         binary = shutil.which("dockerd")
         if binary is None:
             raise EngineUnavailable("DOCKER_HOST is not set/reachable and dockerd is not installed")
         if os.geteuid() != 0:
             raise EngineUnavailable("DOCKER_HOST is not set/reachable and a private dockerd needs root")
         self.binary = binary
+        # vfs works everywhere (also inside a container); overlay2 copies less (an image build: 56-98 s
+        # instead of 599 s) where the kernel and file system allow it.
+        self.storage_driver = storage_driver
         if root is None:
             root = Path(tempfile.mkdtemp(prefix="rtjobs-dockerd-"))
         root.mkdir(parents=True, exist_ok=True)
@@ -210,7 +213,7 @@ class PrivateDockerd:
     def start(self, wait_s: float = DOCKERD_START_S) -> PrivateDockerd:
         cmd = [
             self.binary,
-            "--storage-driver=vfs",
+            f"--storage-driver={self.storage_driver}",
             "--iptables=false",
             "--ip6tables=false",
             "--bridge=none",

@@ -4,7 +4,9 @@
 # Debian's docker.io (dockerd, for the private Docker engine of the tests), busybox-static (the
 # rootfs of the offline-built test engine images) and haproxy (the Docker socket proxy of
 # deploy/docker-socket-proxy, run by tests/test_socket_proxy.py), chromium and its chromedriver (the
-# UI test, tests/reliability/test_dev_stack.py).
+# UI test, tests/reliability/test_dev_stack.py), prometheus (promtool: the alert rules and dashboard
+# queries of deploy/, tests/test_deploy_manifests.py) and mmdebstrap (the Debian base image of the
+# worker image's build test, tests/reliability/test_image.py).
 # `system-deps.sh run`: only what `make run`'s dev stack uses (devstack.py): redis-server, dockerd and
 # busybox-static (the demo engine image), iproute2 (to free a stopped dockerd's bridges).
 set -euo pipefail
@@ -19,6 +21,8 @@ if [ "${1:-}" != run ]; then
   command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
   command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+  command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+  command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap)
 fi
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then
