@@ -30,6 +30,7 @@ from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSe
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.envconfig import ClientConnectConfig
+from temporalio.runtime import Runtime
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -52,6 +53,7 @@ from contract.hosts import HOSTS_QUERY, HostView, registry_workflow_id
 from contract.lock import coordination_queue
 from contract.models import one_line
 from contract.settings import Settings, redact_url
+from metrics import ActivityMetrics, prometheus_runtime
 from starter import connect, connect_config, describe
 from workflows import ALL_WORKFLOWS, GameLock, HostRegistry
 from workflows.search import SEARCH_ATTRIBUTE_KEYS
@@ -176,7 +178,7 @@ def temporal_dev_server_binary() -> Path:
     return path
 
 
-async def start_dev_server(settings: Settings, stack: contextlib.AsyncExitStack) -> Client:
+async def start_dev_server(settings: Settings, stack: contextlib.AsyncExitStack, runtime: Runtime | None) -> Client:
     """The embedded dev server: fixed ports, search attributes registered, state in a file."""
     binary = temporal_dev_server_binary()
     settings.state_dir.mkdir(parents=True, exist_ok=True)
@@ -190,6 +192,7 @@ async def start_dev_server(settings: Settings, stack: contextlib.AsyncExitStack)
             ui=True,
             ui_port=settings.dev_ui_port,
             dev_server_log_level="warn",
+            runtime=runtime,
         )
     except Exception as err:
         raise StartupError(
@@ -204,11 +207,24 @@ async def start_dev_server(settings: Settings, stack: contextlib.AsyncExitStack)
     return env.client
 
 
-async def connect_temporal(config: ClientConnectConfig) -> Client:
+async def connect_temporal(config: ClientConnectConfig, runtime: Runtime | None) -> Client:
     try:
-        return await connect(config)
+        return await connect(config, runtime=runtime)
     except Exception as err:
         raise StartupError(f"Temporal unreachable at {describe(config)}: {_short_error(err)}") from None
+
+
+def open_metrics(settings: Settings, *, dev: bool) -> Runtime | None:
+    """The SDK runtime serving /metrics at RTJOBS_METRICS_ADDRESS (under --dev by default), or None (off)."""
+    address = settings.metrics_bind(dev=dev)
+    if address is None:
+        return None
+    try:
+        runtime = prometheus_runtime(address)
+    except Exception as err:
+        raise StartupError(f"metrics endpoint could not listen on {address} (RTJOBS_METRICS_ADDRESS): {err}") from None
+    log.info("metrics on http://%s/metrics", address)
+    return runtime
 
 
 async def open_redis(settings: Settings, stack: contextlib.AsyncExitStack) -> RedisClient:
@@ -350,6 +366,7 @@ def build_worker(client: Client, settings: Settings, redis: RedisClient, engine:
         max_cached_workflows=settings.max_cached_workflows,
         max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
         default_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
+        interceptors=[ActivityMetrics(host=settings.host_name or "")],
     )
 
 
@@ -375,6 +392,7 @@ def build_host_worker(client: Client, settings: Settings, engine: EngineActiviti
         graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_timeout_s),
         max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
         default_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
+        interceptors=[ActivityMetrics(host=facts.ref.name)],
     )
 
 
@@ -518,11 +536,12 @@ async def shutdown_signals() -> AsyncIterator[asyncio.Event]:
 async def run(options: Options, settings: Settings) -> int:
     async with shutdown_signals() as stop, contextlib.AsyncExitStack() as stack:
         try:
+            runtime = open_metrics(settings, dev=options.dev)
             if options.dev:
-                client = await start_dev_server(settings, stack)
+                client = await start_dev_server(settings, stack, runtime)
             else:
                 config = connect_config()
-                client = await connect_temporal(config)
+                client = await connect_temporal(config, runtime)
                 log.info("connected to Temporal at %s", describe(config))
             redis = await open_redis(settings, stack)
             engine = EngineActivities(settings)

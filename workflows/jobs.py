@@ -86,6 +86,7 @@ with workflow.unsafe.imports_passed_through():
         REMOVE_FAILED_START_START_TO_CLOSE,
     )
     from workflows.awaiting import holds_within, shielded
+    from workflows.job_metrics import record_published
     from workflows.search import GAME_ID, JOB_KIND, RUNTIME_HOST
 
 LOCK_ACTIVITY_TIMEOUT = timedelta(seconds=15)  # > the largest RTJOBS_ORDER_SETTLE_S (5 s) + an RPC
@@ -366,6 +367,7 @@ class _RuntimeJob:
         )
         entry_id = await shielded(publish)  # a cancellation arriving now must not stop the publish
         self._status = self._status.model_copy(update={"entry_id": entry_id})
+        record_published(self.kind, result)
 
     async def _remove_failed_start(self, game_id: str, *, after_outage: bool) -> None:
         """Compensation: remove whatever this run's failed start left, before the game's next job runs.
