@@ -53,6 +53,7 @@ from contract.hosts import HOSTS_QUERY, HostView, registry_workflow_id
 from contract.lock import coordination_queue
 from contract.models import one_line
 from contract.settings import Settings, redact_url
+from health import Health, serving_health
 from metrics import ActivityMetrics, prometheus_runtime
 from starter import connect, connect_config, describe
 from workflows import ALL_WORKFLOWS, GameLock, HostRegistry
@@ -227,6 +228,17 @@ def open_metrics(settings: Settings, *, dev: bool) -> Runtime | None:
     return runtime
 
 
+async def open_health(settings: Settings, health: Health, stack: contextlib.AsyncExitStack) -> None:
+    """/healthz and /readyz at RTJOBS_HEALTH_ADDRESS (off when unset), up before the Workers start."""
+    address = settings.health_address
+    if not address:
+        return
+    try:
+        await stack.enter_async_context(serving_health(address, health))
+    except OSError as err:
+        raise StartupError(f"health endpoints could not listen on {address} (RTJOBS_HEALTH_ADDRESS): {err}") from None
+
+
 async def open_redis(settings: Settings, stack: contextlib.AsyncExitStack) -> RedisClient:
     """The process's one Redis client for the topology REDIS_URL names, checked through itself so the
     check tests what jobs will use: PING the server holding the stream (Cluster: its slot's primary,
@@ -399,21 +411,23 @@ def build_host_worker(client: Client, settings: Settings, engine: EngineActiviti
 @contextlib.asynccontextmanager
 async def serving(
     client: Client, settings: Settings, redis: RedisClient, engine: EngineActivities
-) -> AsyncIterator[None]:
-    """Both workers polling until the block ends (then shut down gracefully, host queue last)."""
+) -> AsyncIterator[list[Worker]]:
+    """Both workers polling until the block ends (then shut down gracefully, host queue last); yields the
+    Workers started so far (the host queue's joins once Docker answers), which /healthz watches."""
+    workers: list[Worker] = []
     async with contextlib.AsyncExitStack() as stack:
         facts = await _identify(engine, settings)
         if facts is not None:
-            await _serve_host(stack, client, settings, engine, facts)
+            await _serve_host(stack, client, settings, engine, facts, workers)
         else:
-            task = asyncio.create_task(_serve_host_when_docker_answers(stack, client, settings, engine))
+            task = asyncio.create_task(_serve_host_when_docker_answers(stack, client, settings, engine, workers))
             stack.push_async_callback(_cancelled, task)
-        await stack.enter_async_context(build_coordination_worker(client, settings))
-        await stack.enter_async_context(build_worker(client, settings, redis, engine))
+        workers.append(await stack.enter_async_context(build_coordination_worker(client, settings)))
+        workers.append(await stack.enter_async_context(build_worker(client, settings, redis, engine)))
         if facts is not None:  # (the registry answers queries through a shared-queue worker: now)
             check = asyncio.create_task(_check_fleet(client, settings, facts))
             stack.push_async_callback(_cancelled, check)
-        yield
+        yield workers
 
 
 async def _identify(engine: EngineActivities, settings: Settings, *, warn: bool = True) -> HostFacts | None:
@@ -431,7 +445,12 @@ async def _identify(engine: EngineActivities, settings: Settings, *, warn: bool 
 
 
 async def _serve_host(
-    stack: contextlib.AsyncExitStack, client: Client, settings: Settings, engine: EngineActivities, facts: HostFacts
+    stack: contextlib.AsyncExitStack,
+    client: Client,
+    settings: Settings,
+    engine: EngineActivities,
+    facts: HostFacts,
+    workers: list[Worker],
 ) -> None:
     """First report (so a job placed right after start sees the host live), then poll its queue."""
     reporter = HostReporter(client, engine.gateway, settings, facts)
@@ -439,7 +458,7 @@ async def _serve_host(
         await reporter.report()
     except Exception as err:
         log.warning("first report of host %s to the registry failed: %s", facts.ref.name, _short_error(err))
-    await stack.enter_async_context(build_host_worker(client, settings, engine, facts))
+    workers.append(await stack.enter_async_context(build_host_worker(client, settings, engine, facts)))
     await stack.enter_async_context(reporter.running())
     log.info(
         "host %s (engine %s, Docker %s): %s engines at most (%s); game network %s %s; host queue %s",
@@ -494,13 +513,17 @@ async def _check_fleet(client: Client, settings: Settings, facts: HostFacts) -> 
 
 
 async def _serve_host_when_docker_answers(
-    stack: contextlib.AsyncExitStack, client: Client, settings: Settings, engine: EngineActivities
+    stack: contextlib.AsyncExitStack,
+    client: Client,
+    settings: Settings,
+    engine: EngineActivities,
+    workers: list[Worker],
 ) -> None:
     while True:
         await asyncio.sleep(IDENTIFY_RETRY_S)
         facts = await _identify(engine, settings, warn=False)  # (warned once at start-up)
         if facts is not None:
-            await _serve_host(stack, client, settings, engine, facts)
+            await _serve_host(stack, client, settings, engine, facts, workers)
             await _check_fleet(client, settings, facts)
             return
 
@@ -548,6 +571,8 @@ async def run(options: Options, settings: Settings) -> int:
             stack.push_async_callback(engine.close)
             await check_docker(engine)
             await ensure_search_attributes(client)
+            health = Health(client, redis, engine, stream=settings.results_stream, redis_url=settings.redis_url)
+            await open_health(settings, health, stack)
         except StartupError as err:
             log.error("%s", err)
             return EXIT_STARTUP_FAILED
@@ -557,8 +582,9 @@ async def run(options: Options, settings: Settings) -> int:
             settings.results_stream,
             redact_url(settings.redis_url),
         )
-        async with serving(client, settings, redis, engine), retention_running(redis, settings):
+        async with serving(client, settings, redis, engine) as workers, retention_running(redis, settings):
             # (retention is off unless RTJOBS_RESULTS_RETENTION)
+            health.workers = workers
             await stop.wait()
             grace = settings.graceful_shutdown_timeout_s
             log.info("shutting down: waiting up to %ss for running activities", grace)
