@@ -28,13 +28,16 @@ from temporalio import activity, workflow
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
 from temporalio.client import Client
+from temporalio.client import Interceptor as ClientInterceptor
+from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.envconfig import ClientConnectConfig
 from temporalio.runtime import Runtime
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Worker
+from temporalio.worker import Worker, WorkerDeploymentConfig
 
+import tracing
 from activities.docker import EngineActivities
 from activities.hosts import HostFacts, HostReporter, PlacementActivities, identify_host
 from activities.lock import LockActivities
@@ -179,7 +182,12 @@ def temporal_dev_server_binary() -> Path:
     return path
 
 
-async def start_dev_server(settings: Settings, stack: contextlib.AsyncExitStack, runtime: Runtime | None) -> Client:
+async def start_dev_server(
+    settings: Settings,
+    stack: contextlib.AsyncExitStack,
+    runtime: Runtime | None,
+    interceptors: Sequence[ClientInterceptor],
+) -> Client:
     """The embedded dev server: fixed ports, search attributes registered, state in a file."""
     binary = temporal_dev_server_binary()
     settings.state_dir.mkdir(parents=True, exist_ok=True)
@@ -194,6 +202,7 @@ async def start_dev_server(settings: Settings, stack: contextlib.AsyncExitStack,
             ui_port=settings.dev_ui_port,
             dev_server_log_level="warn",
             runtime=runtime,
+            interceptors=interceptors,
         )
     except Exception as err:
         raise StartupError(
@@ -208,9 +217,11 @@ async def start_dev_server(settings: Settings, stack: contextlib.AsyncExitStack,
     return env.client
 
 
-async def connect_temporal(config: ClientConnectConfig, runtime: Runtime | None) -> Client:
+async def connect_temporal(
+    config: ClientConnectConfig, runtime: Runtime | None, interceptors: Sequence[ClientInterceptor]
+) -> Client:
     try:
-        return await connect(config, runtime=runtime)
+        return await connect(config, runtime=runtime, interceptors=interceptors)
     except Exception as err:
         raise StartupError(f"Temporal unreachable at {describe(config)}: {_short_error(err)}") from None
 
@@ -226,6 +237,20 @@ def open_metrics(settings: Settings, *, dev: bool) -> Runtime | None:
         raise StartupError(f"metrics endpoint could not listen on {address} (RTJOBS_METRICS_ADDRESS): {err}") from None
     log.info("metrics on http://%s/metrics", address)
     return runtime
+
+
+def open_tracing(stack: contextlib.AsyncExitStack) -> list[ClientInterceptor]:
+    """The tracing interceptor when the OTEL_* variables ask for it (tracing.py); the client hands it to
+    every Worker. Spans still buffered are flushed at exit."""
+    if not tracing.wanted():
+        return []
+    try:
+        provider = tracing.otlp_provider()
+    except tracing.TracingUnavailable as err:
+        raise StartupError(str(err)) from None
+    stack.callback(provider.shutdown)
+    log.info("tracing: spans over OTLP to %s", tracing.endpoint())
+    return [tracing.interceptor(provider)]
 
 
 async def open_health(settings: Settings, health: Health, stack: contextlib.AsyncExitStack) -> None:
@@ -348,6 +373,19 @@ def activity_methods(*holders: object) -> list[Callable[..., Any]]:
     return found
 
 
+def deployment(
+    settings: Settings, behavior: VersioningBehavior = VersioningBehavior.UNSPECIFIED
+) -> WorkerDeploymentConfig | None:
+    """Every Worker of the process registers as the one deployment version (all its task queues move
+    together), or none does. The behaviour is the Worker's default, not the workflows' own
+    (`@workflow.defn(versioning_behavior=...)`): the server refuses a workflow task that declares one from
+    an unversioned worker (SDK 1.35), and the worker must run unversioned without the variables."""
+    if settings.deployment_name is None or settings.worker_build_id is None:
+        return None
+    version = WorkerDeploymentVersion(deployment_name=settings.deployment_name, build_id=settings.worker_build_id)
+    return WorkerDeploymentConfig(version=version, use_worker_versioning=True, default_versioning_behavior=behavior)
+
+
 def build_worker(client: Client, settings: Settings, redis: RedisClient, engine: EngineActivities) -> Worker:
     """The shared queue's worker: every workflow, the publish, the turn and placement activities.
 
@@ -379,6 +417,9 @@ def build_worker(client: Client, settings: Settings, redis: RedisClient, engine:
         max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
         default_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
         interceptors=[ActivityMetrics(host=settings.host_name or "")],
+        # The jobs finish on the build that started them: a new build never replays a job begun by the old
+        # one. (The lock shape of the single-host release, which ran here, would be pinned too.)
+        deployment_config=deployment(settings, VersioningBehavior.PINNED),
     )
 
 
@@ -392,6 +433,9 @@ def build_coordination_worker(client: Client, settings: Settings) -> Worker:
         activities=[LockActivities(client, order_settle_s=settings.order_settle_s).game_lock_holder_running],
         graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_timeout_s),
         max_cached_workflows=settings.max_cached_workflows,
+        # Long-lived: they move to the current build at their next workflow task, or a rollout would never
+        # drain; a change to them therefore still needs `workflow.patched` (README: Changing workflow code).
+        deployment_config=deployment(settings, VersioningBehavior.AUTO_UPGRADE),
     )
 
 
@@ -405,6 +449,7 @@ def build_host_worker(client: Client, settings: Settings, engine: EngineActiviti
         max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
         default_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
         interceptors=[ActivityMetrics(host=facts.ref.name)],
+        deployment_config=deployment(settings),
     )
 
 
@@ -560,11 +605,12 @@ async def run(options: Options, settings: Settings) -> int:
     async with shutdown_signals() as stop, contextlib.AsyncExitStack() as stack:
         try:
             runtime = open_metrics(settings, dev=options.dev)
+            interceptors = open_tracing(stack)
             if options.dev:
-                client = await start_dev_server(settings, stack, runtime)
+                client = await start_dev_server(settings, stack, runtime, interceptors)
             else:
                 config = connect_config()
-                client = await connect_temporal(config, runtime)
+                client = await connect_temporal(config, runtime, interceptors)
                 log.info("connected to Temporal at %s", describe(config))
             redis = await open_redis(settings, stack)
             engine = EngineActivities(settings)

@@ -120,6 +120,14 @@ class Settings(BaseSettings):
     # Operating in a cluster (README): the Prometheus endpoint (`host:port`, serving /metrics; unset =
     # off, except under --dev where it is DEV_METRICS_ADDRESS; empty = off even there), and the health
     # endpoints (`host:port`, serving /healthz and /readyz; unset or empty = off).
+    # Worker Versioning (README "Safe deploys"): the variables the temporal-worker-controller injects; both
+    # set = the worker registers as that deployment version (job workflows pinned to it), neither = unversioned.
+    deployment_name: str | None = Field(
+        default=None, min_length=1, validation_alias=AliasChoices("TEMPORAL_DEPLOYMENT_NAME", "RTJOBS_DEPLOYMENT_NAME")
+    )
+    worker_build_id: str | None = Field(
+        default=None, min_length=1, validation_alias=AliasChoices("TEMPORAL_WORKER_BUILD_ID", "RTJOBS_WORKER_BUILD_ID")
+    )
     metrics_address: str | None = Field(default=None, pattern=_HOST_PORT)
     health_address: str | None = Field(default=None, pattern=_HOST_PORT)
 
@@ -129,6 +137,15 @@ class Settings(BaseSettings):
             raise ValueError(
                 "RTJOBS_ENGINE_MIN_RUNNING_S must be below RTJOBS_START_TIMEOUT_S: "
                 "otherwise no engine without HEALTHCHECK could ever be ready"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _deployment_version_whole(self) -> Settings:
+        if (self.deployment_name is None) != (self.worker_build_id is None):
+            raise ValueError(
+                "TEMPORAL_DEPLOYMENT_NAME and TEMPORAL_WORKER_BUILD_ID go together: set both (a versioned worker) "
+                "or neither (unversioned)"
             )
         return self
 

@@ -7,7 +7,6 @@ import asyncio
 import http.client
 import json
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,7 +19,7 @@ from activities.docker import EngineActivities
 from activities.publish import redis_client
 from contract.lock import coordination_queue
 from health import Health, serving_health
-from tests.support.job_worker import e2e_settings
+from tests.support.job_worker import MakeSettings
 from tests.support.processes import Process, start_ready_worker
 from tests.support.redis_server import RedisServer, free_port
 from tests.support.restartable_dockerd import RestartableDockerd, own_dockerd
@@ -61,14 +60,9 @@ async def dockerd() -> AsyncIterator[RestartableDockerd]:
 
 
 async def test_liveness_and_readiness_follow_redis_docker_and_the_workers(
-    client: Client, redis_server: RedisServer, dockerd: RestartableDockerd, task_queue: str
+    client: Client, redis_server: RedisServer, dockerd: RestartableDockerd, task_queue: str, make_settings: MakeSettings
 ) -> None:
-    settings = e2e_settings(
-        docker_url=dockerd.url,
-        redis_url=redis_server.url,
-        task_queue=task_queue,
-        stream=f"test:health:{uuid.uuid4().hex[:8]}",
-    )
+    settings = make_settings(DOCKER_HOST=dockerd.url, REDIS_URL=redis_server.url)
     address = f"127.0.0.1:{free_port()}"
     redis = redis_client(settings.redis_url)
     engine = EngineActivities(settings)

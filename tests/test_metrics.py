@@ -1,6 +1,7 @@
-"""Metrics: real jobs of every outcome through the real worker, then the Prometheus endpoint scraped over
-HTTP and read with Prometheus' own text parser; each of the module's metrics must have moved by exactly
-what the jobs did, and the SDK's own metrics must be on the same endpoint with conventional names."""
+"""Metrics: real jobs of every outcome through the real worker process (`python worker.py` with
+RTJOBS_METRICS_ADDRESS), then its Prometheus endpoint scraped over HTTP and read with Prometheus' own text
+parser; each of the module's metrics must have moved by exactly what the jobs did, and the SDK's own metrics
+must be on the same endpoint with conventional names."""
 
 from __future__ import annotations
 
@@ -16,14 +17,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from temporalio.client import Client, WorkflowHandle
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 
 from contract.models import JobResult
-from metrics import prometheus_runtime
 from starter import start_job, stop_job
 from tests.support.docker_engine import TEST_REPO, DockerEngine
-from tests.support.job_worker import e2e_settings, real_worker, remove_game_containers
+from tests.support.job_worker import E2E_NETWORK, remove_game_containers
+from tests.support.processes import Process, start_ready_worker
 from tests.support.redis_server import RedisServer, free_port
 
 pytestmark = pytest.mark.docker
@@ -55,20 +54,6 @@ class Scraper:
             await asyncio.sleep(0.2)
 
 
-@pytest.fixture(scope="module")
-async def metered(temporal_env: WorkflowEnvironment) -> AsyncIterator[tuple[Client, Scraper]]:
-    """A client on a runtime of its own serving /metrics (as `worker.py` makes with RTJOBS_METRICS_ADDRESS),
-    so every sample on it comes from this module's worker."""
-    address = f"127.0.0.1:{free_port()}"
-    client = await Client.connect(
-        temporal_env.client.service_client.config.target_host,
-        namespace=temporal_env.client.namespace,
-        data_converter=pydantic_data_converter,
-        runtime=prometheus_runtime(address),
-    )
-    yield client, Scraper(address)
-
-
 @pytest.fixture
 async def games(docker: aiodocker.Docker) -> AsyncIterator[list[str]]:
     """Four game ids of the test's own; their containers are removed at teardown."""
@@ -84,52 +69,57 @@ async def result_of(handle: WorkflowHandle[Any, JobResult]) -> tuple[str, str]:
 
 
 async def test_jobs_of_every_outcome_move_each_metric_by_exactly_what_happened(
-    metered: tuple[Client, Scraper],
+    client: Client,
+    processes: list[Process],
+    worker_env: dict[str, str],
     docker_engine: DockerEngine,
     redis_server: RedisServer,
     task_queue: str,
     games: list[str],
 ) -> None:
-    client, scrape = metered
-    settings = e2e_settings(
-        docker_url=docker_engine.url,
-        redis_url=redis_server.url,
-        task_queue=task_queue,
-        stream=f"test:metrics:{uuid.uuid4().hex[:8]}",
-        engine_image=docker_engine.images.healthy,
-        image_allow=f"{TEST_REPO},127.0.0.1:9/rtjobs-test/*",
-        host_name=HOST,
-        host_report_every_s=0.5,
-    )
+    address = f"127.0.0.1:{free_port()}"
+    scrape = Scraper(address)
+    env = {
+        **worker_env,
+        "RTJOBS_METRICS_ADDRESS": address,
+        "DOCKER_HOST": docker_engine.url,
+        "REDIS_URL": redis_server.url,
+        "RTJOBS_IMAGE_ALLOW": f"{TEST_REPO},127.0.0.1:9/rtjobs-test/*",
+        "RTJOBS_HOST_NAME": HOST,
+        "RTJOBS_HOST_REPORT_EVERY_S": "0.5",
+        "RTJOBS_GAME_NETWORK": E2E_NETWORK,
+        "RTJOBS_ENGINE_MEMORY_BYTES": str(64 * 1024 * 1024),
+        "RTJOBS_STOP_TIMEOUT_S": "1",
+    }
     running, absent, unpullable, invalid = games
     q = {"task_queue": task_queue}
-    async with real_worker(client, settings):
-        assert await result_of(await start_job(client, running, task_queue=task_queue)) == ("success", "")
-        await scrape.until("rtjobs_engines", 1, host=HOST)  # the reporter saw the engine
-        assert await result_of(await start_job(client, running, task_queue=task_queue)) == ("success", "replay_no_op")
-        assert await result_of(await start_job(client, unpullable, image=ABSENT_IMAGE, task_queue=task_queue)) == (
-            "failure",
-            "image_pull_failed",
-        )
-        assert await result_of(await start_job(client, invalid, image="Not An Image!", task_queue=task_queue)) == (
-            "failure",
-            "invalid_request",
-        )
-        assert await result_of(await stop_job(client, running, task_queue=task_queue)) == ("success", "")
-        assert await result_of(await stop_job(client, absent, task_queue=task_queue)) == ("success", "replay_no_op")
+    await start_ready_worker(processes, env)  # (it runs until the test ends: the scrapes below need it)
+    assert await result_of(await start_job(client, running, task_queue=task_queue)) == ("success", "")
+    await scrape.until("rtjobs_engines", 1, host=HOST)  # the reporter saw the engine
+    assert await result_of(await start_job(client, running, task_queue=task_queue)) == ("success", "replay_no_op")
+    assert await result_of(await start_job(client, unpullable, image=ABSENT_IMAGE, task_queue=task_queue)) == (
+        "failure",
+        "image_pull_failed",
+    )
+    assert await result_of(await start_job(client, invalid, image="Not An Image!", task_queue=task_queue)) == (
+        "failure",
+        "invalid_request",
+    )
+    assert await result_of(await stop_job(client, running, task_queue=task_queue)) == ("success", "")
+    assert await result_of(await stop_job(client, absent, task_queue=task_queue)) == ("success", "replay_no_op")
 
-        # A publish while Redis is down fails (and is retried) until Redis is back.
-        redis_server.stop()
-        late = await stop_job(client, absent, task_queue=task_queue)
-        outage_began = time.monotonic()  # (the job had started by then)
-        deadline = time.monotonic() + POLL_WAIT_S
-        while (failed := await scrape.value("rtjobs_publish_failures_total", reason="ConnectionError")) < 2:
-            assert time.monotonic() < deadline, "no failed publish attempt counted while Redis was down"
-            await asyncio.sleep(0.2)
-        redis_server.start()
-        outage_s = time.monotonic() - outage_began
-        assert await result_of(late) == ("success", "replay_no_op")
-        await scrape.until("rtjobs_engines", 0, host=HOST)  # the stopped engine and the failed start are gone
+    # A publish while Redis is down fails (and is retried) until Redis is back.
+    redis_server.stop()
+    late = await stop_job(client, absent, task_queue=task_queue)
+    outage_began = time.monotonic()  # (the job had started by then)
+    deadline = time.monotonic() + POLL_WAIT_S
+    while (failed := await scrape.value("rtjobs_publish_failures_total", reason="ConnectionError")) < 2:
+        assert time.monotonic() < deadline, "no failed publish attempt counted while Redis was down"
+        await asyncio.sleep(0.2)
+    redis_server.start()
+    outage_s = time.monotonic() - outage_began
+    assert await result_of(late) == ("success", "replay_no_op")
+    await scrape.until("rtjobs_engines", 0, host=HOST)  # the stopped engine and the failed start are gone
 
     jobs = "rtjobs_jobs_total"
     counted = {

@@ -19,7 +19,8 @@ from workflows.search import SEARCH_ATTRIBUTE_KEYS
 class TemporalDevServer:
     """`temporal server start-dev --db-filename F --port P --headless`, restartable on F and P."""
 
-    def __init__(self) -> None:
+    def __init__(self, extra_args: list[str] | None = None) -> None:
+        self.extra_args = extra_args or []
         self.dir = Path(tempfile.mkdtemp(prefix="rtjobs-temporal-"))
         self.db = self.dir / "temporal.db"
         self.port = free_port()
@@ -36,6 +37,7 @@ class TemporalDevServer:
             str(temporal_cli()), "server", "start-dev", "--headless", "--ip", "127.0.0.1",
             "--port", str(self.port), "--db-filename", str(self.db), "--log-level", "error",
             *[arg for key in SEARCH_ATTRIBUTE_KEYS for arg in ("--search-attribute", f"{key.name}=Keyword")],
+            *self.extra_args,
         ]  # fmt: skip
         log = open(self.dir / f"server-{self.starts}.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
