@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from temporalio.client import Client, Interceptor, WorkflowHandle
+from temporalio.client import Client, Plugin, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.envconfig import ClientConfigProfile, ClientConnectConfig
@@ -58,10 +58,10 @@ async def connect(
     config: ClientConnectConfig | None = None,
     *,
     runtime: Runtime | None = None,
-    interceptors: Sequence[Interceptor] = (),
+    plugins: Sequence[Plugin] = (),
 ) -> Client:
     """A client with the pydantic data converter (the only converter the project uses); the worker
-    passes its metrics runtime and tracing interceptor."""
+    passes its metrics runtime and tracing plugin."""
     options = config if config is not None else connect_config()
     converter = pydantic_data_converter
     return await Client.connect(
@@ -69,7 +69,7 @@ async def connect(
         data_converter=converter,
         connect_timeout=CONNECT_TIMEOUT,
         runtime=runtime,
-        interceptors=interceptors,
+        plugins=plugins,
     )
 
 

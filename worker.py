@@ -28,7 +28,7 @@ from temporalio import activity, workflow
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
 from temporalio.client import Client
-from temporalio.client import Interceptor as ClientInterceptor
+from temporalio.client import Plugin as ClientPlugin
 from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.envconfig import ClientConnectConfig
@@ -186,7 +186,7 @@ async def start_dev_server(
     settings: Settings,
     stack: contextlib.AsyncExitStack,
     runtime: Runtime | None,
-    interceptors: Sequence[ClientInterceptor],
+    plugins: Sequence[ClientPlugin],
 ) -> Client:
     """The embedded dev server: fixed ports, search attributes registered, state in a file."""
     binary = temporal_dev_server_binary()
@@ -202,7 +202,7 @@ async def start_dev_server(
             ui_port=settings.dev_ui_port,
             dev_server_log_level="warn",
             runtime=runtime,
-            interceptors=interceptors,
+            plugins=plugins,
         )
     except Exception as err:
         raise StartupError(
@@ -218,10 +218,10 @@ async def start_dev_server(
 
 
 async def connect_temporal(
-    config: ClientConnectConfig, runtime: Runtime | None, interceptors: Sequence[ClientInterceptor]
+    config: ClientConnectConfig, runtime: Runtime | None, plugins: Sequence[ClientPlugin]
 ) -> Client:
     try:
-        return await connect(config, runtime=runtime, interceptors=interceptors)
+        return await connect(config, runtime=runtime, plugins=plugins)
     except Exception as err:
         raise StartupError(f"Temporal unreachable at {describe(config)}: {_short_error(err)}") from None
 
@@ -239,9 +239,9 @@ def open_metrics(settings: Settings, *, dev: bool) -> Runtime | None:
     return runtime
 
 
-def open_tracing(stack: contextlib.AsyncExitStack) -> list[ClientInterceptor]:
-    """The tracing interceptor when the OTEL_* variables ask for it (tracing.py); the client hands it to
-    every Worker. Spans still buffered are flushed at exit."""
+def open_tracing(stack: contextlib.AsyncExitStack) -> list[ClientPlugin]:
+    """The tracing plugin when the OTEL_* variables ask for it (tracing.py); the client hands it to every
+    Worker. Spans still buffered are flushed at exit."""
     if not tracing.wanted():
         return []
     try:
@@ -250,7 +250,7 @@ def open_tracing(stack: contextlib.AsyncExitStack) -> list[ClientInterceptor]:
         raise StartupError(str(err)) from None
     stack.callback(provider.shutdown)
     log.info("tracing: spans over OTLP to %s", tracing.endpoint())
-    return [tracing.interceptor(provider)]
+    return [tracing.plugin()]
 
 
 async def open_health(settings: Settings, health: Health, stack: contextlib.AsyncExitStack) -> None:
@@ -605,12 +605,12 @@ async def run(options: Options, settings: Settings) -> int:
     async with shutdown_signals() as stop, contextlib.AsyncExitStack() as stack:
         try:
             runtime = open_metrics(settings, dev=options.dev)
-            interceptors = open_tracing(stack)
+            plugins = open_tracing(stack)
             if options.dev:
-                client = await start_dev_server(settings, stack, runtime, interceptors)
+                client = await start_dev_server(settings, stack, runtime, plugins)
             else:
                 config = connect_config()
-                client = await connect_temporal(config, runtime, interceptors)
+                client = await connect_temporal(config, runtime, plugins)
                 log.info("connected to Temporal at %s", describe(config))
             redis = await open_redis(settings, stack)
             engine = EngineActivities(settings)
