@@ -9,14 +9,16 @@ any other language sends; the workflow validates it and reports `invalid_request
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, Plugin, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.envconfig import ClientConfigProfile, ClientConnectConfig
 from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.runtime import Runtime
 
 from contract.models import JobKind, JobResult, StartRuntimeJobInput, StopRuntimeJobInput
 from contract.settings import Settings
@@ -52,11 +54,23 @@ def describe(config: ClientConnectConfig) -> str:
     return text
 
 
-async def connect(config: ClientConnectConfig | None = None) -> Client:
-    """A client with the pydantic data converter (the only converter the project uses)."""
+async def connect(
+    config: ClientConnectConfig | None = None,
+    *,
+    runtime: Runtime | None = None,
+    plugins: Sequence[Plugin] = (),
+) -> Client:
+    """A client with the pydantic data converter (the only converter the project uses); the worker
+    passes its metrics runtime and tracing plugin."""
     options = config if config is not None else connect_config()
     converter = pydantic_data_converter
-    return await Client.connect(**options, data_converter=converter, connect_timeout=CONNECT_TIMEOUT)
+    return await Client.connect(
+        **options,
+        data_converter=converter,
+        connect_timeout=CONNECT_TIMEOUT,
+        runtime=runtime,
+        plugins=plugins,
+    )
 
 
 def new_job_id() -> str:

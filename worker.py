@@ -28,13 +28,17 @@ from temporalio import activity, workflow
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
 from temporalio.client import Client
+from temporalio.client import Plugin as ClientPlugin
+from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.envconfig import ClientConnectConfig
+from temporalio.runtime import Runtime
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Worker
+from temporalio.worker import Worker, WorkerDeploymentConfig
 
 import devstack
+import tracing
 from activities.docker import EngineActivities
 from activities.hosts import HostFacts, HostReporter, PlacementActivities, identify_host
 from activities.lock import LockActivities
@@ -59,6 +63,8 @@ from contract.hosts import HOSTS_QUERY, HostView, registry_workflow_id
 from contract.lock import coordination_queue
 from contract.models import one_line
 from contract.settings import Settings, redact_url
+from health import Health, serving_health
+from metrics import ActivityMetrics, prometheus_runtime
 from sandbox import workflow_runner
 from starter import connect, connect_config, describe
 from workflows import ALL_WORKFLOWS, GameLock, HostRegistry
@@ -201,7 +207,12 @@ def dynamic_config_args(values: Sequence[str]) -> list[str]:
     return [arg for value in values for arg in ("--dynamic-config-value", value)]
 
 
-async def start_dev_server(settings: Settings, stack: contextlib.AsyncExitStack) -> Client:
+async def start_dev_server(
+    settings: Settings,
+    stack: contextlib.AsyncExitStack,
+    runtime: Runtime | None,
+    plugins: Sequence[ClientPlugin],
+) -> Client:
     """The embedded dev server: fixed ports, search attributes registered, state in a file."""
     binary = temporal_dev_server_binary()
     settings.state_dir.mkdir(parents=True, exist_ok=True)
@@ -216,6 +227,8 @@ async def start_dev_server(settings: Settings, stack: contextlib.AsyncExitStack)
             ui_port=settings.dev_ui_port,
             dev_server_log_level="warn",
             dev_server_extra_args=dynamic_config_args(DEV_SERVER_CONFIG),
+            runtime=runtime,
+            plugins=plugins,
         )
     except Exception as err:
         raise StartupError(
@@ -230,11 +243,51 @@ async def start_dev_server(settings: Settings, stack: contextlib.AsyncExitStack)
     return env.client
 
 
-async def connect_temporal(config: ClientConnectConfig) -> Client:
+async def connect_temporal(
+    config: ClientConnectConfig, runtime: Runtime | None, plugins: Sequence[ClientPlugin]
+) -> Client:
     try:
-        return await connect(config)
+        return await connect(config, runtime=runtime, plugins=plugins)
     except Exception as err:
         raise StartupError(f"Temporal unreachable at {describe(config)}: {_short_error(err)}") from None
+
+
+def open_metrics(settings: Settings, *, dev: bool) -> Runtime | None:
+    """The SDK runtime serving /metrics at RTJOBS_METRICS_ADDRESS (under --dev by default), or None (off)."""
+    address = settings.metrics_bind(dev=dev)
+    if address is None:
+        return None
+    try:
+        runtime = prometheus_runtime(address)
+    except Exception as err:
+        raise StartupError(f"metrics endpoint could not listen on {address} (RTJOBS_METRICS_ADDRESS): {err}") from None
+    log.info("metrics on http://%s/metrics", address)
+    return runtime
+
+
+def open_tracing(stack: contextlib.AsyncExitStack) -> list[ClientPlugin]:
+    """The tracing plugin when the OTEL_* variables ask for it (tracing.py); the client hands it to every
+    Worker. Spans still buffered are flushed at exit."""
+    if not tracing.wanted():
+        return []
+    try:
+        provider = tracing.otlp_provider()
+    except tracing.TracingUnavailable as err:
+        raise StartupError(str(err)) from None
+    stack.callback(provider.shutdown)
+    log.info("tracing: spans over OTLP to %s", tracing.endpoint())
+    return [tracing.plugin()]
+
+
+async def open_health(settings: Settings, health: Health, stack: contextlib.AsyncExitStack) -> None:
+    """/healthz and /readyz at RTJOBS_HEALTH_ADDRESS (off when unset), up before the Workers start."""
+    address = settings.health_address
+    if not address:
+        return
+    try:
+        await stack.enter_async_context(serving_health(address, health))
+    except OSError as err:
+        raise StartupError(f"health endpoints could not listen on {address} (RTJOBS_HEALTH_ADDRESS): {err}") from None
 
 
 async def open_redis(settings: Settings, stack: contextlib.AsyncExitStack) -> RedisClient:
@@ -346,6 +399,19 @@ def activity_methods(*holders: object) -> list[Callable[..., Any]]:
     return found
 
 
+def deployment(
+    settings: Settings, behavior: VersioningBehavior = VersioningBehavior.UNSPECIFIED
+) -> WorkerDeploymentConfig | None:
+    """Every Worker of the process registers as the one deployment version (all its task queues move
+    together), or none does. The behaviour is the Worker's default, not the workflows' own
+    (`@workflow.defn(versioning_behavior=...)`): the server refuses a workflow task that declares one from
+    an unversioned worker (SDK 1.35), and the worker must run unversioned without the variables."""
+    if settings.deployment_name is None or settings.worker_build_id is None:
+        return None
+    version = WorkerDeploymentVersion(deployment_name=settings.deployment_name, build_id=settings.worker_build_id)
+    return WorkerDeploymentConfig(version=version, use_worker_versioning=True, default_versioning_behavior=behavior)
+
+
 def build_worker(client: Client, settings: Settings, redis: RedisClient, engine: EngineActivities) -> Worker:
     """The shared queue's worker: every workflow, the publish, the turn and placement activities.
 
@@ -379,6 +445,10 @@ def build_worker(client: Client, settings: Settings, redis: RedisClient, engine:
         max_cached_workflows=settings.max_cached_workflows,
         max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
         default_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
+        interceptors=[ActivityMetrics(host=settings.host_name or "")],
+        # The jobs finish on the build that started them: a new build never replays a job begun by the old
+        # one. (The lock shape of the single-host release, which ran here, would be pinned too.)
+        deployment_config=deployment(settings, VersioningBehavior.PINNED),
     )
 
 
@@ -393,6 +463,9 @@ def build_coordination_worker(client: Client, settings: Settings) -> Worker:
         activities=[LockActivities(client, order_settle_s=settings.order_settle_s).game_lock_holder_running],
         graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_timeout_s),
         max_cached_workflows=settings.max_cached_workflows,
+        # Long-lived: they move to the current build at their next workflow task, or a rollout would never
+        # drain; a change to them therefore still needs `workflow.patched` (README: Changing workflow code).
+        deployment_config=deployment(settings, VersioningBehavior.AUTO_UPGRADE),
     )
 
 
@@ -405,27 +478,31 @@ def build_host_worker(client: Client, settings: Settings, engine: EngineActiviti
         graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_timeout_s),
         max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
         default_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
+        interceptors=[ActivityMetrics(host=facts.ref.name)],
+        deployment_config=deployment(settings),
     )
 
 
 @contextlib.asynccontextmanager
 async def serving(
     client: Client, settings: Settings, redis: RedisClient, engine: EngineActivities
-) -> AsyncIterator[None]:
-    """Both workers polling until the block ends (then shut down gracefully, host queue last)."""
+) -> AsyncIterator[list[Worker]]:
+    """Both workers polling until the block ends (then shut down gracefully, host queue last); yields the
+    Workers started so far (the host queue's joins once Docker answers), which /healthz watches."""
+    workers: list[Worker] = []
     async with contextlib.AsyncExitStack() as stack:
         facts = await _identify(engine, settings)
         if facts is not None:
-            await _serve_host(stack, client, settings, engine, facts)
+            await _serve_host(stack, client, settings, engine, facts, workers)
         else:
-            task = asyncio.create_task(_serve_host_when_docker_answers(stack, client, settings, engine))
+            task = asyncio.create_task(_serve_host_when_docker_answers(stack, client, settings, engine, workers))
             stack.push_async_callback(_cancelled, task)
-        await stack.enter_async_context(build_coordination_worker(client, settings))
-        await stack.enter_async_context(build_worker(client, settings, redis, engine))
+        workers.append(await stack.enter_async_context(build_coordination_worker(client, settings)))
+        workers.append(await stack.enter_async_context(build_worker(client, settings, redis, engine)))
         if facts is not None:  # (the registry answers queries through a shared-queue worker: now)
             check = asyncio.create_task(_check_fleet(client, settings, facts))
             stack.push_async_callback(_cancelled, check)
-        yield
+        yield workers
 
 
 async def _identify(engine: EngineActivities, settings: Settings, *, warn: bool = True) -> HostFacts | None:
@@ -443,7 +520,12 @@ async def _identify(engine: EngineActivities, settings: Settings, *, warn: bool 
 
 
 async def _serve_host(
-    stack: contextlib.AsyncExitStack, client: Client, settings: Settings, engine: EngineActivities, facts: HostFacts
+    stack: contextlib.AsyncExitStack,
+    client: Client,
+    settings: Settings,
+    engine: EngineActivities,
+    facts: HostFacts,
+    workers: list[Worker],
 ) -> None:
     """First report (so a job placed right after start sees the host live), then poll its queue."""
     reporter = HostReporter(client, engine.gateway, settings, facts)
@@ -451,7 +533,7 @@ async def _serve_host(
         await reporter.report()
     except Exception as err:
         log.warning("first report of host %s to the registry failed: %s", facts.ref.name, _short_error(err))
-    await stack.enter_async_context(build_host_worker(client, settings, engine, facts))
+    workers.append(await stack.enter_async_context(build_host_worker(client, settings, engine, facts)))
     await stack.enter_async_context(reporter.running())
     try:
         await ensure_reconcile_schedule(client, settings, facts.ref)
@@ -510,13 +592,17 @@ async def _check_fleet(client: Client, settings: Settings, facts: HostFacts) -> 
 
 
 async def _serve_host_when_docker_answers(
-    stack: contextlib.AsyncExitStack, client: Client, settings: Settings, engine: EngineActivities
+    stack: contextlib.AsyncExitStack,
+    client: Client,
+    settings: Settings,
+    engine: EngineActivities,
+    workers: list[Worker],
 ) -> None:
     while True:
         await asyncio.sleep(IDENTIFY_RETRY_S)
         facts = await _identify(engine, settings, warn=False)  # (warned once at start-up)
         if facts is not None:
-            await _serve_host(stack, client, settings, engine, facts)
+            await _serve_host(stack, client, settings, engine, facts, workers)
             await _check_fleet(client, settings, facts)
             return
 
@@ -552,18 +638,22 @@ async def shutdown_signals() -> AsyncIterator[asyncio.Event]:
 async def run(options: Options, settings: Settings) -> int:
     async with shutdown_signals() as stop, contextlib.AsyncExitStack() as stack:
         try:
+            runtime = open_metrics(settings, dev=options.dev)
+            plugins = open_tracing(stack)
             if options.dev:
-                client = await start_dev_server(settings, stack)
+                client = await start_dev_server(settings, stack, runtime, plugins)
                 settings = await devstack.start(settings, stack)  # Redis, Docker, engine image
             else:
                 config = connect_config()
-                client = await connect_temporal(config)
+                client = await connect_temporal(config, runtime, plugins)
                 log.info("connected to Temporal at %s", describe(config))
             redis = await open_redis(settings, stack)
             engine = EngineActivities(settings)
             stack.push_async_callback(engine.close)
             await check_docker(engine)
             await ensure_search_attributes(client)
+            health = Health(client, redis, engine, stream=settings.results_stream, redis_url=settings.redis_url)
+            await open_health(settings, health, stack)
         except (StartupError, devstack.DevStackError) as err:
             log.error("%s", err)
             return EXIT_STARTUP_FAILED
@@ -573,8 +663,9 @@ async def run(options: Options, settings: Settings) -> int:
             settings.results_stream,
             redact_url(settings.redis_url),
         )
-        async with serving(client, settings, redis, engine), retention_running(redis, settings):
+        async with serving(client, settings, redis, engine) as workers, retention_running(redis, settings):
             # (retention is off unless RTJOBS_RESULTS_RETENTION)
+            health.workers = workers
             await stop.wait()
             grace = settings.graceful_shutdown_timeout_s
             log.info("shutting down: waiting up to %ss for running activities", grace)

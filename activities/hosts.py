@@ -39,6 +39,7 @@ from contract.hosts import (
 from contract.lock import coordination_queue
 from contract.models import LABEL_GAME_ID, ErrorCode
 from contract.settings import Settings
+from metrics import record_engines
 from workflows.hosts import HostRegistry
 
 log = logging.getLogger("rtjobs.hosts")
@@ -145,6 +146,7 @@ class HostReporter:
             docker_version=self.facts.docker_version,
             network_driver=self.facts.network_driver,
         )
+        record_engines(self._client, self.facts.ref.name, len(games), self.facts.capacity)
         await send_report(self._client, self._settings.task_queue, report)
 
     async def _games(self) -> list[str]:

@@ -20,6 +20,9 @@ from contract.models import is_valid_image_ref
 from contract.policies import MAX_DOCKER_CALL_TIMEOUT_S, MAX_PULL_TIMEOUT_S, MAX_START_TIMEOUT_S
 
 DEFAULT_STATE_DIR = Path(__file__).resolve().parent.parent / ".state"
+DEV_METRICS_ADDRESS = "127.0.0.1:9464"
+# `host:port` of a listening socket (host: a name, an IPv4 address or a bracketed IPv6 one), or empty.
+_HOST_PORT = r"^(?:(?:[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5})?$"
 
 
 class Settings(BaseSettings):
@@ -129,12 +132,35 @@ class Settings(BaseSettings):
     # there (devstack.py), so that starters' default REDIS_URL (port 6379) finds it.
     dev_redis_port: int = Field(default=6379, ge=1, le=65535)
 
+    # Operating in a cluster (README): the Prometheus endpoint (`host:port`, serving /metrics; unset =
+    # off, except under --dev where it is DEV_METRICS_ADDRESS; empty = off even there), and the health
+    # endpoints (`host:port`, serving /healthz and /readyz; unset or empty = off).
+    # Worker Versioning (README "Safe deploys"): the variables the temporal-worker-controller injects; both
+    # set = the worker registers as that deployment version (job workflows pinned to it), neither = unversioned.
+    deployment_name: str | None = Field(
+        default=None, min_length=1, validation_alias=AliasChoices("TEMPORAL_DEPLOYMENT_NAME", "RTJOBS_DEPLOYMENT_NAME")
+    )
+    worker_build_id: str | None = Field(
+        default=None, min_length=1, validation_alias=AliasChoices("TEMPORAL_WORKER_BUILD_ID", "RTJOBS_WORKER_BUILD_ID")
+    )
+    metrics_address: str | None = Field(default=None, pattern=_HOST_PORT)
+    health_address: str | None = Field(default=None, pattern=_HOST_PORT)
+
     @model_validator(mode="after")
     def _window_fits_the_start_timeout(self) -> Settings:
         if self.engine_min_running_s >= self.start_timeout_s:
             raise ValueError(
                 "RTJOBS_ENGINE_MIN_RUNNING_S must be below RTJOBS_START_TIMEOUT_S: "
                 "otherwise no engine without HEALTHCHECK could ever be ready"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _deployment_version_whole(self) -> Settings:
+        if (self.deployment_name is None) != (self.worker_build_id is None):
+            raise ValueError(
+                "TEMPORAL_DEPLOYMENT_NAME and TEMPORAL_WORKER_BUILD_ID go together: set both (a versioned worker) "
+                "or neither (unversioned)"
             )
         return self
 
@@ -150,6 +176,11 @@ class Settings(BaseSettings):
         if why is not None:
             raise ValueError(f"RTJOBS_ENGINE_IMAGE (the default of every start) would be refused: {why}")
         return self
+
+    def metrics_bind(self, *, dev: bool) -> str | None:
+        """Where the Prometheus endpoint listens, or None when it is off."""
+        address = self.metrics_address if self.metrics_address is not None or not dev else DEV_METRICS_ADDRESS
+        return address or None
 
     @property
     def image_allow_patterns(self) -> tuple[ImagePattern, ...]:

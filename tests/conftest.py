@@ -6,6 +6,7 @@ import os
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import aiodocker
 import pytest
@@ -14,8 +15,10 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from contract.settings import Settings
 from tests.support.binaries import temporal_cli
 from tests.support.docker_engine import TEST_IMAGES, DockerEngine, EngineImages, EngineUnavailable, acquire_engine
+from tests.support.job_worker import MakeSettings, e2e_settings
 from tests.support.processes import DEAD_DOCKER, Process, process_env
 from tests.support.redis_server import RedisServer, port_answers
 from worker import ORDERED_DISPATCH, dynamic_config_args
@@ -172,6 +175,23 @@ async def docker_engine() -> AsyncIterator[DockerEngine]:
 @pytest.fixture
 def images(docker_engine: DockerEngine) -> EngineImages:
     return docker_engine.images
+
+
+@pytest.fixture
+def make_settings(docker_engine: DockerEngine, redis_url: str, task_queue: str, stream: str) -> MakeSettings:
+    """Worker settings for the test's engine, Redis, queue and stream (the healthy test image by default)."""
+
+    def make(**overrides: Any) -> Settings:
+        return e2e_settings(
+            docker_url=docker_engine.url,
+            redis_url=redis_url,
+            task_queue=task_queue,
+            stream=stream,
+            engine_image=docker_engine.images.healthy,
+            **overrides,
+        )
+
+    return make
 
 
 @pytest.fixture

@@ -28,10 +28,10 @@ from contract.models import LABEL_GAME_ID, LABEL_MANAGED_BY, JobResult, JobStatu
 from contract.settings import Settings
 from starter import start_job, stop_job
 from tests.support.binaries import temporal_cli
-from tests.support.docker_engine import DockerEngine, EngineImages
+from tests.support.docker_engine import EngineImages
 from tests.support.job_worker import (
+    MakeSettings,
     activity_events,
-    e2e_settings,
     game_containers,
     real_worker,
     remove_game_containers,
@@ -48,7 +48,6 @@ pytestmark = pytest.mark.docker
 # bench/latency.py for the cancellation), so each is far beyond what a loaded 2-core machine takes.
 RESULT_WAIT_S = 120.0  # a job here takes 1-4 s (the slow-healthy engine: ~3 s), a game's chain ~12 s
 CLOSE_WAIT_S = 60.0  # a run without a usable game id fails within a second; a task retry loop never ends
-MakeSettings = Callable[..., Settings]
 
 
 @pytest.fixture
@@ -63,21 +62,6 @@ async def games(docker: aiodocker.Docker) -> AsyncIterator[Callable[[], str]]:
     yield new
     for game_id in made:
         await remove_game_containers(docker, game_id)
-
-
-@pytest.fixture
-def make_settings(docker_engine: DockerEngine, redis_url: str, task_queue: str, stream: str) -> MakeSettings:
-    def make(**overrides: Any) -> Settings:
-        return e2e_settings(
-            docker_url=docker_engine.url,
-            redis_url=redis_url,
-            task_queue=task_queue,
-            stream=stream,
-            engine_image=docker_engine.images.healthy,
-            **overrides,
-        )
-
-    return make
 
 
 @pytest.fixture

@@ -179,13 +179,15 @@ async def _until_activity_started(
 async def test_dev_mode_runs_embedded_server_with_ui_and_stops_it(
     processes: list[Process], worker_env: dict[str, str], tmp_path: Path
 ) -> None:
-    port, ui_port = free_port(), free_port()
+    port, ui_port, metrics_port = free_port(), free_port(), free_port()
     env = {
         **worker_env,
         "TEMPORAL_ADDRESS": "127.0.0.1:1",  # ignored in --dev
         "RTJOBS_DEV_PORT": str(port),
         "RTJOBS_DEV_UI_PORT": str(ui_port),
         "RTJOBS_STATE_DIR": str(tmp_path),
+        # (--dev's default 127.0.0.1:9464 may be taken by a `make run` on this machine)
+        "RTJOBS_METRICS_ADDRESS": f"127.0.0.1:{metrics_port}",
     }
     worker = Process(["worker.py", "--dev"], env)
     processes.append(worker)
@@ -193,6 +195,7 @@ async def test_dev_mode_runs_embedded_server_with_ui_and_stops_it(
     assert f"UI http://127.0.0.1:{ui_port}" in worker.output()
     assert f"TEMPORAL_ADDRESS=127.0.0.1:{port}" in worker.output()
     assert (tmp_path / "temporal-dev.db").is_file()
+    assert f"metrics on http://127.0.0.1:{metrics_port}/metrics" in worker.output()
     worker.send(signal.SIGTERM)
     assert await worker.wait(20) == 0, worker.output()
     with pytest.raises(OSError):  # the dev server went with the worker

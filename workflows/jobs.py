@@ -80,6 +80,7 @@ with workflow.unsafe.imports_passed_through():
         REMOVE_FAILED_START_START_TO_CLOSE,
     )
     from workflows.awaiting import holds_within, shielded
+    from workflows.job_metrics import record_published
     from workflows.search import GAME_ID, JOB_KIND, RUNTIME_HOST
     from workflows.turns import LOCK_ACTIVITY_TIMEOUT, LOCK_RETRY_POLICY, ask_for_turn, give_back_turn, tell_registry
 
@@ -346,6 +347,7 @@ class _RuntimeJob:
         )
         entry_id = await shielded(publish)  # a cancellation arriving now must not stop the publish
         self._status = self._status.model_copy(update={"entry_id": entry_id})
+        record_published(self.kind, result)
 
     async def _remove_failed_start(self, game_id: str, *, after_outage: bool) -> None:
         """Compensation: remove whatever this run's failed start left, before the game's next job runs.

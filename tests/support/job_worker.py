@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiodocker
@@ -26,6 +26,8 @@ from worker import serving
 
 # Network of the end-to-end engines: apart from the Docker activity tests' own.
 E2E_NETWORK = "rtjobs-e2e-games"
+# The `make_settings` fixture (tests/conftest.py): e2e_settings for the test's engine, Redis, queue and stream.
+MakeSettings = Callable[..., Settings]
 
 
 def e2e_settings(*, docker_url: str, redis_url: str, task_queue: str, stream: str, **overrides: Any) -> Settings:

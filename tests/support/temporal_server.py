@@ -19,7 +19,8 @@ from workflows.search import SEARCH_ATTRIBUTE_KEYS
 class TemporalDevServer:
     """`temporal server start-dev --db-filename F --port P --headless`, restartable on F and P."""
 
-    def __init__(self) -> None:
+    def __init__(self, extra_args: list[str] | None = None) -> None:
+        self.extra_args = extra_args or []
         self.dir = Path(tempfile.mkdtemp(prefix="rtjobs-temporal-"))
         self.db = self.dir / "temporal.db"
         self.port = free_port()
