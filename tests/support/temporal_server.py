@@ -20,13 +20,12 @@ class TemporalDevServer:
     """`temporal server start-dev --db-filename F --port P --headless`, restartable on F and P."""
 
     def __init__(self, extra_args: list[str] | None = None) -> None:
-        self.extra_args = extra_args or []
+        self.extra_args: list[str] = extra_args or []
         self.dir = Path(tempfile.mkdtemp(prefix="rtjobs-temporal-"))
         self.db = self.dir / "temporal.db"
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
-        self.extra_args: list[str] = []
 
     @property
     def address(self) -> str:
