@@ -24,6 +24,8 @@ PUBLISH_FAILURES = "rtjobs_publish_failures"
 # Gauges by host: engine containers of ours on the host (any state), and how many it takes.
 ENGINES = "rtjobs_engines"
 ENGINE_CAPACITY = "rtjobs_engine_capacity"
+# Counter, label action (removed | adopted | removed_unknown | cleared): what reconciliation did.
+RECONCILE_ACTIONS = "rtjobs_reconcile_actions"
 
 # Buckets in seconds: a start pulls and waits for health (up to RTJOBS_START_TIMEOUT_S, 120 s by
 # default); the exporter's default buckets end at 10 s, where slow starts would all look alike.

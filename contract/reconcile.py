@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from contract.hosts import HostRef
+from contract.metrics import RECONCILE_ACTIONS
 
 RECONCILE_WORKFLOW = "RuntimeReconcile"
 # On the host's own queue (its Docker engine):
@@ -28,7 +29,7 @@ LIST_RECORDS_ACTIVITY = "reconcile_list_records"
 PUBLISH_ENGINE_EVENT_ACTIVITY = "publish_engine_event"
 
 # The SDK metric (counter, label `action`): one per action done (never for a dry run).
-ACTIONS_METRIC = "rtjobs_reconcile_actions_total"
+ACTIONS_METRIC = RECONCILE_ACTIONS  # scraped as rtjobs_reconcile_actions_total
 
 # Docker's container states (`State` of `GET /containers/json`) of a container that does not run and
 # never will without someone starting it: these are removed after the grace period. `paused`,

@@ -16,6 +16,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from contract import metrics as names
 from contract.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,14 +33,17 @@ OLDEST_KUBERNETES = "1.29.0"
 # Metric names the worker's endpoint serves: the module's own (issue 11) and the Temporal SDK's, as
 # temporalio 1.35 names them with PrometheusConfig(durations_as_seconds=True, counters_total_suffix=True,
 # unit_suffix=True) (read from a real worker's endpoint). Histograms also serve _bucket/_sum/_count.
+# The module's: contract/metrics.py's names, with the exporter's suffixes (counters _total, durations
+# _seconds; tests/test_metrics.py scrapes them from a real worker).
 RTJOBS_METRICS = {
-    "rtjobs_jobs_total",
-    "rtjobs_job_duration_seconds",
-    "rtjobs_docker_step_seconds",
-    "rtjobs_publish_attempts_total",
-    "rtjobs_publish_failures_total",
-    "rtjobs_engines",
-    "rtjobs_host_capacity",
+    f"{names.JOBS}_total",
+    f"{names.JOB_DURATION}_seconds",
+    f"{names.DOCKER_STEP}_seconds",
+    f"{names.PUBLISH_ATTEMPTS}_total",
+    f"{names.PUBLISH_FAILURES}_total",
+    names.ENGINES,
+    names.ENGINE_CAPACITY,
+    f"{names.RECONCILE_ACTIONS}_total",
 }
 SDK_METRICS = {
     "temporal_activity_execution_latency_seconds",

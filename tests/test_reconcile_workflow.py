@@ -1,6 +1,6 @@
 """`RuntimeReconcile` on the real dev server with stand-in activities (what each stands in for runs against real
 dockerds in tests/reliability/test_reconcile.py): the run's order of steps, its summary, and the SDK metric
-`rtjobs_reconcile_actions_total` as a Prometheus endpoint of the worker's runtime serves it.
+`rtjobs_reconcile_actions_total` as the worker's Prometheus endpoint (metrics.prometheus_runtime) serves it.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from datetime import UTC, datetime, timedelta
 from temporalio import activity
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -36,6 +35,7 @@ from contract.reconcile import (
     RecordSeen,
     RemoveContainer,
 )
+from metrics import prometheus_runtime
 from tests.support.redis_server import free_port
 from workflows.reconcile import RuntimeReconcile
 
@@ -96,7 +96,7 @@ def scrape(port: int) -> str:
 
 async def test_one_turn_per_game_that_is_off_and_the_actions_metric(temporal_env: WorkflowEnvironment) -> None:
     port = free_port()
-    runtime = Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=f"127.0.0.1:{port}")))
+    runtime = prometheus_runtime(f"127.0.0.1:{port}")  # as the worker serves its metrics
     target = temporal_env.client.service_client.config.target_host
     client = await Client.connect(target, data_converter=pydantic_data_converter, runtime=runtime)
     queue = f"test-{uuid.uuid4().hex[:12]}"
@@ -141,6 +141,6 @@ async def test_one_turn_per_game_that_is_off_and_the_actions_metric(temporal_env
     counted = {
         line.split('action="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
-        if line.startswith(ACTIONS_METRIC + "{")
+        if line.startswith(ACTIONS_METRIC + "_total{")
     }
     assert counted == {"removed": 1.0, "adopted": 1.0, "cleared": 1.0}, text
