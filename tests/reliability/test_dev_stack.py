@@ -147,9 +147,13 @@ def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
         pytest.fail(f"a Docker engine answers at {DEFAULT_DOCKER_SOCKET}: the dev stack would use it, not its own")
     clone = tmp_path_factory.mktemp("fresh") / "rtjobs"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
-    temporal_port, ui_port, redis_port = free_port(), free_port(), free_port()
+    temporal_port, ui_port, redis_port, metrics_port = free_port(), free_port(), free_port(), free_port()
     env = process_env(
-        RTJOBS_DEV_PORT=str(temporal_port), RTJOBS_DEV_UI_PORT=str(ui_port), RTJOBS_DEV_REDIS_PORT=str(redis_port)
+        RTJOBS_DEV_PORT=str(temporal_port),
+        RTJOBS_DEV_UI_PORT=str(ui_port),
+        RTJOBS_DEV_REDIS_PORT=str(redis_port),
+        # --dev serves metrics on 127.0.0.1:9464 by default; another process of this machine may hold it.
+        RTJOBS_METRICS_ADDRESS=f"127.0.0.1:{metrics_port}",
     )
     log = clone.parent / "make-run.log"
     stamp = VENV / ".installed-stamp"

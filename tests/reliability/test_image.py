@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import aiodocker
+import aiohttp
 import pytest
 from aiohttp import web
 from temporalio.testing import WorkflowEnvironment
@@ -182,12 +183,13 @@ async def test_the_image_runs_a_job_as_its_user_and_exits_0_on_sigterm(
         assert asked == ["/healthz", "/healthz"]
         assert "RTJOBS_HEALTH_ADDRESS is not set" in verdicts[2][1]
 
+        health_port = free_port()
         env = worker_env_for(
             DOCKER_HOST="unix:///var/run/docker.sock",
             RTJOBS_GRACEFUL_SHUTDOWN_TIMEOUT_S=str(GRACEFUL_S),
             # Loopback ports of their own: the container shares the host's network (no bridge on the
-            # test's dockerd), and other tests listen there too. Inert until the health/metrics servers exist.
-            RTJOBS_HEALTH_ADDRESS=f"127.0.0.1:{free_port()}",
+            # test's dockerd), and other tests listen there too.
+            RTJOBS_HEALTH_ADDRESS=f"127.0.0.1:{health_port}",
             RTJOBS_METRICS_ADDRESS=f"127.0.0.1:{free_port()}",
         )
         worker_config: dict[str, Any] = {
@@ -199,6 +201,18 @@ async def test_the_image_runs_a_job_as_its_user_and_exits_0_on_sigterm(
         workers.append(worker)
         await worker.start()
         await until_logged(worker, WORKER_READY)
+
+        # The image's own HEALTHCHECK command, run in the worker's container, against the real worker.
+        healthcheck = (await worker.show())["Config"]["Healthcheck"]["Test"]
+        assert healthcheck[0] == "CMD", healthcheck
+        check_run = await worker.exec(cmd=healthcheck[1:], stdout=True, stderr=True)
+        async with check_run.start(detach=False) as stream:
+            while await stream.read_out() is not None:
+                pass
+        assert (await check_run.inspect())["ExitCode"] == 0, "the image's HEALTHCHECK failed against the worker"
+        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{health_port}/readyz") as reply:
+            ready = await reply.json()
+            assert reply.status == 200, ready
 
         # The worker process: uid 10001, with the socket's group among its groups (how it reaches Docker).
         pid = (await worker.show())["State"]["Pid"]
