@@ -23,6 +23,9 @@ CATEGORIES: list[tuple[str, str]] = [
     ("payload conversion and visiting", r"PayloadVisitor|_visitor|converter"),
     ("benchmark's own starter and stream listener", r"run_scenario|StreamClock|start_workflow"),
     ("event loop waiting (select)", r"EpollSelector\.select"),
+    ("event loop <-> workflow threads hand-offs", r"call_soon_threadsafe|_read_from_self|_write_to_self"),
+    ("polling the SDK core for tasks", r"poll_workflow_activation|poll_activity_task"),
+    ("workflow thread pool between activations (waiting for work)", r";_worker \([^;]*\)$"),
 ]
 
 
@@ -32,8 +35,10 @@ def summarize(raw: Path, top: int = 40) -> str:
     total = 0
     for line in raw.read_text().splitlines():
         stack, _, count = line.rstrip().rpartition(" ")
-        if not stack or not count.isdigit():
+        if not count.isdigit():
             continue
+        if not stack:  # a thread with no Python frames: the SDK core's native threads
+            stack = "(native threads of the SDK core)"
         n = int(count)
         total += n
         for label, pattern in CATEGORIES:
@@ -41,7 +46,7 @@ def summarize(raw: Path, top: int = 40) -> str:
                 categories[label] += n
                 break
         else:
-            categories["other (SDK core bridge, threads, asyncio)"] += n
+            categories["native SDK core" if stack.startswith("(native") else "other (asyncio, the SDK bridge)"] += n
         for frame in {re.sub(r":\d+\)$", ")", f) for f in stack.split(";")}:
             inclusive[frame] += n
     if not total:
