@@ -47,7 +47,14 @@ from tests.support.redis_server import RedisServer
 from workflows.search import SEARCH_ATTRIBUTE_KEYS
 
 TARGET_MB = 150
-TUNING_VARS = ("RTJOBS_MAX_CACHED_WORKFLOWS", "RTJOBS_ORDER_SETTLE_S", "RTJOBS_DOCKER_POLL_INTERVAL_S")
+TUNING_VARS = (
+    "RTJOBS_MAX_CACHED_WORKFLOWS",
+    "RTJOBS_ORDER_SETTLE_S",
+    "RTJOBS_DOCKER_POLL_INTERVAL_S",
+    # The fleet places an engine only where the host has room (its memory / RTJOBS_ENGINE_MEMORY_BYTES by
+    # default: ~45 here): 1,000 waiting engines need RTJOBS_HOST_MAX_ENGINES=1000.
+    "RTJOBS_HOST_MAX_ENGINES",
+)
 ACTIVITY_SLOTS = 100  # temporalio's default max_concurrent_activities; worker.py sets none
 SEND_CONCURRENCY = 100
 
