@@ -45,7 +45,7 @@ from contract.models import LABEL_GAME_ID, LABEL_MANAGED_BY, MANAGED_BY
 from contract.settings import Settings
 from tests.support.binaries import temporal_cli
 from tests.support.docker_engine import acquire_engine
-from worker import serving
+from worker import EAGER_ACTIVITIES, dynamic_config_args, serving
 from workflows.search import SEARCH_ATTRIBUTE_KEYS
 
 Starter = Callable[[str], Awaitable[Any]]
@@ -109,9 +109,7 @@ class StreamClock:
 def server_args(partitions: int, eager: bool) -> list[str]:
     """Dynamic config of the dev server, the same for both sides of the comparison."""
     values = [f"matching.numTaskqueueReadPartitions={partitions}", f"matching.numTaskqueueWritePartitions={partitions}"]
-    if eager:
-        values.append("system.enableActivityEagerExecution=true")
-    return [arg for value in values for arg in ("--dynamic-config-value", value)]
+    return dynamic_config_args([*values, *(EAGER_ACTIVITIES if eager else ())])
 
 
 def keep_summary(raw: Path, summary: Path) -> None:

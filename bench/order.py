@@ -33,6 +33,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 from activities.docker import EngineActivities
 from activities.publish import redis_client
+from bench.e2e import server_args
 from contract.settings import Settings
 from tests.support.docker_engine import acquire_engine
 from tests.support.temporal_server import TemporalDevServer
@@ -47,14 +48,6 @@ class Row:
     pairs: int
     inverted: int
     p50_ms: float
-
-
-def partition_args(partitions: int) -> list[str]:
-    return [
-        arg
-        for key in ("matching.numTaskqueueReadPartitions", "matching.numTaskqueueWritePartitions")
-        for arg in ("--dynamic-config-value", f"{key}={partitions}")
-    ]
 
 
 async def measure(client: Client, settings: Settings, pairs: int, gap_s: float, load: int) -> tuple[int, float]:
@@ -122,7 +115,7 @@ async def main() -> None:
     try:
         for partitions in (int(p) for p in args.partitions.split(",")):
             server = TemporalDevServer()
-            server.start(extra_args=partition_args(partitions))
+            server.start(extra_args=server_args(partitions, eager=False))
             try:
                 client = await Client.connect(server.address, data_converter=pydantic_data_converter)
                 for settle in settles:

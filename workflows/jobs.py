@@ -48,7 +48,6 @@ with workflow.unsafe.imports_passed_through():
     )
     from contract.lock import (
         ACQUIRE_ACTIVITY,
-        GRANT_SIGNAL,
         JOB_PATCH_V2,
         JOB_PATCH_V3,
         REQUEST_AGAIN_EVERY,
@@ -82,7 +81,14 @@ with workflow.unsafe.imports_passed_through():
     from workflows.awaiting import holds_within, shielded
     from workflows.job_metrics import record_published
     from workflows.search import GAME_ID, JOB_KIND, RUNTIME_HOST
-    from workflows.turns import LOCK_ACTIVITY_TIMEOUT, LOCK_RETRY_POLICY, ask_for_turn, give_back_turn, tell_registry
+    from workflows.turns import (
+        LOCK_ACTIVITY_TIMEOUT,
+        LOCK_RETRY_POLICY,
+        TurnHolder,
+        ask_for_turn,
+        give_back_turn,
+        tell_registry,
+    )
 
 # A payload without a usable game id (or not JSON at all) fails the run at once, not its task forever.
 FAILURE_TYPES = [UnusableJobInput, pydantic.ValidationError]
@@ -105,15 +111,14 @@ class JobFailure(Exception):
         self.message = message
 
 
-class _RuntimeJob:
+class _RuntimeJob(TurnHolder):
     """What both jobs share; subclasses say how to validate their input and what the Docker step is."""
 
     kind: JobKind
 
     def __init__(self) -> None:
         self._status = JobStatus(step="received")
-        self._granted = False
-        self._turn = Turn(granted=False)
+        super().__init__()
         self._host_wait = timedelta(seconds=Turn(granted=False).host_wait_s)
         self._fleet = False
         self._game_id = ""
@@ -123,12 +128,6 @@ class _RuntimeJob:
         self._host: HostRef | None = None
         self._new_placement = False
         self._after: PlacementNote | None = None
-
-    @workflow.signal(name=GRANT_SIGNAL)
-    def lock_granted(self, turn: Turn | None = None) -> None:
-        # Earlier shapes of the lock grant without a payload: the placement is then unknown.
-        self._turn = turn if turn is not None else Turn(granted=True)
-        self._granted = True
 
     @workflow.query(name="status")
     def status(self) -> JobStatus:

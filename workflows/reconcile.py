@@ -39,7 +39,6 @@ with workflow.unsafe.imports_passed_through():
         PlacementNote,
     )
     from contract.lock import (
-        GRANT_SIGNAL,
         REQUEST_AGAIN_EVERY,
         LockRelease,
         LockRequest,
@@ -71,7 +70,7 @@ with workflow.unsafe.imports_passed_through():
         RemoveContainer,
     )
     from workflows.awaiting import holds_within, shielded
-    from workflows.turns import ask_for_turn, give_back_turn, tell_registry
+    from workflows.turns import TurnHolder, ask_for_turn, give_back_turn, tell_registry
 
 # A host's Docker step: a few quick attempts (a run every few minutes is the real retry); a host with no
 # live worker is reported after RTJOBS_HOST_WAIT_S (the schedule-to-start timeout).
@@ -203,16 +202,10 @@ class HostUnreachable(Exception):
 
 
 @workflow.defn(name=RECONCILE_WORKFLOW)
-class RuntimeReconcile:
+class RuntimeReconcile(TurnHolder):
     def __init__(self) -> None:
-        self._granted = False
-        self._turn = Turn(granted=False)
+        super().__init__()
         self._summary: ReconcileSummary | None = None
-
-    @workflow.signal(name=GRANT_SIGNAL)
-    def lock_granted(self, turn: Turn | None = None) -> None:
-        self._turn = turn if turn is not None else Turn(granted=True)
-        self._granted = True
 
     @workflow.query(name="summary")
     def summary(self) -> ReconcileSummary | None:

@@ -13,10 +13,33 @@ from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from contract.hosts import ENGINE_CHANGED_SIGNAL, EngineChanged, registry_workflow_id
-    from contract.lock import RELEASE_SIGNAL, TAKE_TURN_ACTIVITY, LockRelease, LockRequest, Turn, lock_workflow_id
+    from contract.lock import (
+        GRANT_SIGNAL,
+        RELEASE_SIGNAL,
+        TAKE_TURN_ACTIVITY,
+        LockRelease,
+        LockRequest,
+        Turn,
+        lock_workflow_id,
+    )
 
 LOCK_ACTIVITY_TIMEOUT = timedelta(seconds=15)  # > the largest RTJOBS_ORDER_SETTLE_S (5 s) + an RPC
 LOCK_RETRY_POLICY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=5))
+
+
+class TurnHolder:
+    """What a workflow that takes games' turns keeps: whether the turn came, and with what placement.
+    Jobs and `RuntimeReconcile` derive from it, so the game's workflow grants both through one handler."""
+
+    def __init__(self) -> None:
+        self._granted = False
+        self._turn = Turn(granted=False)
+
+    @workflow.signal(name=GRANT_SIGNAL)
+    def lock_granted(self, turn: Turn | None = None) -> None:
+        # Earlier shapes of the lock grant without a payload: the placement is then unknown.
+        self._turn = turn if turn is not None else Turn(granted=True)
+        self._granted = True
 
 
 async def ask_for_turn(request: LockRequest) -> Turn:
