@@ -40,8 +40,9 @@ from temporalio.worker import Worker, WorkerDeploymentConfig
 import devstack
 import tracing
 from activities.docker import EngineActivities
-from activities.hosts import HostFacts, HostReporter, PlacementActivities, identify_host
+from activities.hosts import HostFacts, HostReporter, identify_host
 from activities.lock import LockActivities
+from activities.placement import PlacementActivities
 from activities.publish import ResultPublisher
 from activities.reconcile import (
     EngineEventPublisher,

@@ -1,5 +1,5 @@
-"""This worker's host in the fleet: who the Docker engine is, reporting it to the host registry, and
-the placement activity the jobs ask when a game's own workflow does not know where its engine is.
+"""This worker's host in the fleet: who the Docker engine is, and reporting it to the host registry
+(the placement activity, which asks the registry, is `activities/placement.py`).
 
 The engine names itself: its `ID` (stable across daemon restarts, from `GET /info`) keys the host and
 its task queue; `RTJOBS_HOST_NAME` (default the engine's `Name`) is what operators read and type.
@@ -11,27 +11,20 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import random
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from aiodocker.exceptions import DockerError
-from temporalio import activity
-from temporalio.client import Client, WithStartWorkflowOperation
-from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.client import Client
+from temporalio.common import WorkflowIDReusePolicy
 
 from activities.docker_gateway import DockerGateway
 from activities.engine_spec import ours_filters
 from contract.hosts import (
-    LOCATE_QUERY,
-    PLACE_ACTIVITY,
     REPORT_SIGNAL,
     HostRef,
     HostReport,
-    PlaceAnswer,
-    PlaceRequest,
     RegistryState,
     host_queue,
     registry_workflow_id,
@@ -187,44 +180,3 @@ class HostReporter:
                 if failing:
                     log.info("reporting host %s to the registry again", self.facts.ref.name)
                 failing = False
-
-
-class PlacementActivities:
-    """Holds the worker's Temporal client: the registry is asked by update, which a workflow cannot send."""
-
-    def __init__(self, client: Client) -> None:
-        self._client = client
-
-    @activity.defn(name=PLACE_ACTIVITY)
-    async def place_game_engine(self, request: PlaceRequest) -> PlaceAnswer:
-        """A lookup (a stop) is a query of the registry; a placement (a start) or a correction of the
-        inventory is an update, serialised with every other placement. A registry that has reached the
-        server's limit of updates in flight is asked again after a short random pause."""
-        task_queue = activity.info().task_queue
-        if not request.create and not request.absent_on:
-            handle = self._client.get_workflow_handle(registry_workflow_id(task_queue))
-            try:
-                answer: PlaceAnswer = await handle.query(LOCATE_QUERY, request.game_id, result_type=PlaceAnswer)
-                return answer
-            except RPCError as err:
-                if err.status != RPCStatusCode.NOT_FOUND:
-                    raise
-            # No registry run (terminated, or none yet): the update below starts one.
-        start = WithStartWorkflowOperation(
-            HostRegistry.run,
-            RegistryState(task_queue=task_queue),
-            id=registry_workflow_id(task_queue),
-            task_queue=coordination_queue(task_queue),
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-            static_summary=f"the Docker hosts of task queue {task_queue}",
-        )
-        while True:
-            try:
-                return await self._client.execute_update_with_start_workflow(
-                    HostRegistry.place, request, start_workflow_operation=start
-                )
-            except RPCError as err:
-                if err.status != RPCStatusCode.RESOURCE_EXHAUSTED:
-                    raise
-            await asyncio.sleep(random.uniform(0.02, 0.2))

@@ -17,6 +17,8 @@ HOST_REGISTRY_WORKFLOW = "RuntimeHostRegistry"
 REPORT_SIGNAL = "report"
 ENGINE_CHANGED_SIGNAL = "engine_changed"
 PLACE_UPDATE = "place"
+# Every placement a worker's jobs ask for at one moment, in one update (answered in the order given).
+PLACE_BATCH_UPDATE = "place_batch"
 DRAIN_UPDATE = "drain"
 UNDRAIN_UPDATE = "undrain"
 FORGET_UPDATE = "forget"
@@ -33,6 +35,8 @@ REGISTRY_EVENTS_BEFORE_CONTINUE_AS_NEW = 500
 # A host chosen for a new engine counts it from then on; the reservation ends when the host reports
 # the engine, when the job says how its start ended, or after this long (a job that vanished).
 RESERVATION_TTL_S = 15 * 60.0
+# At most this many placements in one `place_batch` update (~200 bytes each, far below the payload limit).
+PLACE_BATCH_MAX = 200
 
 _QUEUE_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -120,6 +124,16 @@ class PlaceRequest(BaseModel):
     absent_on: list[str] = Field(default_factory=list)
 
 
+class PlaceBatch(BaseModel):
+    """Placements asked by one worker's jobs at about the same time, sent as one update: the server holds
+    at most 10 updates of a workflow in flight (by default), so a thousand starts placed one update each
+    would crowd each other out with refused calls."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    requests: list[PlaceRequest] = Field(min_length=1, max_length=PLACE_BATCH_MAX)
+
+
 class PlaceAnswer(BaseModel):
     """`found`: hosts whose inventory (or a reservation) has the game; `chosen`: the host reserved for
     a new engine (only when `create` and nothing was found); `why`: why nothing was chosen;
@@ -131,6 +145,14 @@ class PlaceAnswer(BaseModel):
     chosen: HostRef | None = None
     why: str = ""
     live_hosts: int = 0
+
+
+class PlaceBatchAnswer(BaseModel):
+    """One answer per request of a `PlaceBatch`, in its order."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    answers: list[PlaceAnswer]
 
 
 class HostCommand(BaseModel):

@@ -29,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
         HOSTS_QUERY,
         LIVE_REPORTS,
         LOCATE_QUERY,
+        PLACE_BATCH_UPDATE,
         PLACE_UPDATE,
         REGISTRY_EVENTS_BEFORE_CONTINUE_AS_NEW,
         REPORT_SIGNAL,
@@ -41,6 +42,8 @@ with workflow.unsafe.imports_passed_through():
         HostReport,
         HostView,
         PlaceAnswer,
+        PlaceBatch,
+        PlaceBatchAnswer,
         PlaceRequest,
         RegistryState,
         Reservation,
@@ -103,7 +106,20 @@ class HostRegistry:
 
     @workflow.update(name=PLACE_UPDATE)
     def place(self, request: PlaceRequest) -> PlaceAnswer:
+        answer = self._place(request, workflow.now())
+        self._counted()
+        return answer
+
+    @workflow.update(name=PLACE_BATCH_UPDATE)
+    def place_batch(self, batch: PlaceBatch) -> PlaceBatchAnswer:
+        """The same answers as one `place` update per request in this order (each sees the reservations
+        of those before it), in one update and one history entry."""
         now = workflow.now()
+        answers = [self._place(request, now) for request in batch.requests]
+        self._counted()
+        return PlaceBatchAnswer(answers=answers)
+
+    def _place(self, request: PlaceRequest, now: datetime) -> PlaceAnswer:
         self._expire_reservations(now)
         for host_id in request.absent_on:
             record = self._state.hosts.get(host_id)
@@ -114,7 +130,6 @@ class HostRegistry:
                 del self._state.reservations[request.game_id]
         live = [r for r in self._state.hosts.values() if self._is_live(r, now)]
         found = self._found(request.game_id)
-        self._counted()
         if found or not request.create:
             return PlaceAnswer(found=found, live_hosts=len(live))
         open_hosts = [r for r in live if not r.draining and self._load(r) < r.capacity]

@@ -17,8 +17,9 @@ from temporalio import activity
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities.hosts import PlacementActivities, send_report
+from activities.hosts import send_report
 from activities.lock import LockActivities
+from activities.placement import PlacementActivities
 from activities.publish import ResultPublisher, redis_client
 from contract.engine import (
     ENSURE_REMOVED_ACTIVITY,
