@@ -41,7 +41,7 @@ import devstack
 import tracing
 from activities.docker import EngineActivities
 from activities.hosts import HostFacts, HostReporter, identify_host
-from activities.lock import LockActivities
+from activities.lock import LockActivities, TurnSignals
 from activities.placement import PlacementActivities
 from activities.publish import ResultPublisher
 from activities.reconcile import (
@@ -426,6 +426,7 @@ def build_worker(client: Client, settings: Settings, redis: RedisClient, engine:
         maxlen=settings.results_maxlen,
         min_replicas=settings.redis_min_replicas,
         wait_timeout_ms=settings.redis_wait_timeout_ms,
+        signals=TurnSignals(client).send,
     )
     return Worker(
         client,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 from temporalio import activity
@@ -10,6 +11,7 @@ from temporalio.client import Client, WithStartWorkflowOperation, WorkflowExecut
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.with_start import execute_update_with_start
 from contract.lock import (
     ACQUIRE_ACTIVITY,
     ACQUIRE_SIGNAL,
@@ -23,7 +25,29 @@ from contract.lock import (
     coordination_queue,
     lock_workflow_id,
 )
+from contract.models import FollowUpSignal
 from workflows.lock import GameLock
+
+log = logging.getLogger("rtjobs.lock")
+
+
+class TurnSignals:
+    """The publish activity's hand-over (`PublishRequest.then_signal`): the signals a job would send
+    itself after its publish, sent by the activity right after the entry is appended, so the job's
+    next workflow task is its last."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    async def send(self, follow_up: FollowUpSignal) -> None:
+        try:
+            await self._client.get_workflow_handle(follow_up.workflow_id).signal(follow_up.signal, follow_up.arg)
+        except RPCError as err:
+            if err.status != RPCStatusCode.NOT_FOUND:
+                raise  # the activity is retried: the entry is found, not appended again, and this sent again
+            # The game's workflow (or the registry) is gone (terminated): nothing to release or tell;
+            # the next request starts a new run, the host's next report tells the registry.
+            log.warning("%s not sent: workflow %s is gone", follow_up.signal, follow_up.workflow_id)
 
 
 class LockActivities:
@@ -60,9 +84,7 @@ class LockActivities:
             static_summary=f"serialises the runtime jobs of game {request.game_id} and remembers its host",
         )
         try:
-            turn: Turn = await self._client.execute_update_with_start_workflow(
-                TAKE_TURN_UPDATE, request, start_workflow_operation=start, result_type=Turn
-            )
+            turn = await execute_update_with_start(self._client, TAKE_TURN_UPDATE, request, start, Turn)
         except RPCError as err:
             if err.status != RPCStatusCode.RESOURCE_EXHAUSTED:
                 raise

@@ -23,10 +23,13 @@ from temporalio.client import Client, WithStartWorkflowOperation, WorkflowUpdate
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.with_start import execute_update_with_start
 from contract.hosts import (
     LOCATE_QUERY,
     PLACE_ACTIVITY,
     PLACE_BATCH_MAX,
+    PLACE_BATCH_UPDATE,
+    PLACE_UPDATE,
     PlaceAnswer,
     PlaceBatch,
     PlaceBatchAnswer,
@@ -109,15 +112,13 @@ class PlacementActivities:
         while True:
             self.updates_sent += 1
             try:
+                start = _start_registry(task_queue)
                 if len(requests) == 1:
-                    return [
-                        await self._client.execute_update_with_start_workflow(
-                            HostRegistry.place, requests[0], start_workflow_operation=_start_registry(task_queue)
-                        )
-                    ]
+                    one = await execute_update_with_start(self._client, PLACE_UPDATE, requests[0], start, PlaceAnswer)
+                    return [one]
                 batch = PlaceBatch(requests=requests)
-                answer: PlaceBatchAnswer = await self._client.execute_update_with_start_workflow(
-                    HostRegistry.place_batch, batch, start_workflow_operation=_start_registry(task_queue)
+                answer = await execute_update_with_start(
+                    self._client, PLACE_BATCH_UPDATE, batch, start, PlaceBatchAnswer
                 )
                 return answer.answers
             except WorkflowUpdateFailedError as err:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pydantic import ValidationError
@@ -13,7 +14,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.redis_topology import RedisClient, stream_primary
 from activities.redis_topology import redis_client as redis_client  # re-exported: tests and benches import it here
-from contract.models import JobResult, PublishRequest, one_line
+from contract.models import FollowUpSignal, JobResult, PublishRequest, one_line
 from contract.policies import (
     INVALID_JOB_RESULT,
     PUBLISH_ACTIVITY,
@@ -43,6 +44,10 @@ return id
 """
 
 
+# Sends one follow-up signal (activities/lock.py `TurnSignals.send`): the fleet's hand-over after a publish.
+SignalSender = Callable[[FollowUpSignal], Awaitable[None]]
+
+
 def idempotency_key(stream: str, workflow_id: str, run_id: str) -> str:
     """Key recording that a job run published; the hash tag keeps it in the stream's cluster slot.
 
@@ -69,8 +74,10 @@ class ResultPublisher:
         maxlen: int = 0,
         min_replicas: int = 0,
         wait_timeout_ms: int = 1000,
+        signals: SignalSender | None = None,
     ) -> None:
         self._redis = redis
+        self._signals = signals
         self._stream = stream
         self._dedup_ttl_s = dedup_ttl_s
         self._maxlen = maxlen
@@ -177,4 +184,15 @@ class ResultPublisher:
                 type=INVALID_JOB_RESULT,
                 non_retryable=True,
             )
-        return await self.publish(result, info.workflow_id, request.first_run_id or info.workflow_run_id)
+        entry_id = await self.publish(result, info.workflow_id, request.first_run_id or info.workflow_run_id)
+        if request.then_signal:
+            if self._signals is None:
+                raise ApplicationError(
+                    "this worker's publish activity was built without a Temporal client: it cannot hand the "
+                    "job's turn on",
+                    type=INVALID_JOB_RESULT,
+                    non_retryable=True,
+                )
+            for follow_up in request.then_signal:
+                await self._signals(follow_up)
+        return entry_id

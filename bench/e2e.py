@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import aiodocker
 from temporalio import activity
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
@@ -112,6 +113,25 @@ def server_args(partitions: int, eager: bool) -> list[str]:
     return dynamic_config_args([*values, *(EAGER_ACTIVITIES if eager else ())])
 
 
+async def print_timeline(client: Client, workflow_id: str) -> None:
+    """Where one job's time went: each history event (and each activity's summary) in ms since the
+    workflow started, and the gap to the event before."""
+    events = [e async for e in client.get_workflow_handle(workflow_id).fetch_history_events()]
+    t0 = events[0].event_time.ToMilliseconds()
+    previous = t0
+    print(f"timeline of {workflow_id} ({len(events)} events):")
+    for event in events:
+        at = event.event_time.ToMilliseconds()
+        kind = EventType.Name(event.event_type).removeprefix("EVENT_TYPE_").lower()
+        detail = ""
+        if event.HasField("activity_task_scheduled_event_attributes"):
+            detail = event.activity_task_scheduled_event_attributes.activity_type.name
+        elif event.HasField("marker_recorded_event_attributes"):
+            detail = event.marker_recorded_event_attributes.marker_name
+        print(f"  {at - t0:7d} ms (+{at - previous:5d})  {kind} {detail}")
+        previous = at
+
+
 def keep_summary(raw: Path, summary: Path) -> None:
     summary.write_text(summarize(raw))
     raw.unlink(missing_ok=True)
@@ -173,6 +193,11 @@ async def main() -> None:
     parser.add_argument("--eager", action="store_true", help="eager activity execution on (both sides)")
     parser.add_argument("--settle", type=float, default=None, help="RTJOBS_ORDER_SETTLE_S (default: the setting's)")
     parser.add_argument("--cache", type=int, default=None, help="RTJOBS_MAX_CACHED_WORKFLOWS (default: the setting's)")
+    parser.add_argument(
+        "--timeline",
+        action="store_true",
+        help="print the history timeline of the last start job at concurrency 1 (where its time went)",
+    )
     parser.add_argument(
         "--profile",
         default=None,
@@ -237,6 +262,12 @@ async def main() -> None:
                         results[("stop-replay", c)] = await run_scenario(jobs_clock, stop_job, args.n, c, "s")
                     if args.starts:
                         results[("start", c)] = await run_scenario(jobs_clock, start_job, args.starts, c, f"st{run}")
+                        if args.timeline and c == 1:
+                            last = max(
+                                (g for g in jobs_clock.seen if g.startswith(f"st{run}-")),
+                                key=jobs_clock.seen.__getitem__,
+                            )
+                            await print_timeline(client, f"bench-start-{last}")
     finally:
         async with aiodocker.Docker(url=engine.url) as docker:
             for container in await docker.containers.list(

@@ -241,6 +241,18 @@ class JobStatus(BaseModel):
     entry_id: str = Field(default="", description="stream entry id once the result is published")
 
 
+class FollowUpSignal(BaseModel):
+    """A signal the publish activity sends once the entry is on the stream (the fleet's hand-over: the
+    registry hears what the job changed, then the game's next job gets its turn). `arg` is the signal's
+    payload as JSON-safe data; the receiving workflow decodes it into its own model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    workflow_id: str
+    signal: str
+    arg: dict[str, Any]
+
+
 class PublishRequest(BaseModel):
     """Input of the publish activity.
 
@@ -256,7 +268,11 @@ class PublishRequest(BaseModel):
     # job, not the run, so a run made by `temporal workflow reset` of a job that already published
     # appends nothing. Empty (requests of the first released shape): the calling run's id.
     first_run_id: str = ""
+    # Sent in order after the entry is appended (and again by a retry: each is idempotent).
+    then_signal: list[FollowUpSignal] = Field(default_factory=list)
 
     @classmethod
-    def of(cls, result: JobResult, *, first_run_id: str = "") -> PublishRequest:
-        return cls(result=result.stream_fields(), first_run_id=first_run_id)
+    def of(
+        cls, result: JobResult, *, first_run_id: str = "", then_signal: list[FollowUpSignal] | None = None
+    ) -> PublishRequest:
+        return cls(result=result.stream_fields(), first_run_id=first_run_id, then_signal=then_signal or [])

@@ -23,7 +23,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 from temporalio.workflow import NondeterminismError
 
-from contract.lock import JOB_PATCH_V2, JOB_PATCH_V3, LOCK_PATCH_V2, LOCK_PATCH_V3
+from contract.lock import JOB_PATCH_V2, JOB_PATCH_V3, JOB_PATCH_V4, LOCK_PATCH_V2, LOCK_PATCH_V3
 from contract.models import JobRequest, JobResult
 from contract.reconcile import ReconcileSummary
 from workflows import ALL_WORKFLOWS, GameLock, StartRuntimeJob, StopRuntimeJob
@@ -117,6 +117,23 @@ def test_each_version_carries_its_patches(name: str) -> None:
     assert (v3 in _markers(load(name, "v3").events)) and (
         name in LOCK_HISTORIES or v2 in _markers(load(name, "v3").events)
     )
+
+
+# Jobs that must clean up after a failed start release the turn themselves: they never ask JOB_PATCH_V4.
+CLEAN_UP_FIRST = {"start_container_exited", "start_cancelled"}
+
+
+@pytest.mark.parametrize("name", sorted(set(EXPECTED) - {"start_bad_payload"}))
+def test_from_v5_the_publish_hands_the_turn_on(name: str) -> None:
+    """v5 (JOB_PATCH_V4): the publish activity sends the registry's word and the release; the job sends
+    no signal after its publish. Earlier versions and jobs that clean up first send them themselves."""
+    for version in VERSIONS:
+        events = load(name, version).events
+        handed_over = int(version[1:]) >= 5 and name not in CLEAN_UP_FIRST
+        assert (JOB_PATCH_V4 in _markers(events)) == handed_over, (version, name)
+        sent = [e for e in events if e.event_type == EventType.EVENT_TYPE_SIGNAL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED]
+        if int(version[1:]) >= 3:  # the fleet shape: the release (and maybe the registry's word) at the end
+            assert (not sent) == handed_over, (version, name)
 
 
 def test_a_failed_start_removes_what_it_left_before_its_turn_ends() -> None:

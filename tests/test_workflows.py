@@ -19,7 +19,10 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 
 from contract.engine import DOCKER_UNAVAILABLE_TYPE, EngineOutcome
-from contract.models import JobResult, JobStatus
+from contract.hosts import ENGINE_CHANGED_SIGNAL
+from contract.lock import RELEASE_SIGNAL, Turn, lock_workflow_id
+from contract.models import JobResult, JobStatus, PublishRequest
+from contract.policies import PUBLISH_ACTIVITY
 from tests.support.stand_ins import ORDER_TEST_SETTLE_S, StandInEngine, job_worker
 from tests.support.streams import read_entries
 from workflows import StartRuntimeJob, StopRuntimeJob
@@ -239,3 +242,68 @@ async def test_jobs_of_one_game_never_overlap_and_publish_in_start_order(
         assert [job for _b, _e, job in spans] == order, f"game {gid}: Docker steps ran out of start order"
         for (_b, ended, job), (began, _e, next_job) in itertools.pairwise(spans):
             assert ended <= began, f"game {gid}: {next_job}'s Docker step began before {job}'s ended"
+
+
+def _events(history: Any, kind: EventType.ValueType) -> list[Any]:
+    return [e for e in history.events if e.event_type == kind]
+
+
+async def test_the_publish_hands_the_turn_on_once_the_result_is_on_the_stream(
+    client: Client, task_queue: str, redis_url: str, redis: aioredis.Redis, stream: str
+) -> None:
+    """JOB_PATCH_V4: a job with nothing to do after its publish leaves the registry's word and the release
+    to the publish activity, which sends them after the append; a failed start that must clean up first
+    still releases the turn itself, after the clean-up."""
+    gid, engine = game(), StandInEngine()
+    async with job_worker(client, task_queue, redis_url, stream, engine):
+        started = await start(client, task_queue, StartRuntimeJob.run, {"game_id": gid})
+        await asyncio.wait_for(started.result(), HANG_S)
+        lock = client.get_workflow_handle(lock_workflow_id(gid, task_queue))
+        after_start = await lock.query("placement", result_type=Turn)
+        stopped = await start(client, task_queue, StopRuntimeJob.run, {"game_id": gid})
+        await asyncio.wait_for(stopped.result(), HANG_S)
+        after_stop = await lock.query("placement", result_type=Turn)
+
+    assert after_start.placement_known and after_start.placement is not None
+    assert after_start.placement.container_id == f"cid-{gid}"
+    assert after_stop.placement_known and after_stop.placement is None
+    for handle in (started, stopped):  # each made or removed the engine: the registry hears it, then the release
+        history = await handle.fetch_history()
+        # The job itself signals nobody and ends in the task after its publish.
+        assert not _events(history, EventType.EVENT_TYPE_SIGNAL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED)
+        (scheduled,) = [
+            e
+            for e in _events(history, EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)
+            if e.activity_task_scheduled_event_attributes.activity_type.name == PUBLISH_ACTIVITY
+        ]
+        (payload,) = scheduled.activity_task_scheduled_event_attributes.input.payloads
+        request = PublishRequest.model_validate_json(payload.data)
+        assert [s.signal for s in request.then_signal] == [ENGINE_CHANGED_SIGNAL, RELEASE_SIGNAL]
+        assert request.then_signal[-1].workflow_id == lock_workflow_id(gid, task_queue)
+    # The game's workflow got both releases, each after its job's entry was on the stream.
+    lock_history = await lock.fetch_history()
+    releases = [
+        e
+        for e in _events(lock_history, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED)
+        if e.workflow_execution_signaled_event_attributes.signal_name == RELEASE_SIGNAL
+    ]
+    entries = await read_entries(redis, stream)
+    assert len(releases) == 2 and len(entries) == 2
+    for (entry_id, _fields), release in zip(entries, releases, strict=True):
+        appended_ms = int(entry_id.split("-")[0])
+        assert release.event_time.ToMilliseconds() >= appended_ms
+
+    def fail(_game_id: str) -> EngineOutcome:
+        raise ApplicationError("no such image", type="image_pull_failed", non_retryable=True)
+
+    failing = game()
+    async with job_worker(client, task_queue, redis_url, stream, StandInEngine(start=fail)):
+        handle = await start(client, task_queue, StartRuntimeJob.run, {"game_id": failing})
+        result = await asyncio.wait_for(handle.result(), HANG_S)
+    assert result.error_code == "image_pull_failed"
+    history = await handle.fetch_history()
+    sent = [
+        e.signal_external_workflow_execution_initiated_event_attributes.signal_name
+        for e in _events(history, EventType.EVENT_TYPE_SIGNAL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED)
+    ]
+    assert sent == [ENGINE_CHANGED_SIGNAL, RELEASE_SIGNAL]  # the reservation freed, then the turn

@@ -38,6 +38,7 @@ with workflow.unsafe.imports_passed_through():
         RemoveFailedStart,
     )
     from contract.hosts import (
+        ENGINE_CHANGED_SIGNAL,
         PLACE_ACTIVITY,
         EngineChanged,
         HostRef,
@@ -45,18 +46,23 @@ with workflow.unsafe.imports_passed_through():
         Placement,
         PlacementNote,
         PlaceRequest,
+        registry_workflow_id,
     )
     from contract.lock import (
         ACQUIRE_ACTIVITY,
         JOB_PATCH_V2,
         JOB_PATCH_V3,
+        JOB_PATCH_V4,
+        RELEASE_SIGNAL,
         REQUEST_AGAIN_EVERY,
         LockRelease,
         LockRequest,
         Turn,
+        lock_workflow_id,
     )
     from contract.models import (
         ErrorCode,
+        FollowUpSignal,
         JobKind,
         JobRequest,
         JobResult,
@@ -128,6 +134,8 @@ class _RuntimeJob(TurnHolder):
         self._host: HostRef | None = None
         self._new_placement = False
         self._after: PlacementNote | None = None
+        # The publish activity gave the turn back (JOB_PATCH_V4): nothing is left to release.
+        self._handed_over = False
 
     @workflow.query(name="status")
     def status(self) -> JobStatus:
@@ -152,10 +160,16 @@ class _RuntimeJob(TurnHolder):
                 result = JobResult.failure(game_id, ErrorCode.CANCELLED, "cancelled before it started")
             else:
                 result = await self._outcome(request)
-            await self._publish(result)
-            if current and self.kind is JobKind.START and self._engine_step_begun and result.outcome == "failure":
+            failed_start = self.kind is JobKind.START and result.outcome == "failure"
+            clean_up = current and failed_start and self._engine_step_begun
+            # Nothing to do between the publish and the release: the publish activity hands the turn on
+            # itself, right after the entry is appended (one workflow task and one signal round trip less).
+            hand_over = self._fleet and not clean_up and self._granted and workflow.patched(JOB_PATCH_V4)
+            await self._publish(result, then_signal=self._hand_over(game_id, result) if hand_over else None)
+            self._handed_over = hand_over
+            if clean_up:
                 await self._remove_failed_start(game_id, after_outage=result.error_code == ErrorCode.DOCKER_UNAVAILABLE)
-            if self._fleet:
+            if self._fleet and not hand_over:
                 await shielded(self._tell_registry(game_id, result))
         finally:
             # A cancellation now must neither cut the release short nor undo the result published.
@@ -259,20 +273,48 @@ class _RuntimeJob(TurnHolder):
         placement = self._turn.placement if self._turn.placement_known else None
         return placement.host if placement is not None else None
 
-    async def _tell_registry(self, game_id: str, result: JobResult) -> None:
-        """The registry counts a new engine at once (and frees a reservation that came to nothing),
-        without waiting for the host's next report."""
+    def _engine_change(self, game_id: str, result: JobResult) -> EngineChanged | None:
+        """What the registry should count at once (a new engine; a reservation that came to nothing),
+        without waiting for the host's next report; None: nothing it does not know."""
         host = self._host
         if host is None:
-            return
+            return None
         present: bool | None = None
         if result.outcome == "success" and not result.error_code:
             present = self.kind is JobKind.START
         elif self._new_placement and self._after is not None and self._after.known:
             present = False  # a failed start on a new host, whose leftovers were removed
         if present is None:
-            return
-        await tell_registry(EngineChanged(game_id=game_id, host_id=host.host_id, present=present))
+            return None
+        return EngineChanged(game_id=game_id, host_id=host.host_id, present=present)
+
+    async def _tell_registry(self, game_id: str, result: JobResult) -> None:
+        change = self._engine_change(game_id, result)
+        if change is not None:
+            await tell_registry(change)
+
+    def _hand_over(self, game_id: str, result: JobResult) -> list[FollowUpSignal]:
+        """The signals the job would send after its publish (the registry's word, then the release), for
+        the publish activity to send in this order once the entry is appended."""
+        queue = workflow.info().task_queue
+        signals = []
+        change = self._engine_change(game_id, result)
+        if change is not None:
+            signals.append(
+                FollowUpSignal(
+                    workflow_id=registry_workflow_id(queue),
+                    signal=ENGINE_CHANGED_SIGNAL,
+                    arg=change.model_dump(mode="json"),
+                )
+            )
+        signals.append(
+            FollowUpSignal(
+                workflow_id=lock_workflow_id(game_id, queue),
+                signal=RELEASE_SIGNAL,
+                arg=self._release_request().model_dump(mode="json"),
+            )
+        )
+        return signals
 
     async def _take_turn(self, game_id: str, *, request_again: bool) -> bool:
         """Wait for the game's turn; returns whether the job was cancelled meanwhile.
@@ -333,16 +375,17 @@ class _RuntimeJob(TurnHolder):
         await shielded(turn(), note_cancel)
         return cancelled
 
-    async def _publish(self, result: JobResult) -> None:
+    async def _publish(self, result: JobResult, *, then_signal: list[FollowUpSignal] | None = None) -> None:
         self._step(f"{self.kind} job for game {result.game_id}: publishing {result.outcome}")
         self._status = self._status.model_copy(update={"result": result})
+        summary = f"publish {result.outcome} {result.error_code} for game {result.game_id}".rstrip()
         publish = workflow.execute_activity(
             PUBLISH_ACTIVITY,
-            PublishRequest.of(result, first_run_id=workflow.info().first_execution_run_id),
+            PublishRequest.of(result, first_run_id=workflow.info().first_execution_run_id, then_signal=then_signal),
             start_to_close_timeout=PUBLISH_START_TO_CLOSE_TIMEOUT,
             retry_policy=PUBLISH_RETRY_POLICY,
             result_type=str,
-            summary=f"publish {result.outcome} {result.error_code} for game {result.game_id}".rstrip(),
+            summary=summary + (", then pass the game's turn on" if then_signal else ""),
         )
         entry_id = await shielded(publish)  # a cancellation arriving now must not stop the publish
         self._status = self._status.model_copy(update={"entry_id": entry_id})
@@ -383,14 +426,16 @@ class _RuntimeJob(TurnHolder):
             self._after = PlacementNote(known=True)
 
     async def _release(self, game_id: str) -> None:
-        if not self._granted:
+        if not self._granted or self._handed_over:
             return
+        # (A lock run that is gone has nothing to release; the result the job published stands.)
+        await give_back_turn(game_id, self._release_request())
+
+    def _release_request(self) -> LockRelease:
         info = workflow.info()
-        release = LockRelease(
+        return LockRelease(
             run_id=info.run_id, first_run_id=info.first_execution_run_id, after=self._after if self._fleet else None
         )
-        # (A lock run that is gone has nothing to release; the result the job published stands.)
-        await give_back_turn(game_id, release)
 
     def _step(self, step: str) -> None:
         self._status = self._status.model_copy(update={"step": step})

@@ -18,7 +18,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.hosts import send_report
-from activities.lock import LockActivities
+from activities.lock import LockActivities, TurnSignals
 from activities.placement import PlacementActivities
 from activities.publish import ResultPublisher, redis_client
 from contract.engine import (
@@ -125,7 +125,7 @@ async def job_worker(
     # Connect now: redis-py imports parts of itself on first connect, and an import while a workflow
     # activation runs in the sandbox (its import hook is process-wide) draws a warning per module.
     await redis.ping()
-    publisher = ResultPublisher(redis, stream=stream, dedup_ttl_s=3600)
+    publisher = ResultPublisher(redis, stream=stream, dedup_ttl_s=3600, signals=TurnSignals(client).send)
     settle = Settings().order_settle_s if order_settle_s is None else order_settle_s
     locks = LockActivities(client, order_settle_s=settle)
     activities: dict[str, Callable[..., Any]] = {
