@@ -58,7 +58,7 @@ async def measure(
             before = [read_sample(pid).cpu_s for pid in pids]
             server_before = read_sample(server.proc.pid).cpu_s
             busy0, total0 = machine_cpu_s()
-            result = await run_scenario(clock, stop_job, n, concurrency, f"s{run}")
+            result, _ = await run_scenario(clock, stop_job, n, concurrency, f"s{run}")
             busy1, total1 = machine_cpu_s()
             samples = [read_sample(pid) for pid in pids]
             result["worker cpu ms/job"] = sum(s.cpu_s - b for s, b in zip(samples, before, strict=True)) * 1000 / n
