@@ -7,6 +7,8 @@ C, each timed from its start request to its entry appearing on the stream (an XR
   answer that the game has no engine anywhere, the publish; no Docker call);
 - `stop-again`: a second StopRuntimeJob of each of those games: its game's workflow already runs and
   knows the game has no engine (the path of any game the fleet has seen; no registry call);
+- `stop-pair`: two StopRuntimeJobs of one new game started back to back, timed to the second's entry
+  (the second waits for the first's turn to be handed on);
 - `start`: StartRuntimeJob of distinct games with the tiny healthy test image (placement by the host
   registry, the Docker step on the host's queue; then cleaned up);
 - `baseline`: a workflow with one activity doing a plain XADD of six fields.
@@ -44,6 +46,7 @@ from activities.docker import EngineActivities
 from activities.publish import redis_client
 from bench.baseline import BASELINE_ACTIVITY, BASELINE_WORKFLOW, BaselineJob
 from bench.profile import summarize
+from contract.lock import lock_workflow_id
 from contract.models import LABEL_GAME_ID, LABEL_MANAGED_BY, MANAGED_BY
 from contract.settings import Settings
 from tests.support.binaries import temporal_cli
@@ -115,11 +118,13 @@ def server_args(partitions: int, eager: bool) -> list[str]:
     return dynamic_config_args([*values, *(EAGER_ACTIVITIES if eager else ())])
 
 
-async def print_timeline(client: Client, workflow_id: str) -> None:
-    """Where one job's time went: each history event (and each activity's summary) in ms since the
-    workflow started, and the gap to the event before."""
+async def print_timeline(client: Client, workflow_id: str, since: int | None = None) -> int:
+    """Where one workflow's time went: each history event (with its activity type or marker name) in ms
+    since the workflow started (or since `since`, ms since the epoch), and the gap to the event before.
+    Returns when the workflow started."""
     events = [e async for e in client.get_workflow_handle(workflow_id).fetch_history_events()]
-    t0 = events[0].event_time.ToMilliseconds()
+    started = events[0].event_time.ToMilliseconds()
+    t0 = started if since is None else since
     previous = t0
     print(f"timeline of {workflow_id} ({len(events)} events):")
     for event in events:
@@ -132,6 +137,7 @@ async def print_timeline(client: Client, workflow_id: str) -> None:
             detail = event.marker_recorded_event_attributes.marker_name
         print(f"  {at - t0:7d} ms (+{at - previous:5d})  {kind} {detail}")
         previous = at
+    return started
 
 
 def keep_summary(raw: Path, summary: Path) -> None:
@@ -162,11 +168,17 @@ async def profiled(path: str | None) -> AsyncIterator[None]:
 
 
 async def run_scenario(
-    clock: StreamClock, start: Starter, n: int, concurrency: int, prefix: str, games: list[str] | None = None
+    clock: StreamClock,
+    start: Starter,
+    n: int,
+    concurrency: int,
+    prefix: str,
+    games: list[str] | None = None,
+    entries: int = 1,
 ) -> tuple[dict[str, float], list[str]]:
     """The figures, and the games: `games` are those of an earlier scenario, whose next entry is timed
-    (else n new games)."""
-    nth = 1 + len(clock.seen[games[0]]) if games else 1
+    (else n new games); `entries`: how many entries each call of `start` makes (the last is timed)."""
+    nth = (len(clock.seen[games[0]]) if games else 0) + entries
     games = games or [f"{prefix}-{uuid.uuid4().hex[:6]}-{i}" for i in range(n)]
     sent: dict[str, float] = {}
     queue = iter(games)
@@ -181,11 +193,11 @@ async def run_scenario(
     t0 = time.perf_counter()
     await asyncio.gather(*(lane() for _ in range(concurrency)))
     wall = time.perf_counter() - t0
-    cpu_ms = (time.process_time() - cpu0) * 1000 / n
+    cpu_ms = (time.process_time() - cpu0) * 1000 / (n * entries)
     lat = sorted((clock.seen[g][nth - 1] - sent[g]) * 1000 for g in games)
     figures = {
         "cpu ms/job": cpu_ms,
-        "jobs/s": n / wall,
+        "jobs/s": n * entries / wall,
         "p50 ms": statistics.median(lat),
         "p99 ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))],
     }
@@ -253,6 +265,10 @@ async def main() -> None:
                 "StopRuntimeJob", {"game_id": game_id}, id=f"bench-stop2-{game_id}", task_queue=settings.task_queue
             )
 
+        async def stop_pair(game_id: str) -> Any:
+            await stop_job(game_id)
+            return await stop_again(game_id)
+
         async def start_job(game_id: str) -> Any:
             return await client.start_workflow(
                 "StartRuntimeJob", {"game_id": game_id}, id=f"bench-start-{game_id}", task_queue=settings.task_queue
@@ -274,6 +290,10 @@ async def main() -> None:
                     async with profiled(args.profile if c == levels[-1] else None):
                         results[("stop-replay", c)], stopped = await run_scenario(jobs_clock, stop_job, args.n, c, "s")
                     results[("stop-again", c)], _ = await run_scenario(jobs_clock, stop_again, args.n, c, "", stopped)
+                    results[("stop-pair", c)], _ = await run_scenario(jobs_clock, stop_pair, args.n, c, "p", entries=2)
+                    if args.timeline and c == 1:  # the last stop-replay, and its game's new workflow
+                        began = await print_timeline(client, f"bench-stop-{stopped[-1]}")
+                        await print_timeline(client, lock_workflow_id(stopped[-1], settings.task_queue), began)
                     if args.starts:
                         results[("start", c)], _ = await run_scenario(jobs_clock, start_job, args.starts, c, f"st{run}")
                         if args.timeline and c == 1:
