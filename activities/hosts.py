@@ -98,17 +98,25 @@ def _capacity(info: Mapping[str, Any], settings: Settings) -> tuple[int, str]:
     return max(1, memory // settings.engine_memory_bytes), "engine memory / RTJOBS_ENGINE_MEMORY_BYTES"
 
 
+def registry_start_options(task_queue: str) -> dict[str, Any]:
+    """How the fleet's registry is started by whoever reaches it first: a worker's report here, a job's
+    placement (`activities/placement.py`)."""
+    return {
+        "id": registry_workflow_id(task_queue),
+        "task_queue": coordination_queue(task_queue),
+        "id_reuse_policy": WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+        "static_summary": f"the Docker hosts of task queue {task_queue}",
+    }
+
+
 async def send_report(client: Client, task_queue: str, report: HostReport) -> None:
     """Signal-with-start of the fleet's registry: the first report of a fleet starts it."""
     await client.start_workflow(
         HostRegistry.run,
         RegistryState(task_queue=task_queue),
-        id=registry_workflow_id(task_queue),
-        task_queue=coordination_queue(task_queue),
         start_signal=REPORT_SIGNAL,
         start_signal_args=[report],
-        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-        static_summary=f"the Docker hosts of task queue {task_queue}",
+        **registry_start_options(task_queue),
     )
 
 

@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 
 from temporalio import activity
 from temporalio.client import Client, WithStartWorkflowOperation, WorkflowUpdateFailedError
-from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.hosts import registry_start_options
 from activities.with_start import execute_update_with_start
 from contract.hosts import (
     LOCATE_QUERY,
@@ -37,7 +38,6 @@ from contract.hosts import (
     RegistryState,
     registry_workflow_id,
 )
-from contract.lock import coordination_queue
 from workflows.hosts import HostRegistry
 
 log = logging.getLogger("rtjobs.placement")
@@ -127,16 +127,12 @@ class PlacementActivities:
                 # A registry still run by a build without `place_batch` (a rolling deploy): one update
                 # each, as that build expects.
                 log.warning("the host registry refused a batch of placements (%s); placing one at a time", err.cause)
-                return [await self._one_at_a_time(task_queue, r) for r in requests]
+                return [(await self._update(task_queue, [r]))[0] for r in requests]
             except RPCError as err:
                 if err.status != RPCStatusCode.RESOURCE_EXHAUSTED:
                     raise
             refused += 1
             await asyncio.sleep(random.uniform(0, min(REFUSED_PAUSE_CAP_S, REFUSED_FIRST_PAUSE_S * 2**refused)))
-
-    async def _one_at_a_time(self, task_queue: str, request: PlaceRequest) -> PlaceAnswer:
-        (answer,) = await self._update(task_queue, [request])
-        return answer
 
 
 def _start_registry(task_queue: str) -> WithStartWorkflowOperation[HostRegistry, None]:
@@ -144,9 +140,6 @@ def _start_registry(task_queue: str) -> WithStartWorkflowOperation[HostRegistry,
     return WithStartWorkflowOperation(
         HostRegistry.run,
         RegistryState(task_queue=task_queue),
-        id=registry_workflow_id(task_queue),
-        task_queue=coordination_queue(task_queue),
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-        static_summary=f"the Docker hosts of task queue {task_queue}",
+        **registry_start_options(task_queue),
     )
