@@ -312,7 +312,7 @@ async def test_cluster_failover_mid_run_every_result_exactly_once(
 async def test_sentinel_failover_mid_run_every_result_exactly_once(client: Client, task_queue: str) -> None:
     sentinel_user = user_config(SENTINEL_USER, documented_acl(SENTINEL_RULES), SENTINEL_PASSWORD)
     topology = LocalSentinel(
-        count=3, down_after_ms=1000, data_args=worker_user(WAIT_RULES), sentinel_args=sentinel_user
+        count=3, down_after_ms=2000, data_args=worker_user(WAIT_RULES), sentinel_args=sentinel_user
     )
     await asyncio.to_thread(topology.start)
     try:
@@ -334,14 +334,20 @@ async def test_sentinel_failover_mid_run_every_result_exactly_once(client: Clien
             promoted_at = time.monotonic()
             # Restarted as it was configured (a primary, empty): the sentinels turn it into a replica.
             await asyncio.to_thread(primary.start)
-            await asyncio.to_thread(
-                wait_until,
-                lambda: primary.info("replication").get("master_link_status") == "up",
-                "the killed primary back as a replica",
-                30,
-            )
+            try:
+                await asyncio.to_thread(
+                    wait_until,
+                    lambda: primary.info("replication").get("master_link_status") == "up",
+                    "the killed primary back as a replica",
+                    30,
+                )
+            except TimeoutError as late:
+                raise AssertionError(f"{late}; the sentinels' switches: {topology.switches()}") from late
             rejoined_at = time.monotonic()
             jobs = await asyncio.wait_for(run, 120)
+            # One failover, to the replica: a second one would have promoted the empty restarted node.
+            one_switch = f"+switch-master {topology.name} 127.0.0.1 {primary.port} 127.0.0.1 {replica.port}"
+            assert topology.switches() == [one_switch] * 3, topology.switches()
 
         lost, doubled = exactly_once(jobs, await read_stream(replica), "s-during")
         held = [job for job in jobs if job.started < promoted_at and job.landed > killed_at]

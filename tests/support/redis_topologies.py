@@ -297,13 +297,21 @@ sentinel parallel-syncs %(name)s 1
 
 
 class LocalSentinel:
-    """A primary, one replica and `count` sentinels watching them (quorum: a majority)."""
+    """A primary, one replica and `count` sentinels watching them (quorum: a majority).
+
+    `down_after_ms` must stay above one second, Sentinel's reconnect period. After a switch, a sentinel's
+    link to the new primary starts a down-after timer at once but may reconnect (and PING) only up to a
+    second later; at 1000 ms, about one switch in ten judged the new primary down before its first PONG,
+    and the other sentinels' "down" replies about the old primary, still held, made that objective at
+    once: a second failover promoted the restarted, empty old primary, which erased the stream on the
+    replica that held it. With 2000 ms the first PONG always comes in time.
+    """
 
     def __init__(
         self,
         *,
         count: int = 3,
-        down_after_ms: int = 1000,
+        down_after_ms: int = 2000,
         data_args: Iterable[str] = (),
         sentinel_args: Iterable[str] = (),
     ) -> None:
@@ -358,6 +366,16 @@ class LocalSentinel:
     def node_at(self, port: int) -> Node:
         [node] = [n for n in self.data_nodes if n.port == port]
         return node
+
+    def switches(self) -> list[str]:
+        """Every `+switch-master` event the sentinels logged: one per sentinel per failover."""
+        return [
+            line.split(" # ", 1)[-1]
+            for sentinel in self.sentinels
+            if sentinel.log.exists()
+            for line in sentinel.log.read_text(errors="replace").splitlines()
+            if "+switch-master" in line
+        ]
 
     def url(self, userinfo: str = "", query: str = "", scheme: str = "redis+sentinel") -> str:
         hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
