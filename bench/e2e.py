@@ -167,6 +167,17 @@ async def profiled(path: str | None) -> AsyncIterator[None]:
             await asyncio.to_thread(keep_summary, Path(out), Path(path))
 
 
+def starter(client: Client, workflow: str, id_prefix: str, task_queue: str) -> Starter:
+    """Starts `workflow` for one game, as the Runtime Manager would: id `<id_prefix>-<game id>`."""
+
+    async def start(game_id: str) -> Any:
+        return await client.start_workflow(
+            workflow, {"game_id": game_id}, id=f"{id_prefix}-{game_id}", task_queue=task_queue
+        )
+
+    return start
+
+
 async def run_scenario(
     clock: StreamClock,
     start: Starter,
@@ -255,29 +266,14 @@ async def main() -> None:
             client, task_queue=f"bench-baseline-{run}", workflows=[BaselineJob], activities=[baseline_acts.xadd]
         )
 
-        async def stop_job(game_id: str) -> Any:
-            return await client.start_workflow(
-                "StopRuntimeJob", {"game_id": game_id}, id=f"bench-stop-{game_id}", task_queue=settings.task_queue
-            )
-
-        async def stop_again(game_id: str) -> Any:
-            return await client.start_workflow(
-                "StopRuntimeJob", {"game_id": game_id}, id=f"bench-stop2-{game_id}", task_queue=settings.task_queue
-            )
+        stop_job = starter(client, "StopRuntimeJob", "bench-stop", settings.task_queue)
+        stop_again = starter(client, "StopRuntimeJob", "bench-stop2", settings.task_queue)
+        start_job = starter(client, "StartRuntimeJob", "bench-start", settings.task_queue)
+        baseline_job = starter(client, BASELINE_WORKFLOW, "bench-base", f"bench-baseline-{run}")
 
         async def stop_pair(game_id: str) -> Any:
             await stop_job(game_id)
             return await stop_again(game_id)
-
-        async def start_job(game_id: str) -> Any:
-            return await client.start_workflow(
-                "StartRuntimeJob", {"game_id": game_id}, id=f"bench-start-{game_id}", task_queue=settings.task_queue
-            )
-
-        async def baseline_job(game_id: str) -> Any:
-            return await client.start_workflow(
-                BASELINE_WORKFLOW, {"game_id": game_id}, id=f"bench-base-{game_id}", task_queue=f"bench-baseline-{run}"
-            )
 
         async with serving(client, settings, redis, docker_acts), baseline_worker:
             jobs_clock = StreamClock(redis, settings.results_stream)
