@@ -542,9 +542,12 @@ async def test_image_outside_dockers_ascii_tag_grammar_is_invalid_request(rig: R
 
 
 async def test_worker_serves_a_good_job_after_all_the_bad_input(rig: Rig) -> None:
-    """Runs after the tests above on the same worker (module order): it is still healthy."""
+    """Runs after the tests above on the same worker (module order): it is still healthy. The start and
+    the stop of one game run one after the other: started together, their order on the stream is
+    promised only within RTJOBS_ORDER_SETTLE_S, which this rig does not set (the CI flake)."""
     gid = f"after-{uuid.uuid4().hex[:8]}"
-    await check_batch(rig, [make_case(START, {"game_id": gid}), make_case(STOP, {"game_id": gid})])
+    await check_batch(rig, [make_case(START, {"game_id": gid})])
+    await check_batch(rig, [make_case(STOP, {"game_id": gid})])
 
 
 # --- what "a valid image reference" means must be what Docker means ---------------------------
