@@ -413,12 +413,9 @@ def deployment(
     return WorkerDeploymentConfig(version=version, use_worker_versioning=True, default_versioning_behavior=behavior)
 
 
-def build_worker(client: Client, settings: Settings, redis: RedisClient, engine: EngineActivities) -> Worker:
-    """The shared queue's worker: every workflow, the publish, the turn and placement activities.
-
-    The Docker activities are registered here too, for job runs begun by the single-host shape
-    (they ran their Docker step on the shared queue); runs of the fleet shape never schedule them here.
-    """
+def build_worker(client: Client, settings: Settings, redis: RedisClient) -> Worker:
+    """The shared queue's worker: every workflow, the publish, the turn and placement activities (the
+    Docker activities run on each host's own queue: `build_host_worker`)."""
     publisher = ResultPublisher(
         redis,
         stream=settings.results_stream,
@@ -435,7 +432,6 @@ def build_worker(client: Client, settings: Settings, redis: RedisClient, engine:
         workflow_runner=workflow_runner(),
         activities=activity_methods(
             publisher,
-            engine,
             LockActivities(client, order_settle_s=settings.order_settle_s, host_wait_s=settings.host_wait_s),
             PlacementActivities(client),
             ReconcileRecordActivities(client),
@@ -449,7 +445,7 @@ def build_worker(client: Client, settings: Settings, redis: RedisClient, engine:
         default_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
         interceptors=[ActivityMetrics(host=settings.host_name or "")],
         # The jobs finish on the build that started them: a new build never replays a job begun by the old
-        # one. (The lock shape of the single-host release, which ran here, would be pinned too.)
+        # one.
         deployment_config=deployment(settings, VersioningBehavior.PINNED),
     )
 
@@ -500,7 +496,7 @@ async def serving(
             task = asyncio.create_task(_serve_host_when_docker_answers(stack, client, settings, engine, workers))
             stack.push_async_callback(_cancelled, task)
         workers.append(await stack.enter_async_context(build_coordination_worker(client, settings)))
-        workers.append(await stack.enter_async_context(build_worker(client, settings, redis, engine)))
+        workers.append(await stack.enter_async_context(build_worker(client, settings, redis)))
         if facts is not None:  # (the registry answers queries through a shared-queue worker: now)
             check = asyncio.create_task(_check_fleet(client, settings, facts))
             stack.push_async_callback(_cancelled, check)

@@ -5,19 +5,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any, cast
 
 from temporalio import activity
-from temporalio.client import Client, WithStartWorkflowOperation, WorkflowExecutionStatus
-from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.client import Client, WithStartWorkflowOperation, WorkflowExecutionStatus, WorkflowQueryRejectedError
+from temporalio.common import QueryRejectCondition, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.with_start import execute_update_with_start
 from contract.lock import (
-    ACQUIRE_ACTIVITY,
     ACQUIRE_SIGNAL,
     HOLDER_RUNNING_ACTIVITY,
     TAKE_TURN_ACTIVITY,
+    TAKE_TURN_AGAIN_ACTIVITY,
     TAKE_TURN_UPDATE,
+    TURN_FOR_QUERY,
     HolderCheck,
     LockRequest,
     LockState,
@@ -29,6 +31,11 @@ from contract.models import FollowUpSignal
 from workflows.lock import GameLock
 
 log = logging.getLogger("rtjobs.lock")
+
+# How the server refuses an update it will not take now: too many in flight (RESOURCE_EXHAUSTED); and,
+# should a run reach its total (`history.maxTotalUpdates`, which the game's workflow avoids by continuing
+# as new when the server suggests it), FAILED_PRECONDITION. Either way the request is queued by signal.
+UPDATE_REFUSED = {RPCStatusCode.RESOURCE_EXHAUSTED, RPCStatusCode.FAILED_PRECONDITION}
 
 
 class TurnSignals:
@@ -86,19 +93,38 @@ class LockActivities:
         try:
             turn = await execute_update_with_start(self._client, TAKE_TURN_UPDATE, request, start, Turn)
         except RPCError as err:
-            if err.status != RPCStatusCode.RESOURCE_EXHAUSTED:
+            if err.status not in UPDATE_REFUSED:
                 raise
             # More jobs of this game ask at once than the server lets a workflow hold updates in flight
-            # (10 by default): queue by signal instead; the turn then comes as the grant signal.
+            # (10 by default), or the run took all the updates the server allows one run: queue by
+            # signal instead; the turn then comes as the grant signal.
+            log.info("game %s: take_turn refused (%s); queueing by signal", request.game_id, err.message)
             await self._signal_with_start(request, task_queue, coordination_queue(task_queue))
             turn = Turn(granted=False)
         return turn.model_copy(update={"host_wait_s": self._host_wait_s})
 
-    @activity.defn(name=ACQUIRE_ACTIVITY)
-    async def acquire_game_lock(self, request: LockRequest) -> None:
-        """The single-host shape's acquire (signal-with-start), kept for job runs begun by it."""
-        await self._settle(request)
-        await self._signal_with_start(request, activity.info().task_queue, activity.info().task_queue)
+    @activity.defn(name=TAKE_TURN_AGAIN_ACTIVITY)
+    async def take_game_turn_again(self, request: LockRequest) -> Turn:
+        """A waiting job's re-ask: the `turn_for` query of the game's open workflow, which writes no
+        history and spends none of the run's update budget; only a run that does not know the request
+        (it is gone, or a new run lost it) is asked by update-with-start, as the first time."""
+        handle = self._client.get_workflow_handle(lock_workflow_id(request.game_id, activity.info().task_queue))
+        try:
+            known: Turn | None = await handle.query(
+                TURN_FOR_QUERY,
+                request,
+                result_type=cast("type[Any]", Turn | None),
+                reject_condition=QueryRejectCondition.NOT_OPEN,
+            )
+        except WorkflowQueryRejectedError:
+            known = None  # the run ended (idle exit, terminated): a new one must hear the request
+        except RPCError as err:
+            if err.status != RPCStatusCode.NOT_FOUND:
+                raise
+            known = None
+        if known is None:
+            return await self.take_game_turn(request)
+        return known.model_copy(update={"host_wait_s": self._host_wait_s})
 
     async def _signal_with_start(self, request: LockRequest, task_queue: str, runs_on: str) -> None:
         await self._client.start_workflow(

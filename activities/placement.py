@@ -17,6 +17,7 @@ import asyncio
 import logging
 import random
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 from temporalio import activity
 from temporalio.client import Client, WithStartWorkflowOperation, WorkflowUpdateFailedError
@@ -26,11 +27,16 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities.hosts import registry_start_options
 from activities.with_start import execute_update_with_start
 from contract.hosts import (
+    HOST_LIVENESS_ACTIVITY,
+    HOSTS_QUERY,
     LOCATE_QUERY,
     PLACE_ACTIVITY,
     PLACE_BATCH_MAX,
     PLACE_BATCH_UPDATE,
     PLACE_UPDATE,
+    HostLiveness,
+    HostRef,
+    HostView,
     PlaceAnswer,
     PlaceBatch,
     PlaceBatchAnswer,
@@ -46,6 +52,8 @@ log = logging.getLogger("rtjobs.placement")
 # a pause drawn from [0, min(cap, first * 2**n)]: "full jitter", so refused callers spread out.
 REFUSED_FIRST_PAUSE_S = 0.05
 REFUSED_PAUSE_CAP_S = 2.0
+# The silence of a host the registry holds no report of (a JSON number: infinity has no JSON form).
+NEVER_HEARD_S = 1e9
 
 
 @dataclass
@@ -78,6 +86,25 @@ class PlacementActivities:
                     raise
             # No registry run (terminated, or none yet): the update below starts one.
         return await self.place(task_queue, request)
+
+    @activity.defn(name=HOST_LIVENESS_ACTIVITY)
+    async def host_liveness(self, host: HostRef) -> HostLiveness:
+        """How long the host's workers have been silent, from the registry's record of their reports (a
+        query: no history). A registry that cannot be asked counts as "just heard": a Docker step is
+        never given up on because the coordination layer is slow."""
+        handle = self._client.get_workflow_handle(registry_workflow_id(activity.info().task_queue))
+        try:
+            views = await handle.query(HOSTS_QUERY, result_type=list[HostView], rpc_timeout=timedelta(seconds=10))
+        except RPCError as err:
+            log.warning("could not ask the host registry about host %s: %s", host.name, err.message)
+            return HostLiveness(known=True, live=True, silent_s=0.0)
+        view = next((v for v in views if v.host_id == host.host_id), None)
+        if view is None:
+            return HostLiveness(known=False, live=False, silent_s=NEVER_HEARD_S)
+        silent_s = NEVER_HEARD_S
+        if view.last_seen is not None:
+            silent_s = max(0.0, (datetime.now(UTC) - view.last_seen).total_seconds())
+        return HostLiveness(known=True, live=view.live, silent_s=silent_s)
 
     async def place(self, task_queue: str, request: PlaceRequest) -> PlaceAnswer:
         """The registry's answer to `request`, sent with whatever else this worker asks meanwhile."""

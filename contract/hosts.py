@@ -25,6 +25,9 @@ FORGET_UPDATE = "forget"
 HOSTS_QUERY = "hosts"
 LOCATE_QUERY = "locate"
 PLACE_ACTIVITY = "place_game_engine"
+# How long a host's workers have been silent, asked while a job's Docker step waits on its queue: a
+# busy host (every slot taken, reporting) is waited for; a silent one, RTJOBS_HOST_WAIT_S, no longer.
+HOST_LIVENESS_ACTIVITY = "host_liveness"
 # Sent by `rtjobs host forget` to every per-game workflow whose engine was placed on the host.
 FORGET_HOST_SIGNAL = "forget_host"
 
@@ -60,6 +63,18 @@ class HostRef(BaseModel):
     host_id: str
     name: str
     queue: str
+
+
+class HostLiveness(BaseModel):
+    """What the registry knows of one host's workers now: `known` False once it was forgotten (or is
+    not yet known to a registry run started afresh); `live` as `rtjobs hosts` says it (a report within
+    LIVE_REPORTS of its intervals); `silent_s`: seconds since its last report."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    known: bool
+    live: bool
+    silent_s: float
 
 
 class Placement(BaseModel):

@@ -11,7 +11,6 @@ from contract.hosts import Placement, PlacementNote
 from contract.models import is_valid_game_id
 
 LOCK_WORKFLOW = "RuntimeGameLock"
-ACQUIRE_ACTIVITY = "acquire_game_lock"
 HOLDER_RUNNING_ACTIVITY = "game_lock_holder_running"
 GRANT_SIGNAL = "lock_granted"
 RELEASE_SIGNAL = "release"
@@ -20,6 +19,10 @@ ACQUIRE_SIGNAL = "acquire"
 # (and where the game's engine lives) when the game is idle; a busy game's job gets a grant signal.
 TAKE_TURN_UPDATE = "take_turn"
 TAKE_TURN_ACTIVITY = "take_game_turn"
+# A waiting job's re-ask: a query first (free: no update counts against the run's limits), an
+# update-with-start only when the game's workflow does not know the request (a run that is gone).
+TAKE_TURN_AGAIN_ACTIVITY = "take_game_turn_again"
+TURN_FOR_QUERY = "turn_for"
 
 IDLE_EXIT = timedelta(minutes=5)
 HOLDER_CHECK_EVERY = timedelta(minutes=10)
@@ -32,18 +35,6 @@ RECENT_RUNS_KEPT = 200
 # A waiting job sends its request again this often: a lock run that was terminated (or lost the
 # request) is then started anew with it, and the job is not stranded.
 REQUEST_AGAIN_EVERY = timedelta(seconds=60)
-
-# Patch ids (workflow.patched) of the workflow changes since the first released shape; histories of
-# that shape (tests/histories/v1) replay without them.
-LOCK_PATCH_V2 = "lock-v2-continue-busy-bounded-check"
-JOB_PATCH_V2 = "job-v2-request-again-clean-up-failed-start"
-# The fleet: the per-game workflow grants by update and remembers the game's placement; jobs run their
-# Docker step on the host's own task queue.
-LOCK_PATCH_V3 = "lock-v3-fleet-placement"
-JOB_PATCH_V3 = "job-v3-fleet-host-queues"
-# The publish activity hands the turn on (tells the registry, releases the game's turn) once the result is
-# on the stream: one workflow task and one signal round trip less per job.
-JOB_PATCH_V4 = "job-v4-publish-hands-the-turn-on"
 
 
 def coordination_queue(task_queue: str) -> str:
@@ -72,8 +63,7 @@ class LockRequest(BaseModel):
     """A job run's request for its game's turn.
 
     `first_run_id` names the job across a `temporal workflow reset` (the reset run has a new run id,
-    the same first run id), so that a reset holder keeps the turn and can release it. Empty in
-    requests of the first released shape.
+    the same first run id), so that a reset holder keeps the turn and can release it.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -110,6 +100,10 @@ class Turn(BaseModel):
     placement_known: bool = False
     placement: Placement | None = None
     host_wait_s: float = 60.0
+    # Whose turn this is: the game, and the holder's job (its first run id). A holder ignores a grant
+    # naming another game or job (a late grant of an earlier request must never open a later turn).
+    game_id: str = ""
+    holder: str = ""
 
 
 class HolderCheck(BaseModel):

@@ -2,10 +2,11 @@
 
 A change that makes the workflows non-deterministic (another activity, timer or signal before an
 existing step, a reordered step) would break every run still open when it is deployed; here it fails
-CI first. Every released shape keeps its histories: a version's files are checked against its
+CI first. 1.0 is the first shape anyone runs (the pre-release shapes were retired with their histories);
+from it on every shape keeps its histories: a version's files are checked against its
 `VERSION.sha256`, so none is replaced or dropped. A workflow change goes behind `workflow.patched`
-and gets its histories recorded as a new version beside the old ones
-(`python -m tests.histories.record v3`); all versions replay.
+(or a new Worker Versioning build) and gets its histories recorded as a new version beside the old
+ones (`python -m tests.histories.record 1.1`); all versions replay.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 from temporalio.workflow import NondeterminismError
 
-from contract.lock import JOB_PATCH_V2, JOB_PATCH_V3, JOB_PATCH_V4, LOCK_PATCH_V2, LOCK_PATCH_V3
 from contract.models import JobRequest, JobResult
 from contract.reconcile import ReconcileSummary
 from workflows import ALL_WORKFLOWS, GameLock, StartRuntimeJob, StopRuntimeJob
@@ -43,21 +43,31 @@ EXPECTED: dict[str, str | None] = {
     "start_bad_payload": None,
     "start_together_first": "",
     "stop_together_waited": "",
+    "start_timeout_refused": "invalid_request",
+    "start_silent_host": "docker_unavailable",
 }
 LOCK_HISTORIES = {"game_lock"}
-# Long-lived workflows recorded from the version that introduced them.
-INTRODUCED = {"host_registry": "v3", "reconcile": "v4"}
+LONG_LIVED = {"host_registry", "reconcile"}
+# Recorded from the version that introduced them.
+INTRODUCED: dict[str, str] = {}
+FIRST = "1.0"
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
+
+
 VERSIONS = sorted(
     (p.name for p in HISTORIES.iterdir() if p.is_dir() and (HISTORIES / f"{p.name}.sha256").exists()),
-    key=lambda v: int(v[1:]),
+    key=version_key,
 )
 # The newest version is recorded from today's workflow code; older ones from released shapes.
 CURRENT = VERSIONS[-1]
 
 
 def recorded_in(version: str) -> set[str]:
-    since = {n for n, v in INTRODUCED.items() if int(v[1:]) <= int(version[1:])}
-    return set(EXPECTED) | LOCK_HISTORIES | since
+    since = {n for n, v in INTRODUCED.items() if version_key(v) <= version_key(version)}
+    return set(EXPECTED) | LOCK_HISTORIES | LONG_LIVED | since
 
 
 ALL_RECORDED = [(v, n) for v in VERSIONS for n in sorted(recorded_in(v))]
@@ -72,8 +82,8 @@ def replayer(workflows: list[type]) -> Replayer:
 
 
 def test_released_histories_are_kept_unchanged() -> None:
-    """The first released shape (v1) and every later version stay, byte for byte, as recorded."""
-    assert VERSIONS[0] == "v1" and len(VERSIONS) >= 2, VERSIONS
+    """The first shape (1.0) and every later version stay, byte for byte, as recorded."""
+    assert VERSIONS[0] == FIRST, VERSIONS
     for version in VERSIONS:
         listed = {}
         for line in (HISTORIES / f"{version}.sha256").read_text().splitlines():
@@ -105,45 +115,57 @@ def _markers(events: Any) -> set[str]:
     return found
 
 
-@pytest.mark.parametrize("name", sorted(set(EXPECTED) - {"start_bad_payload"}) + sorted(LOCK_HISTORIES))
-def test_each_version_carries_its_patches(name: str) -> None:
-    """Each version exercises the code paths of its shape: v1 no patch, v2 the second shape's, v3
-    (the fleet) its own (the jobs also the second's); so every branch kept for an older shape is
-    replayed by some history."""
-    v2, v3 = (LOCK_PATCH_V2, LOCK_PATCH_V3) if name in LOCK_HISTORIES else (JOB_PATCH_V2, JOB_PATCH_V3)
-    assert not _markers(load(name, "v1").events)
-    assert _markers(load(name, "v2").events) == {v2}
-    # The fleet-shape lock branches before the second shape's patch is asked: it carries v3 only.
-    assert (v3 in _markers(load(name, "v3").events)) and (
-        name in LOCK_HISTORIES or v2 in _markers(load(name, "v3").events)
-    )
+def test_the_first_shape_carries_no_patch() -> None:
+    """1.0 is the base every later `workflow.patched` branches from: none of its histories asks a patch."""
+    for name in sorted(recorded_in(FIRST)):
+        assert not _markers(load(name, FIRST).events), name
 
 
-# Jobs that must clean up after a failed start release the turn themselves: they never ask JOB_PATCH_V4.
-CLEAN_UP_FIRST = {"start_container_exited", "start_cancelled"}
+# Jobs that must clean up after a failed start release the turn themselves.
+CLEAN_UP_FIRST = {"start_container_exited", "start_cancelled", "start_silent_host"}
 
 
 @pytest.mark.parametrize("name", sorted(set(EXPECTED) - {"start_bad_payload"}))
-def test_from_v5_the_publish_hands_the_turn_on(name: str) -> None:
-    """v5 (JOB_PATCH_V4): the publish activity sends the registry's word and the release; the job sends
-    no signal after its publish. Earlier versions and jobs that clean up first send them themselves."""
+def test_the_publish_hands_the_turn_on(name: str) -> None:
+    """The publish activity sends the registry's word and the release; the job sends no signal after its
+    publish, unless it cleans up first (then it releases itself, after the clean-up)."""
     for version in VERSIONS:
         events = load(name, version).events
-        handed_over = int(version[1:]) >= 5 and name not in CLEAN_UP_FIRST
-        assert (JOB_PATCH_V4 in _markers(events)) == handed_over, (version, name)
         sent = [e for e in events if e.event_type == EventType.EVENT_TYPE_SIGNAL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED]
-        if int(version[1:]) >= 3:  # the fleet shape: the release (and maybe the registry's word) at the end
-            assert (not sent) == handed_over, (version, name)
+        assert bool(sent) == (name in CLEAN_UP_FIRST), (version, name)
+
+
+def _scheduled(name: str, version: str = CURRENT) -> list[str]:
+    return [
+        e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in load(name, version).events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+    ]
+
+
+def test_a_refused_job_publishes_without_taking_a_turn() -> None:
+    events = load("start_timeout_refused").events
+    assert _scheduled("start_timeout_refused") == ["publish_job_result"]
+    assert not [e for e in events if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED]
+
+
+def test_a_silent_hosts_step_is_given_up_and_its_clean_up_waits_for_the_host() -> None:
+    """The step on the silent host was cancelled (never started), the failure published, and the clean-up
+    scheduled there too, ended by the host being forgotten; the liveness asked between (local activities)."""
+    events = load("start_silent_host").events
+    assert _scheduled("start_silent_host") == ["ensure_engine_running", "publish_job_result", "remove_failed_start"]
+    kinds = [e.event_type for e in events]
+    assert kinds.count(EventType.EVENT_TYPE_ACTIVITY_TASK_CANCELED) == 2
+    assert kinds.count(EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED) == 1  # the publish's: no worker took the others
+    assert kinds.count(EventType.EVENT_TYPE_MARKER_RECORDED) >= 3  # the turn, the placement, liveness checks
 
 
 def test_a_failed_start_removes_what_it_left_before_its_turn_ends() -> None:
-    events = load("start_container_exited").events
-    scheduled = [
-        e.activity_task_scheduled_event_attributes.activity_type.name
-        for e in events
-        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+    assert _scheduled("start_container_exited") == [
+        "ensure_engine_running",
+        "publish_job_result",
+        "remove_failed_start",
     ]
-    assert scheduled == ["ensure_engine_running", "publish_job_result", "remove_failed_start"]
 
 
 @pytest.mark.parametrize(("version", "name"), [(v, n) for v in VERSIONS for n in sorted(EXPECTED)])
@@ -176,8 +198,8 @@ def test_recorded_history_is_the_scenario_it_is_named_for(version: str, name: st
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_lock_history_granted_two_jobs(version: str) -> None:
-    """Before the fleet both turns were granted by signal; from v3 the idle game's turn is the answer
-    of the first job's take_turn update, and only the job that waited gets a grant signal."""
+    """The idle game's turn is the answer of the first job's take_turn update; only the job that waited
+    gets a grant signal."""
     events = load("game_lock", version).events
     grants = [
         e
@@ -186,15 +208,12 @@ def test_lock_history_granted_two_jobs(version: str) -> None:
         and e.signal_external_workflow_execution_initiated_event_attributes.signal_name == "lock_granted"
     ]
     updates = [e for e in events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED]
-    if int(version[1:]) < 3:
-        assert (len(grants), len(updates)) == (2, 0)
-    else:
-        assert (len(grants), len(updates)) == (1, 2)
+    assert (len(grants), len(updates)) == (1, 2)
 
 
 def test_the_reconcile_history_removed_adopted_and_cleared() -> None:
     """Its run took three games' turns and did one of each action (so replay covers every branch that acts)."""
-    events = load("reconcile", INTRODUCED["reconcile"]).events
+    events = load("reconcile", FIRST).events
     [payload] = events[-1].workflow_execution_completed_event_attributes.result.payloads
     summary = ReconcileSummary.model_validate(json.loads(payload.data))
     assert summary.done_counts() == {"removed": 1, "adopted": 1, "cleared": 1}, summary

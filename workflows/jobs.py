@@ -5,11 +5,18 @@ Every run with a non-empty game id ends with exactly one publish, whatever happe
 (invalid input, Docker failure, cancellation, a bug): the publish is shielded from cancellation
 and retried without limit; its idempotency key is this run, so retries never double it.
 
-Where the Docker step runs (the fleet shape, `JOB_PATCH_V3`): the turn comes with the game's
-placement from its per-game workflow. A placed game's step runs on its host's task queue; a game
-without a known placement asks the host registry, which finds its engine or (for a start) chooses
-a live host with free capacity. A host with no live worker holds the step up to RTJOBS_HOST_WAIT_S
-(the activity's schedule-to-start timeout), then the job reports `docker_unavailable` naming it.
+Where the Docker step runs: the turn comes with the game's placement from its per-game workflow. A
+placed game's step runs on its host's task queue; a game without a known placement asks the host
+registry, which finds its engine or (for a start) chooses a live host with free capacity. A step
+waits on a busy host as long as the host's workers go on reporting; once they have been silent for
+RTJOBS_HOST_WAIT_S the job gives up on it and reports `docker_unavailable` naming the host.
+
+A failed start whose Docker step was scheduled may have left something on its host (any attempt
+may have reached it, even one that seemed not to): the job removes it before it gives the game's
+turn back, waiting for the host as long as it takes, until the host is back or forgotten.
+
+A job started with a workflow run or execution timeout is refused at once (`invalid_request`):
+Temporal would end it without its result when the timeout ran out.
 """
 
 from __future__ import annotations
@@ -17,10 +24,10 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError, TimeoutType
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
@@ -39,8 +46,10 @@ with workflow.unsafe.imports_passed_through():
     )
     from contract.hosts import (
         ENGINE_CHANGED_SIGNAL,
+        HOST_LIVENESS_ACTIVITY,
         PLACE_ACTIVITY,
         EngineChanged,
+        HostLiveness,
         HostRef,
         PlaceAnswer,
         Placement,
@@ -49,15 +58,9 @@ with workflow.unsafe.imports_passed_through():
         registry_workflow_id,
     )
     from contract.lock import (
-        ACQUIRE_ACTIVITY,
-        JOB_PATCH_V2,
-        JOB_PATCH_V3,
-        JOB_PATCH_V4,
         RELEASE_SIGNAL,
-        REQUEST_AGAIN_EVERY,
         LockRelease,
         LockRequest,
-        Turn,
         lock_workflow_id,
     )
     from contract.models import (
@@ -81,7 +84,6 @@ with workflow.unsafe.imports_passed_through():
         PUBLISH_RETRY_POLICY,
         PUBLISH_START_TO_CLOSE_TIMEOUT,
         REMOVE_FAILED_START_RETRY_POLICY,
-        REMOVE_FAILED_START_SCHEDULE_TO_CLOSE,
         REMOVE_FAILED_START_START_TO_CLOSE,
     )
     from workflows.awaiting import holds_within, shielded
@@ -91,10 +93,11 @@ with workflow.unsafe.imports_passed_through():
         LOCK_ACTIVITY_TIMEOUT,
         LOCK_RETRY_POLICY,
         TurnHolder,
-        ask_for_turn,
         give_back_turn,
         tell_registry,
     )
+
+T = TypeVar("T")
 
 # A payload without a usable game id (or not JSON at all) fails the run at once, not its task forever.
 FAILURE_TYPES = [UnusableJobInput, pydantic.ValidationError]
@@ -103,6 +106,11 @@ FAILURE_TYPES = [UnusableJobInput, pydantic.ValidationError]
 WHERE_ROUNDS = 3
 # While no host has a live worker, a start asks the registry again this often (up to RTJOBS_HOST_WAIT_S).
 NO_HOST_RETRY_EVERY = timedelta(seconds=2)
+# While a Docker step waits, the host's liveness is asked after this long, then at doubling intervals up
+# to the cap (a clean-up waiting for a dead host: up to its own, longer cap; its history stays small).
+HOST_CHECK_FIRST = timedelta(seconds=10)
+HOST_CHECK_MAX = timedelta(seconds=60)
+CLEAN_UP_CHECK_MAX = timedelta(minutes=10)
 # Temporal limits a search attribute value to 2,048 bytes as the server measures it: the JSON text,
 # with every non-ASCII character escaped (`\uXXXX`, 12 bytes for one outside the BMP).
 SEARCH_VALUE_MAX_BYTES = 1024
@@ -125,16 +133,17 @@ class _RuntimeJob(TurnHolder):
     def __init__(self) -> None:
         self._status = JobStatus(step="received")
         super().__init__()
-        self._host_wait = timedelta(seconds=Turn(granted=False).host_wait_s)
-        self._fleet = False
         self._game_id = ""
         self._engine_step_begun = False
+        # A cancellation arrived while the Docker step ran: the job reports `cancelled`, whatever the
+        # step's own end (it may time out on a dead worker rather than acknowledge the cancellation).
+        self._cancelled = False
         # The host of the Docker step, whether the registry chose it for a new engine, and what the
         # job learnt about the engine (for the game's workflow; None: nothing changed).
         self._host: HostRef | None = None
         self._new_placement = False
         self._after: PlacementNote | None = None
-        # The publish activity gave the turn back (JOB_PATCH_V4): nothing is left to release.
+        # The publish activity gave the turn back: nothing is left to release.
         self._handed_over = False
 
     @workflow.query(name="status")
@@ -146,30 +155,32 @@ class _RuntimeJob(TurnHolder):
             JobRequest.model_validate(None)  # raises UnusableJobInput, the same one line as for JSON null
         assert request is not None
         game_id = self._game_id = request.game_id
-        # False only while replaying a run begun by the first released shape (tests/histories/v1).
-        current = workflow.patched(JOB_PATCH_V2)
-        # False only while replaying a run begun by the single-host shape (tests/histories/v2).
-        self._fleet = current and workflow.patched(JOB_PATCH_V3)
         workflow.upsert_search_attributes(
             [GAME_ID.value_set(search_value(game_id)), JOB_KIND.value_set(self.kind.value)]
         )
+        refusal = _timeout_refusal()
+        if refusal is not None:
+            # Not after the game's earlier jobs: the timeout may run out meanwhile. Nothing was done.
+            result = JobResult.failure(game_id, ErrorCode.INVALID_REQUEST, refusal)
+            await self._publish(result)
+            self._step(f"{self.kind} job for game {game_id}: {result.outcome} {result.error_code}")
+            return result
         self._step(f"{self.kind} job for game {game_id}: waiting for the game's earlier jobs")
-        cancelled = await self._take_turn(game_id, request_again=current)
+        cancelled = await self._wait_for_turn(game_id)
         try:
             if cancelled:
                 result = JobResult.failure(game_id, ErrorCode.CANCELLED, "cancelled before it started")
             else:
                 result = await self._outcome(request)
             failed_start = self.kind is JobKind.START and result.outcome == "failure"
-            clean_up = current and failed_start and self._engine_step_begun
+            clean_up = failed_start and self._engine_step_begun
             # Nothing to do between the publish and the release: the publish activity hands the turn on
             # itself, right after the entry is appended (one workflow task and one signal round trip less).
-            hand_over = self._fleet and not clean_up and self._granted and workflow.patched(JOB_PATCH_V4)
+            hand_over = not clean_up
             await self._publish(result, then_signal=self._hand_over(game_id, result) if hand_over else None)
             self._handed_over = hand_over
             if clean_up:
                 await self._remove_failed_start(game_id, after_outage=result.error_code == ErrorCode.DOCKER_UNAVAILABLE)
-            if self._fleet and not hand_over:
                 await shielded(self._tell_registry(game_id, result))
         finally:
             # A cancellation now must neither cut the release short nor undo the result published.
@@ -187,16 +198,15 @@ class _RuntimeJob(TurnHolder):
         except pydantic.ValidationError as err:
             return JobResult.failure(game_id, ErrorCode.INVALID_REQUEST, _validation_message(err))
         except JobFailure as err:
+            if self._cancelled:
+                return JobResult.failure(game_id, ErrorCode.CANCELLED, "cancelled while it ran")
             self._status = self._status.model_copy(update={"last_error": f"{err.code}: {err.message}"})
             return JobResult.failure(game_id, err.code, err.message)
         except ActivityError as err:
-            code, message = _classify(err, self._host if self._fleet else None)
-            if _never_reached_the_host(err):
-                # No worker of the host took the step: nothing to clean up there, and no one to do it.
-                self._engine_step_begun = False
+            code, message = _classify(err, self._host)
             self._status = self._status.model_copy(update={"last_error": f"{code}: {message}"})
-            if code is ErrorCode.CANCELLED:
-                return JobResult.failure(game_id, code, "cancelled while it ran")
+            if code is ErrorCode.CANCELLED or self._cancelled:
+                return JobResult.failure(game_id, ErrorCode.CANCELLED, "cancelled while it ran")
             return JobResult.failure(game_id, code, message)
         except Exception as err:  # a bug must still produce a result for the Lobby
             workflow.logger.exception("unexpected error in %s job for %s", self.kind, game_id)
@@ -205,26 +215,21 @@ class _RuntimeJob(TurnHolder):
     async def _docker_step(self, request: JobRequest) -> JobResult:
         raise NotImplementedError
 
-    async def _engine(
-        self, activity: str, arg: Any, limit: timedelta, summary: str, host: HostRef | None = None
-    ) -> EngineOutcome:
-        """The Docker step; on `host`'s own task queue in the fleet shape (on the job's queue before)."""
-        if host is not None:
-            summary = f"{summary} on host {host.name}"
-            self._host = host
-            # The UI (and `temporal workflow list --query 'RuntimeHost="..."'`) shows where it ran.
-            workflow.upsert_search_attributes([RUNTIME_HOST.value_set(host.name)])
-            if self._after is None:
-                self._after = PlacementNote(known=False)  # until the step says otherwise
+    async def _engine(self, activity: str, arg: Any, limit: timedelta, summary: str, host: HostRef) -> EngineOutcome:
+        """The Docker step on `host`'s own task queue, waited for while the host's workers report."""
+        summary = f"{summary} on host {host.name}"
+        self._host = host
+        # The UI (and `temporal workflow list --query 'RuntimeHost="..."'`) shows where it ran.
+        workflow.upsert_search_attributes([RUNTIME_HOST.value_set(host.name)])
+        if self._after is None:
+            self._after = PlacementNote(known=False)  # until the step says otherwise
         self._step(summary)
         self._engine_step_begun = True
-        outcome: EngineOutcome = await workflow.execute_activity(
+        step = workflow.start_activity(
             activity,
             arg,
-            task_queue=host.queue if host is not None else None,
+            task_queue=host.queue,
             start_to_close_timeout=limit,
-            # A host with no live worker: the step waits this long for one, then fails (not retried).
-            schedule_to_start_timeout=self._host_wait if host is not None else None,
             heartbeat_timeout=DOCKER_HEARTBEAT_TIMEOUT,
             retry_policy=DOCKER_RETRY_POLICY,
             # On cancellation, wait until the activity has cleaned up what it made.
@@ -232,7 +237,74 @@ class _RuntimeJob(TurnHolder):
             result_type=EngineOutcome,
             summary=summary,
         )
+
+        def note_cancel() -> None:
+            self._cancelled = True
+            step.cancel()
+
+        outcome: EngineOutcome = await shielded(self._while_host_lives(step, host, HOST_CHECK_MAX), note_cancel)
         return outcome
+
+    async def _while_host_lives(
+        self, step: workflow.ActivityHandle[T], host: HostRef, check_max: timedelta, *, give_up_silent: bool = True
+    ) -> T:
+        """The step's result, asking the host's liveness while it is not done: a busy host is waited
+        for; one without a live worker for RTJOBS_HOST_WAIT_S (`give_up_silent`), or that was forgotten,
+        has its step cancelled and fails with `docker_unavailable`. A step that finished meanwhile counts."""
+        every = HOST_CHECK_FIRST
+        wait_s = self.host_wait.total_seconds()
+        began = workflow.time()
+        unknown_since: float | None = None
+        while not await holds_within(step.done, every):
+            every = min(every * 2, check_max)
+            alive = await self._liveness(host)
+            now = workflow.time()
+            unknown_since = None if alive.known else (unknown_since if unknown_since is not None else now)
+            # Unknown to the registry for RTJOBS_HOST_WAIT_S: forgotten (not a registry run started afresh,
+            # which hears from every live host within its report interval).
+            forgotten = unknown_since is not None and now - unknown_since >= wait_s
+            # No live worker (none reported within its live window) and none for RTJOBS_HOST_WAIT_S, and the
+            # step waited that long (a worker restarting comes back within it). A busy host reports on.
+            silent = give_up_silent and not alive.live and alive.silent_s >= wait_s and now - began >= wait_s
+            if not (forgotten or silent):
+                continue
+            step.cancel()
+            try:
+                return await step
+            except ActivityError:
+                pass
+            if forgotten:
+                raise JobFailure(
+                    ErrorCode.DOCKER_UNAVAILABLE,
+                    f"host {host.name} ({host.host_id}) was forgotten (`rtjobs host forget`) while the Docker step "
+                    "waited for it",
+                )
+            raise JobFailure(ErrorCode.DOCKER_UNAVAILABLE, self._silent_host_message(host, alive.silent_s))
+        return await step
+
+    def _silent_host_message(self, host: HostRef, silent_s: float) -> str:
+        heard = "never reported" if silent_s >= 1e8 else f"not reported for {silent_s:.0f} s"
+        where = (
+            "what this start may have left there is removed once it is back"
+            if self.kind is JobKind.START
+            else "the game's engine lives there"
+        )
+        return (
+            f"the workers of host {host.name} ({host.host_id}) have {heard} (RTJOBS_HOST_WAIT_S "
+            f"{self.host_wait.total_seconds():g}); the Docker step did not finish there and {where} "
+            f"(`rtjobs hosts`; `rtjobs host forget {host.name}` if it is gone for good)"
+        )
+
+    async def _liveness(self, host: HostRef) -> HostLiveness:
+        answer: HostLiveness = await workflow.execute_local_activity(
+            HOST_LIVENESS_ACTIVITY,
+            host,
+            start_to_close_timeout=LOCK_ACTIVITY_TIMEOUT,
+            retry_policy=LOCK_RETRY_POLICY,
+            result_type=HostLiveness,
+            summary=f"are the workers of host {host.name} alive?",
+        )
+        return answer
 
     async def _where(self, game_id: str, *, create: bool, absent_on: list[str]) -> HostRef | None:
         """The host of the game's engine, from the registry; for a start without one, the host the
@@ -261,7 +333,7 @@ class _RuntimeJob(TurnHolder):
             if answer.chosen is not None:
                 self._new_placement = True
                 return answer.chosen
-            if answer.live_hosts == 0 and waited < self._host_wait:
+            if answer.live_hosts == 0 and waited < self.host_wait:
                 # A rolling restart of the only host: wait for a worker to report, as a placed game does.
                 await workflow.sleep(NO_HOST_RETRY_EVERY)
                 waited += NO_HOST_RETRY_EVERY
@@ -316,7 +388,7 @@ class _RuntimeJob(TurnHolder):
         )
         return signals
 
-    async def _take_turn(self, game_id: str, *, request_again: bool) -> bool:
+    async def _wait_for_turn(self, game_id: str) -> bool:
         """Wait for the game's turn; returns whether the job was cancelled meanwhile.
 
         A cancelled job still waits for its turn, so that its `cancelled` result keeps its place in
@@ -330,41 +402,6 @@ class _RuntimeJob(TurnHolder):
             started_at=info.workflow_start_time,
             first_run_id=info.first_execution_run_id,
         )
-
-        async def ask() -> None:
-            # A local activity: one signal-with-start RPC from this worker, without the round trips of
-            # scheduling an activity task; a retry after a crash re-sends it and the lock dedupes.
-            await workflow.execute_local_activity(
-                ACQUIRE_ACTIVITY,
-                request,
-                start_to_close_timeout=LOCK_ACTIVITY_TIMEOUT,
-                retry_policy=LOCK_RETRY_POLICY,
-                summary=f"queue for game {game_id}",
-            )
-
-        async def take() -> None:
-            # The fleet's acquire: one update-with-start, answered at once with the turn when the game
-            # is idle; otherwise the grant signal follows. Asked again, it answers the same way.
-            turn = await ask_for_turn(request)
-            # RTJOBS_HOST_WAIT_S of the worker that ran the activity (a grant signal cannot know it).
-            self._host_wait = timedelta(seconds=turn.host_wait_s)
-            if turn.granted and not self._granted:
-                self.lock_granted(turn)
-
-        async def turn() -> None:
-            if self._fleet:
-                await take()
-                while not await holds_within(lambda: self._granted, REQUEST_AGAIN_EVERY):
-                    await take()
-                return
-            await ask()
-            if not request_again:  # the first released shape (replay of its histories)
-                await workflow.wait_condition(lambda: self._granted)
-                return
-            # Asking again is harmless (the lock dedupes) and revives a lock run that is gone.
-            while not await holds_within(lambda: self._granted, REQUEST_AGAIN_EVERY):
-                await ask()
-
         cancelled = False
 
         def note_cancel() -> None:
@@ -372,7 +409,7 @@ class _RuntimeJob(TurnHolder):
             cancelled = True
             self._step(f"{self.kind} job for game {game_id}: cancelled, waiting for its turn to report")
 
-        await shielded(turn(), note_cancel)
+        await shielded(self.take_turn(request), note_cancel)
         return cancelled
 
     async def _publish(self, result: JobResult, *, then_signal: list[FollowUpSignal] | None = None) -> None:
@@ -395,29 +432,28 @@ class _RuntimeJob(TurnHolder):
         """Compensation: remove whatever this run's failed start left, before the game's next job runs.
 
         The start activity removes its container itself when it can; this covers a Docker engine that
-        came back only after the start's retry budget, and a cancellation in the middle of a create.
+        came back only after the start's retry budget, a worker killed mid-start, a host silent for
+        RTJOBS_HOST_WAIT_S and a cancellation in the middle of a create. It waits for the host as long
+        as it takes (retried without limit, the turn kept), until it ran there or the host is forgotten.
         """
-        summary = f"remove what the failed start left for game {game_id}"
-        host = self._host if self._fleet else None
-        if host is not None:
-            summary += f" on host {host.name}"
+        host = self._host
+        assert host is not None
+        summary = f"remove what the failed start left for game {game_id} on host {host.name}"
         self._step(f"start job for game {game_id}: {summary}")
+        step = workflow.start_activity(
+            REMOVE_FAILED_START_ACTIVITY,
+            RemoveFailedStart(game_id=game_id, after_outage=after_outage),
+            task_queue=host.queue,
+            start_to_close_timeout=REMOVE_FAILED_START_START_TO_CLOSE,
+            retry_policy=REMOVE_FAILED_START_RETRY_POLICY,
+            result_type=FailedStartRemoved,
+            summary=summary,
+        )
         try:
-            removed = await shielded(
-                workflow.execute_activity(
-                    REMOVE_FAILED_START_ACTIVITY,
-                    RemoveFailedStart(game_id=game_id, after_outage=after_outage),
-                    task_queue=host.queue if host is not None else None,
-                    schedule_to_start_timeout=self._host_wait if host is not None else None,
-                    start_to_close_timeout=REMOVE_FAILED_START_START_TO_CLOSE,
-                    schedule_to_close_timeout=REMOVE_FAILED_START_SCHEDULE_TO_CLOSE,
-                    retry_policy=REMOVE_FAILED_START_RETRY_POLICY,
-                    result_type=FailedStartRemoved,
-                    summary=summary,
-                )
-            )
-        except ActivityError as err:
-            workflow.logger.warning("could not remove what the failed start of %s left: %s", game_id, err.cause)
+            removed = await shielded(self._while_host_lives(step, host, CLEAN_UP_CHECK_MAX, give_up_silent=False))
+        except (JobFailure, ActivityError) as err:
+            # Forgotten: the host is gone for good, and what was on it with it.
+            workflow.logger.warning("did not remove what the failed start of %s left: %s", game_id, err)
             return
         if removed.removed:
             workflow.logger.info("removed %s left by the failed start of %s", removed.removed, game_id)
@@ -433,9 +469,7 @@ class _RuntimeJob(TurnHolder):
 
     def _release_request(self) -> LockRelease:
         info = workflow.info()
-        return LockRelease(
-            run_id=info.run_id, first_run_id=info.first_execution_run_id, after=self._after if self._fleet else None
-        )
+        return LockRelease(run_id=info.run_id, first_run_id=info.first_execution_run_id, after=self._after)
 
     def _step(self, step: str) -> None:
         self._status = self._status.model_copy(update={"step": step})
@@ -454,15 +488,7 @@ class StartRuntimeJob(_RuntimeJob):
     async def _docker_step(self, request: JobRequest) -> JobResult:
         job = StartRuntimeJobInput.model_validate(request.fields())
         summary = f"start engine for game {job.game_id}" + (f" ({job.image})" if job.image else "")
-        if not self._fleet:
-            outcome = await self._engine(
-                ENSURE_RUNNING_ACTIVITY,
-                EnsureEngineRunning(game_id=job.game_id, image=job.image),
-                ENSURE_RUNNING_START_TO_CLOSE,
-                summary,
-            )
-        else:
-            outcome = await self._on_the_games_host(job.game_id, job.image, summary)
+        outcome = await self._on_the_games_host(job.game_id, job.image, summary)
         if outcome.replay:
             return JobResult.replay(job.game_id, outcome.container_id)
         return JobResult.fresh_success(job.game_id, outcome.container_id)
@@ -506,11 +532,6 @@ class StopRuntimeJob(_RuntimeJob):
         job = StopRuntimeJobInput.model_validate(request.fields())
         remove = EnsureEngineRemoved(game_id=job.game_id, stop_timeout_s=job.stop_timeout_s)
         summary = f"stop engine for game {job.game_id}"
-        if not self._fleet:
-            outcome = await self._engine(ENSURE_REMOVED_ACTIVITY, remove, ENSURE_REMOVED_START_TO_CLOSE, summary)
-            if outcome.replay:
-                return JobResult.replay(job.game_id)
-            return JobResult.fresh_success(job.game_id, outcome.container_id)
         if self._turn.placement_known and self._turn.placement is None:
             # The game's workflow saw its engine removed and nothing made since: nothing to stop.
             self._after = PlacementNote(known=True)
@@ -548,21 +569,25 @@ def _kept_moving(game_id: str) -> JobFailure:
     )
 
 
-def _never_reached_the_host(err: ActivityError) -> bool:
-    cause = err.cause
-    return isinstance(cause, TimeoutError) and cause.type == TimeoutType.SCHEDULE_TO_START
+def _timeout_refusal() -> str | None:
+    """Why a run started with a workflow run or execution timeout is refused (None: it was not)."""
+    info = workflow.info()
+    limits = [
+        (what, limit) for what, limit in (("execution", info.execution_timeout), ("run", info.run_timeout)) if limit
+    ]
+    if not limits:
+        return None
+    named = " and ".join(f"a workflow {what} timeout of {limit.total_seconds():g} s" for what, limit in limits)
+    return (
+        f"started with {named}: when it runs out Temporal ends the job without a result; start runtime jobs "
+        "without a run or execution timeout (cancel a job to stop it)"
+    )
 
 
 def _classify(err: ActivityError, host: HostRef | None = None) -> tuple[ErrorCode, str]:
     """The contract's error code for a failed Docker activity, from the failure's direct cause."""
     cause = err.cause
     where = f" on host {host.name} ({host.host_id})" if host is not None else ""
-    if isinstance(cause, TimeoutError) and cause.type == TimeoutType.SCHEDULE_TO_START and host is not None:
-        return (
-            ErrorCode.DOCKER_UNAVAILABLE,
-            f"no worker of host {host.name} ({host.host_id}) took the Docker step within RTJOBS_HOST_WAIT_S; "
-            f"the game's engine lives there (`rtjobs hosts`; `rtjobs host forget {host.name}` if it is gone for good)",
-        )
     if isinstance(cause, ApplicationError):
         if cause.type == DOCKER_UNAVAILABLE_TYPE:
             return (

@@ -4,35 +4,29 @@ jobs a turn, one at a time, and remembers on which Docker host the game's engine
 Why a workflow and not an in-memory lock: jobs of one game may run on different worker processes,
 and a lock must survive worker crashes. Protocol (ids and signals are internal to this module):
 
-1. the job runs the `acquire_game_lock` activity: signal-with-start of
-   `runtime-lock-{task_queue}-{game_id}` with its `LockRequest`;
-2. the lock grants turns in the order the jobs were started (workflow start time, then id) among
-   those waiting, and signals `lock_granted` to the job. The acquire activity sends a request no
-   earlier than RTJOBS_ORDER_SETTLE_S after its job started, so a job started just before it whose
-   first workflow task ran later (task-queue dispatch is not strictly FIFO) still arrives first;
-3. the job does its Docker step and its publish, then signals `release` to the lock.
+1. the job asks with the `take_turn` update (update-with-start of `runtime-lock-{task_queue}-{game_id}`,
+   from the `take_game_turn` local activity, no earlier than RTJOBS_ORDER_SETTLE_S after the job
+   started, so a job started just before it whose first workflow task ran later still asks first);
+   an idle game answers at once with the turn and the game's placement, so an uncontended job costs
+   one synchronous call and one release signal;
+2. a busy game queues the request and grants turns in the order the jobs were started (workflow
+   start time, then id) by the `lock_granted` signal, which names the game and the holder: a holder
+   ignores a grant that is not for the request it waits on;
+3. the job does its Docker step and its publish, then the release (from its publish activity, or
+   its own signal) carries what it learnt about the engine (`PlacementNote`).
 
-Cost per job: one local activity (the request, a marker in the job's history), one signal each
-way, and one lock workflow task per signal. A lock with no waiters for `IDLE_EXIT` ends; the next
-request starts a new run. A busy lock continues-as-new between turns (after
-`GRANTS_BEFORE_CONTINUE_AS_NEW` grants or when Temporal suggests it), carrying its waiters. A holder
-that stopped without releasing (terminated by an operator) is detected after `HOLDER_CHECK_EVERY`;
-a check that cannot get an answer never blocks the lock (the holder keeps the turn and its release
-is still seen). A job waiting on a lock run that is gone sends its request again
-(`REQUEST_AGAIN_EVERY`), which starts a new run.
+A waiting job asks again every `REQUEST_AGAIN_EVERY` with the `turn_for` query (no history, no
+update budget spent) and only when this workflow does not know the request (a run terminated or
+gone) with the update again, which starts a new run. More asks at once than the server lets a run
+hold updates in flight (or more than its total) fall back to the `acquire` signal.
 
-The fleet shape (`LOCK_PATCH_V3`): a job asks with the `take_turn` update (update-with-start, from
-the `take_game_turn` local activity); an idle game answers at once with the turn and the game's
-placement, so an uncontended job costs one synchronous call and one release signal. A busy game
-queues the request and later signals the grant with the placement. The release carries what the job
-learnt (`PlacementNote`); a holder found gone without releasing leaves the placement unknown, so
-the next job asks the host registry instead of trusting a record that may be stale. While an engine
-is placed the workflow stays (continuing as new when its history grows); without one it ends after
-`IDLE_EXIT` idle. `forget_host` (from `rtjobs host forget`) clears a placement on a host gone for good.
-
-Versions: runs begun before `LOCK_PATCH_V2` (histories in tests/histories/v1) keep the first
-shape's behaviour to their end, runs begun before `LOCK_PATCH_V3` (v2) the second; see the README's
-development section for the rule.
+A holder found gone without releasing (`HOLDER_CHECK_EVERY`) leaves the placement unknown, so the next
+job asks the host registry instead of trusting a record that may be stale; a check that cannot get
+an answer never blocks the lock. While an engine is placed the workflow stays; without one it ends
+after `IDLE_EXIT` idle. Between turns it continues as new (after `GRANTS_BEFORE_CONTINUE_AS_NEW`
+grants or updates, or when Temporal suggests it) with its waiters and placement: its history and its
+update count stay bounded. `forget_host` (from `rtjobs host forget`) clears a placement on a host
+gone for good.
 """
 
 from __future__ import annotations
@@ -53,12 +47,11 @@ with workflow.unsafe.imports_passed_through():
         HOLDER_CHECK_EVERY,
         HOLDER_RUNNING_ACTIVITY,
         IDLE_EXIT,
-        LOCK_PATCH_V2,
-        LOCK_PATCH_V3,
         LOCK_WORKFLOW,
         RECENT_RUNS_KEPT,
         RELEASE_SIGNAL,
         TAKE_TURN_UPDATE,
+        TURN_FOR_QUERY,
         HolderCheck,
         LockRelease,
         LockRequest,
@@ -81,7 +74,7 @@ class GameLock:
         self._recent: list[str] = list(state.recent_runs)
         self._placement_known = state.placement_known
         self._placement: Placement | None = state.placement
-        self._fleet: bool | None = None
+        self._updates = 0  # take_turn updates this run accepted (the server bounds them per run)
         # Requests whose take_turn update waits for the loop's choice: a holder among them learns of
         # its turn from the update's answer, not from a grant signal.
         self._asking: set[str] = set()
@@ -101,9 +94,7 @@ class GameLock:
         The turn itself is chosen by run()'s loop, after every request of this workflow task was
         offered: requests that arrive together are served in start order, as signals were.
         """
-        if not self._is_fleet_shape():
-            self._offer(request)
-            return Turn(granted=False)  # a run of the second shape grants by signal only
+        self._updates += 1
         if not self._holds(request):
             self._offer(request)
             self._asking.add(request.run_id)
@@ -115,6 +106,15 @@ class GameLock:
         # Asked again, or by a run reset from the holder (same first run id): it still holds the turn.
         return self._turn() if self._holds(request) else Turn(granted=False)
 
+    @workflow.query(name=TURN_FOR_QUERY)
+    def turn_for(self, request: LockRequest) -> Turn | None:
+        """A waiting job's re-ask, answered without writing history: its turn if it holds it, not
+        granted if it waits (or was served already), None if this run never heard of it."""
+        if self._holds(request):
+            return self._turn()
+        known = {w.run_id for w in self._waiting} | set(self._recent)
+        return Turn(granted=False) if request.run_id in known else None
+
     @workflow.signal(name=RELEASE_SIGNAL)
     def release(self, release: LockRelease) -> None:
         holder = self._holder
@@ -124,7 +124,7 @@ class GameLock:
         same_job = bool(release.first_run_id) and release.first_run_id == holder.first_run_id
         if holder.run_id == release.run_id or same_job:
             self._holder = None
-            if release.after is not None and self._is_fleet_shape():
+            if release.after is not None:
                 self._set_placement(release.after.known, release.after.placement)
 
     @workflow.signal(name=FORGET_HOST_SIGNAL)
@@ -145,41 +145,6 @@ class GameLock:
 
     @workflow.run
     async def run(self, state: LockState) -> None:
-        if self._is_fleet_shape():
-            await self._run_fleet_shape(state)
-            return
-        # False only while replaying a run begun by the first released shape: it keeps that behaviour.
-        current = workflow.patched(LOCK_PATCH_V2)
-        grants = 0
-        while True:
-            has_waiter = await holds_within(lambda: bool(self._waiting), IDLE_EXIT)
-            if not has_waiter:
-                if current:
-                    if not self._waiting:  # a request may have come with the idle timer
-                        return
-                    continue
-                if workflow.all_handlers_finished():
-                    return
-                continue
-            self._waiting.sort(key=lambda w: (w.started_at, w.workflow_id))
-            holder = self._waiting.pop(0)
-            self._holder = holder
-            self._remember(holder.run_id)
-            workflow.set_current_details(f"held by {holder.workflow_id}; {len(self._waiting)} waiting")
-            if await self._grant(holder, None):
-                await (self._hold(holder) if current else self._hold_first_shape(holder))
-            self._holder = None
-            grants += 1
-            suggested = grants >= GRANTS_BEFORE_CONTINUE_AS_NEW or workflow.info().is_continue_as_new_suggested()
-            if current and suggested:
-                # Between turns, with the waiters: a busy game's history stays bounded.
-                workflow.continue_as_new(
-                    LockState(game_id=state.game_id, waiting=list(self._waiting), recent_runs=self._recent)
-                )
-            if not current and not self._waiting and suggested:
-                workflow.continue_as_new(LockState(game_id=state.game_id, recent_runs=self._recent))
-
-    async def _run_fleet_shape(self, state: LockState) -> None:
         grants = 0
 
         def busy() -> bool:
@@ -206,7 +171,10 @@ class GameLock:
                         self._set_placement(False, None)
                     self._holder = None
                 grants += 1
-            suggested = grants >= GRANTS_BEFORE_CONTINUE_AS_NEW or workflow.info().is_continue_as_new_suggested()
+            suggested = (
+                max(grants, self._updates) >= GRANTS_BEFORE_CONTINUE_AS_NEW
+                or workflow.info().is_continue_as_new_suggested()
+            )
             if suggested and self._holder is None and not self._asking:
                 # Between turns, with the waiters and the placement: the history stays bounded. (Every
                 # handler here is synchronous: none can be half-way through.)
@@ -219,12 +187,6 @@ class GameLock:
                         placement=self._placement,
                     )
                 )
-
-    def _is_fleet_shape(self) -> bool:
-        # False only while replaying (and then continuing) a run begun by an earlier shape.
-        if self._fleet is None:
-            self._fleet = workflow.patched(LOCK_PATCH_V3)
-        return self._fleet
 
     def _offer(self, request: LockRequest) -> None:
         # A retried request can arrive twice: one turn per job run.
@@ -248,7 +210,15 @@ class GameLock:
         workflow.set_current_details(f"held by {holder.workflow_id}; {len(self._waiting)} waiting")
 
     def _turn(self) -> Turn:
-        return Turn(granted=True, placement_known=self._placement_known, placement=self._placement)
+        holder = self._holder
+        assert holder is not None
+        return Turn(
+            granted=True,
+            placement_known=self._placement_known,
+            placement=self._placement,
+            game_id=holder.game_id,
+            holder=holder.first_run_id or holder.run_id,
+        )
 
     def _set_placement(self, known: bool, placement: Placement | None) -> None:
         before = self._placement.host.name if self._placement else None
@@ -258,10 +228,10 @@ class GameLock:
         if before != after:
             workflow.upsert_search_attributes([RUNTIME_HOST.value_set(after) if after else RUNTIME_HOST.value_unset()])
 
-    async def _grant(self, holder: LockRequest, turn: Turn | None) -> bool:
+    async def _grant(self, holder: LockRequest, turn: Turn) -> bool:
         handle = workflow.get_external_workflow_handle(holder.workflow_id, run_id=holder.run_id)
         try:
-            await (handle.signal(GRANT_SIGNAL) if turn is None else handle.signal(GRANT_SIGNAL, turn))
+            await handle.signal(GRANT_SIGNAL, turn)
         except ApplicationError:
             workflow.logger.warning("job %s is gone; skipping its turn", holder.workflow_id)
             return False
@@ -292,20 +262,6 @@ class GameLock:
                     "could not check whether job %s still runs (%s); it keeps the turn", holder.workflow_id, err.cause
                 )
                 continue
-            if not running:
-                workflow.logger.warning("job %s ended without releasing; lock freed", holder.workflow_id)
-                return
-
-    async def _hold_first_shape(self, holder: LockRequest) -> None:
-        """The first released shape's hold, kept for runs begun before LOCK_PATCH_V2 (replay)."""
-        while not await holds_within(lambda: self._holder is None, HOLDER_CHECK_EVERY):
-            running: bool = await workflow.execute_activity(
-                HOLDER_RUNNING_ACTIVITY,
-                HolderCheck(workflow_id=holder.workflow_id, run_id=holder.run_id),
-                start_to_close_timeout=timedelta(seconds=30),
-                result_type=bool,
-                summary=f"is {holder.workflow_id} still running?",
-            )
             if not running:
                 workflow.logger.warning("job %s ended without releasing; lock freed", holder.workflow_id)
                 return

@@ -39,7 +39,6 @@ with workflow.unsafe.imports_passed_through():
         PlacementNote,
     )
     from contract.lock import (
-        REQUEST_AGAIN_EVERY,
         LockRelease,
         LockRequest,
         Turn,
@@ -69,8 +68,8 @@ with workflow.unsafe.imports_passed_through():
         RecordSeen,
         RemoveContainer,
     )
-    from workflows.awaiting import holds_within, shielded
-    from workflows.turns import TurnHolder, ask_for_turn, give_back_turn, tell_registry
+    from workflows.awaiting import shielded
+    from workflows.turns import TurnHolder, give_back_turn, tell_registry
 
 # A host's Docker step: a few quick attempts (a run every few minutes is the real retry); a host with no
 # live worker is reported after RTJOBS_HOST_WAIT_S (the schedule-to-start timeout).
@@ -368,8 +367,6 @@ class RuntimeReconcile(TurnHolder):
         """The game's turn, asked exactly as a job asks it (so the game's workflow serialises us with its
         jobs); asked again every REQUEST_AGAIN_EVERY while it does not come, as a job does."""
         info = workflow.info()
-        self._granted = False
-        self._turn = Turn(granted=False)
         request = LockRequest(
             game_id=game_id,
             workflow_id=info.workflow_id,
@@ -377,15 +374,7 @@ class RuntimeReconcile(TurnHolder):
             started_at=workflow.now(),
             first_run_id=info.first_execution_run_id,
         )
-
-        async def take() -> None:
-            turn = await ask_for_turn(request)
-            if turn.granted and not self._granted:
-                self.lock_granted(turn)
-
-        await take()
-        while not await holds_within(lambda: self._granted, REQUEST_AGAIN_EVERY):
-            await take()
+        await self.take_turn(request)
         return self._turn
 
     async def _release(self, game_id: str, after: PlacementNote | None) -> None:

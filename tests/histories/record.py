@@ -1,4 +1,5 @@
-"""Record the histories that tests/test_replay.py replays: `python -m tests.histories.record VERSION`.
+"""Record the histories that tests/test_replay.py replays: `python -m tests.histories.record VERSION`
+(e.g. `1.1`: the shapes from 1.0 on are versions MAJOR.MINOR; 1.0 is the first shape anyone ran).
 
 Writes `tests/histories/VERSION/*.json` and `VERSION.sha256`, and refuses a version that exists:
 a history of a released workflow shape is never replaced (README, "Changing workflow code").
@@ -15,8 +16,10 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import sys
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +28,25 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from activities.hosts import send_report
 from activities.publish import redis_client
-from contract.hosts import HOSTS_QUERY, HostRef, HostView, registry_workflow_id
+from contract.hosts import (
+    DRAIN_UPDATE,
+    FORGET_UPDATE,
+    HOSTS_QUERY,
+    UNDRAIN_UPDATE,
+    HostCommand,
+    HostRef,
+    HostReport,
+    HostView,
+    host_queue,
+    registry_workflow_id,
+)
 from contract.lock import lock_workflow_id
-from contract.models import LABEL_GAME_ID, LABEL_MANAGED_BY, MANAGED_BY, JobResult, container_name
+from contract.models import LABEL_GAME_ID, LABEL_MANAGED_BY, MANAGED_BY, JobResult, JobStatus, container_name
 from contract.reconcile import RECONCILE_WORKFLOW, ReconcileRequest, ReconcileSummary
 from contract.settings import Settings
-from starter import start_job, stop_job
+from starter import START_WORKFLOW, new_job_id, start_job, start_workflow_id, stop_job
 from tests.support.binaries import temporal_cli
 from tests.support.docker_engine import DockerEngine, acquire_engine
 from tests.support.job_worker import e2e_settings, real_worker, remove_game_containers, until_running_container
@@ -39,6 +54,8 @@ from workflows.search import SEARCH_ATTRIBUTE_KEYS
 
 HERE = Path(__file__).resolve().parent
 WAIT_S = 120.0
+# RTJOBS_HOST_WAIT_S of the recording worker: the silent host's job gives up on it this soon.
+HOST_WAIT_S = 5.0
 
 Handle = WorkflowHandle[Any, Any]
 
@@ -108,8 +125,47 @@ class Recorder:
         await self.finish("stop_together_waited", second, "")
         await self.save("game_lock", self.client.get_workflow_handle(lock_workflow_id(together, tq)))
         # The fleet's registry (from v3): the worker's reports and the placements of the runs above.
+        await self.timeout_refused()
+        await self.silent_host()
         await self.save("host_registry", self.client.get_workflow_handle(registry_workflow_id(tq)))
         await self.reconcile()
+
+    async def timeout_refused(self) -> None:
+        """A start with a workflow execution timeout: refused at once, published, no turn taken."""
+        gid = self.game()
+        handle = await self.client.start_workflow(
+            START_WORKFLOW,
+            {"game_id": gid},
+            id=start_workflow_id(gid, new_job_id()),
+            task_queue=self.settings.task_queue,
+            execution_timeout=timedelta(minutes=30),
+            result_type=JobResult,
+        )
+        await self.finish("start_timeout_refused", handle, "invalid_request")
+
+    async def silent_host(self) -> None:
+        """A start placed on a host whose workers then fall silent (a host that reported once, whose
+        queue nobody polls): the step is given up after RTJOBS_HOST_WAIT_S (`docker_unavailable`), the
+        clean-up waits for the host, and ends once an operator forgets it."""
+        tq = self.settings.task_queue
+        registry = self.client.get_workflow_handle(registry_workflow_id(tq))
+        [real] = await registry.query(HOSTS_QUERY, result_type=list[HostView])
+        ghost = HostRef(host_id=f"ghost-{uuid.uuid4().hex[:8]}", name="ghost", queue="")
+        ghost = ghost.model_copy(update={"queue": host_queue(tq, ghost.host_id)})
+        await registry.execute_update(DRAIN_UPDATE, HostCommand(host=real.host_id), result_type=HostView)
+        await send_report(self.client, tq, HostReport(host=ghost, worker="ghost-1", capacity=10, report_every_s=2))
+        gid = self.game()
+        handle = await start_job(self.client, gid, task_queue=tq)
+        # Its result is published before the clean-up, which then waits for the host.
+        for _ in range(int(WAIT_S)):
+            if (await handle.query("status", result_type=JobStatus)).entry_id:
+                break
+            await asyncio.sleep(1)
+        else:
+            raise SystemExit(f"start_silent_host: no result published within {WAIT_S:g} s")
+        await registry.execute_update(FORGET_UPDATE, HostCommand(host=ghost.host_id), result_type=HostView)
+        await registry.execute_update(UNDRAIN_UPDATE, HostCommand(host=real.host_id), result_type=HostView)
+        await self.finish("start_silent_host", handle, "docker_unavailable")
 
     async def reconcile(self) -> None:
         """(From v4.) A host with a stopped container of ours, a running engine without record and a
@@ -165,6 +221,7 @@ async def main(out: Path) -> None:
         engine_image=engine.images.healthy,
         # Long enough for a cancellation to reach the never-healthy start before it times out.
         start_timeout_s=60.0,
+        host_wait_s=HOST_WAIT_S,
     )
     recorder = Recorder(env.client, engine, settings, out)
     try:
@@ -187,8 +244,8 @@ def write_checksums(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2 or not sys.argv[1].isidentifier():
-        raise SystemExit("usage: python -m tests.histories.record VERSION   (e.g. v3)")
+    if len(sys.argv) != 2 or not re.fullmatch(r"[1-9][0-9]*\.[0-9]+", sys.argv[1]):
+        raise SystemExit("usage: python -m tests.histories.record VERSION   (MAJOR.MINOR, e.g. 1.1)")
     target = HERE / sys.argv[1]
     if target.exists():
         raise SystemExit(f"{target} exists: released histories are never replaced; record a new version")

@@ -35,7 +35,6 @@ from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from contract.lock import ACQUIRE_ACTIVITY
 from contract.models import LABEL_GAME_ID, JobResult, JobStatus
 from contract.settings import Settings
 from starter import start_job, stop_job
@@ -238,12 +237,8 @@ def since(first: HistoryEvent, event: HistoryEvent | None) -> str:
 
 
 def is_lock_request(event: HistoryEvent) -> bool:
-    if event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED:
-        return True  # the jobs' only local activity is the lock request
-    return (
-        event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
-        and event.activity_task_scheduled_event_attributes.activity_type.name == ACQUIRE_ACTIVITY
-    )
+    # A job's first local activity (the first marker of its history) is its request for the turn.
+    return event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
 
 
 def check_game(runs: list[PlannedRun], ids: list[str], finished: list[JobResult]) -> str | None:

@@ -31,8 +31,8 @@ from contract.engine import (
     FailedStartRemoved,
     RemoveFailedStart,
 )
-from contract.hosts import PLACE_ACTIVITY, HostRef, HostReport, host_queue
-from contract.lock import ACQUIRE_ACTIVITY, HOLDER_RUNNING_ACTIVITY, TAKE_TURN_ACTIVITY, coordination_queue
+from contract.hosts import HOST_LIVENESS_ACTIVITY, PLACE_ACTIVITY, HostRef, HostReport, host_queue
+from contract.lock import HOLDER_RUNNING_ACTIVITY, TAKE_TURN_ACTIVITY, TAKE_TURN_AGAIN_ACTIVITY, coordination_queue
 from contract.policies import PUBLISH_ACTIVITY
 from contract.settings import Settings
 from workflows import ALL_WORKFLOWS, GameLock, HostRegistry
@@ -114,12 +114,15 @@ async def job_worker(
     *,
     replace: Mapping[str, Callable[..., Any]] | None = None,
     order_settle_s: float | None = None,
+    host_wait_s: float = 60.0,
+    host_concurrency: int | None = None,
 ) -> AsyncIterator[None]:
     """A worker with the real workflows, lock, placement activities and publish, and the stand-in
     engine on the queue of one stand-in host (reported to the real registry, as a worker reports its
     Docker engine).
 
     `replace`: activity name -> an activity registered instead of the real one (e.g. a failing check).
+    `host_concurrency`: the stand-in host's Docker-step slots (the SDK's default when None).
     """
     redis = redis_client(redis_url)
     # Connect now: redis-py imports parts of itself on first connect, and an import while a workflow
@@ -127,13 +130,15 @@ async def job_worker(
     await redis.ping()
     publisher = ResultPublisher(redis, stream=stream, dedup_ttl_s=3600, signals=TurnSignals(client).send)
     settle = Settings().order_settle_s if order_settle_s is None else order_settle_s
-    locks = LockActivities(client, order_settle_s=settle)
+    locks = LockActivities(client, order_settle_s=settle, host_wait_s=host_wait_s)
+    placements = PlacementActivities(client)
     activities: dict[str, Callable[..., Any]] = {
         PUBLISH_ACTIVITY: publisher.publish_job_result,
-        ACQUIRE_ACTIVITY: locks.acquire_game_lock,
         TAKE_TURN_ACTIVITY: locks.take_game_turn,
+        TAKE_TURN_AGAIN_ACTIVITY: locks.take_game_turn_again,
         HOLDER_RUNNING_ACTIVITY: locks.game_lock_holder_running,
-        PLACE_ACTIVITY: PlacementActivities(client).place_game_engine,
+        PLACE_ACTIVITY: placements.place_game_engine,
+        HOST_LIVENESS_ACTIVITY: placements.host_liveness,
     }
     docker: dict[str, Callable[..., Any]] = {
         ENSURE_RUNNING_ACTIVITY: engine.ensure_engine_running,
@@ -146,7 +151,12 @@ async def job_worker(
     await send_report(client, task_queue, HostReport(host=host, worker="stand-in", capacity=1000, report_every_s=3600))
     try:
         async with (
-            Worker(client, task_queue=host.queue, activities=list(docker.values())),
+            Worker(
+                client,
+                task_queue=host.queue,
+                activities=list(docker.values()),
+                max_concurrent_activities=host_concurrency,
+            ),
             Worker(
                 client,
                 task_queue=coordination_queue(task_queue),
