@@ -472,7 +472,7 @@ def build_host_worker(client: Client, settings: Settings, engine: EngineActiviti
     return Worker(
         client,
         task_queue=facts.ref.queue,
-        activities=activity_methods(engine, ReconcileDockerActivities(engine.gateway)),
+        activities=activity_methods(engine, ReconcileDockerActivities(engine.gateway, client)),
         graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_timeout_s),
         max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
         default_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,

@@ -2,7 +2,9 @@
 host, the placement records that name a host, and the worker's Schedule of reconcile runs.
 
 The Docker activities run on the host's own task queue (a host's containers are only visible from its
-engine); the record listing needs the Temporal client and runs on the shared queue.
+engine). The survey runs there too and also reads the records (the Temporal client): it compares both
+there, so that only the games that are off reach the run's history, not every container and record of a
+host with thousands of games. The separate record listing (shared queue) serves runs begun before that.
 """
 
 from __future__ import annotations
@@ -41,15 +43,19 @@ from contract.reconcile import (
     RECONCILE_WORKFLOW,
     REMOVE_CONTAINER_ACTIVITY,
     RUNNING_STATE,
+    SURVEY_ACTIVITY,
     ContainerSeen,
     EngineEvent,
     GameContainers,
     HostInventory,
+    HostSurvey,
     ReconcileRequest,
     RecordQuery,
     RecordSeen,
     RemoveContainer,
+    SurveyRequest,
     schedule_id,
+    survey,
 )
 from contract.settings import Settings
 from workflows.search import RUNTIME_HOST
@@ -91,15 +97,25 @@ def seen(info: Inspect) -> ContainerSeen | None:
 
 
 class ReconcileDockerActivities:
-    """On the host's queue: what Docker holds of ours, and removal of what no one runs."""
+    """On the host's queue: what Docker holds of ours (compared with the records), and removal of what no
+    one runs."""
 
-    def __init__(self, gateway: DockerGateway) -> None:
+    def __init__(self, gateway: DockerGateway, client: Client) -> None:
         self._gateway = gateway
+        self._client = client
+
+    @activity.defn(name=SURVEY_ACTIVITY)
+    async def reconcile_survey(self, request: SurveyRequest) -> HostSurvey:
+        """The games where the containers of ours here and the records naming the host disagree (the
+        others are counted only): a bounded result however many games the host holds."""
+        containers = await self._ours(ours_filters())
+        records = await placement_records(self._client, request.host, request.task_queue)
+        return survey(containers, records, request.start)
 
     @activity.defn(name=LIST_CONTAINERS_ACTIVITY)
     async def reconcile_list_containers(self) -> HostInventory:
         """Every container labelled ours (any state). A container without our label is never listed,
-        hence never touched, whatever its name."""
+        hence never touched, whatever its name. (Runs begun before RECONCILE_PATCH_V2.)"""
         return HostInventory(containers=await self._ours(ours_filters()))
 
     @activity.defn(name=GAME_CONTAINERS_ACTIVITY)
@@ -127,6 +143,7 @@ class ReconcileDockerActivities:
                     )
                 )
                 continue
+            activity.heartbeat()  # (the survey's heartbeat timeout: thousands of stopped containers take a while)
             info = await self._gateway.inspect(str(summary["Id"]), _CODE)
             container_seen = seen(info) if info is not None else None  # (None: removed meanwhile)
             if container_seen is not None:
@@ -162,34 +179,39 @@ class ReconcileRecordActivities:
 
     @activity.defn(name=LIST_RECORDS_ACTIVITY)
     async def reconcile_list_records(self, request: RecordQuery) -> list[RecordSeen]:
-        """Found by their `RuntimeHost` search attribute (the host's name), each confirmed by its own
-        `placement` query: visibility lags, the workflow's answer does not. A game whose record a
-        listing missed is still found through its container; only a record of an engine that is gone
-        waits for the next run."""
-        name = request.host.name.replace("\\", "\\\\").replace('"', '\\"')
-        query = (
-            f'WorkflowType="{LOCK_WORKFLOW}" AND {RUNTIME_HOST.name}="{name}" '
-            f'AND TaskQueue="{coordination_queue(activity.info().task_queue)}" AND ExecutionStatus="Running"'
-        )
-        prefix = lock_workflow_id("g", activity.info().task_queue).removesuffix("g")  # without the game id
-        records: list[RecordSeen] = []
-        async for execution in self._client.list_workflows(query):
-            handle = self._client.get_workflow_handle(execution.id, run_id=execution.run_id)
-            try:
-                turn: Turn = await handle.query("placement", result_type=Turn)
-            except RPCError as err:
-                if err.status == RPCStatusCode.NOT_FOUND:
-                    continue
-                raise
-            except Exception as err:  # a run that ended meanwhile answers with a query failure
-                activity.logger.info("placement of %s not read: %s", execution.id, err)
+        """The records naming the host (runs begun before RECONCILE_PATCH_V2; later ones survey)."""
+        return await placement_records(self._client, request.host, activity.info().task_queue)
+
+
+async def placement_records(client: Client, host: HostRef, task_queue: str) -> list[RecordSeen]:
+    """The games of the fleet on `task_queue` whose per-game workflow places their engine on the host.
+
+    Found by their `RuntimeHost` search attribute (the host's name), each confirmed by its own `placement`
+    query: visibility lags, the workflow's answer does not. A game whose record a listing missed is still
+    found through its container; only a record of an engine that is gone waits for the next run."""
+    name = host.name.replace("\\", "\\\\").replace('"', '\\"')
+    query = (
+        f'WorkflowType="{LOCK_WORKFLOW}" AND {RUNTIME_HOST.name}="{name}" '
+        f'AND TaskQueue="{coordination_queue(task_queue)}" AND ExecutionStatus="Running"'
+    )
+    prefix = lock_workflow_id("g", task_queue).removesuffix("g")  # without the game id
+    records: list[RecordSeen] = []
+    async for execution in client.list_workflows(query):
+        handle = client.get_workflow_handle(execution.id, run_id=execution.run_id)
+        try:
+            turn: Turn = await handle.query("placement", result_type=Turn)
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
                 continue
-            placement = turn.placement
-            if turn.placement_known and placement is not None and placement.host.host_id == request.host.host_id:
-                game_id = execution.id.removeprefix(prefix)
-                records.append(RecordSeen(game_id=game_id, container_id=placement.container_id))
-            activity.heartbeat()
-        return records
+            raise
+        except Exception as err:  # a run that ended meanwhile answers with a query failure
+            activity.logger.info("placement of %s not read: %s", execution.id, err)
+            continue
+        placement = turn.placement
+        if turn.placement_known and placement is not None and placement.host.host_id == host.host_id:
+            records.append(RecordSeen(game_id=execution.id.removeprefix(prefix), container_id=placement.container_id))
+        activity.heartbeat()
+    return records
 
 
 class EngineEventPublisher:

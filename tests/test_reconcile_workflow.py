@@ -21,19 +21,19 @@ from contract.lock import TAKE_TURN_ACTIVITY, LockRequest, Turn
 from contract.reconcile import (
     ACTIONS_METRIC,
     GAME_CONTAINERS_ACTIVITY,
-    LIST_CONTAINERS_ACTIVITY,
-    LIST_RECORDS_ACTIVITY,
     PUBLISH_ENGINE_EVENT_ACTIVITY,
     REMOVE_CONTAINER_ACTIVITY,
+    SURVEY_ACTIVITY,
     ContainerSeen,
     EngineEvent,
     GameContainers,
-    HostInventory,
+    HostSurvey,
     ReconcileRequest,
     ReconcileSummary,
-    RecordQuery,
     RecordSeen,
     RemoveContainer,
+    SurveyRequest,
+    survey,
 )
 from metrics import prometheus_runtime
 from tests.support.redis_server import free_port
@@ -43,8 +43,9 @@ LONG_AGO = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 class StandIns:
-    """A host with an exited container of game `old` and a running engine of game `new`, and a record of
-    game `lost` on the host whose engine is gone; every call is noted in order."""
+    """A host with an exited container of game `old`, a running engine of game `new`, a record of game
+    `lost` on the host whose engine is gone, and game `fine` running as its record says; every call is
+    noted in order."""
 
     def __init__(self, host: HostRef) -> None:
         self.host = host
@@ -53,15 +54,14 @@ class StandIns:
             "old": ContainerSeen(container_id="c-old", game_id="old", state="exited", created_at=LONG_AGO),
             "new": ContainerSeen(container_id="c-new", game_id="new", state="running", created_at=LONG_AGO),
         }
+        self.fine = ContainerSeen(container_id="c-fine", game_id="fine", state="running", created_at=LONG_AGO)
 
-    @activity.defn(name=LIST_CONTAINERS_ACTIVITY)
-    async def list_containers(self) -> HostInventory:
+    @activity.defn(name=SURVEY_ACTIVITY)
+    async def survey_host(self, request: SurveyRequest) -> HostSurvey:
+        """The real comparison over the stand-in listings; game `fine` (running as recorded) is left out."""
         self.calls.append("list")
-        return HostInventory(containers=list(self.containers.values()))
-
-    @activity.defn(name=LIST_RECORDS_ACTIVITY)
-    async def list_records(self, query: RecordQuery) -> list[RecordSeen]:
-        return [RecordSeen(game_id="lost", container_id="c-lost")]
+        records = [RecordSeen(game_id="lost", container_id="c-lost"), RecordSeen(game_id="fine", container_id="c-fine")]
+        return survey([*self.containers.values(), self.fine], records, request.start)
 
     @activity.defn(name=TAKE_TURN_ACTIVITY)
     async def take_turn(self, request: LockRequest) -> Turn:
@@ -106,12 +106,12 @@ async def test_one_turn_per_game_that_is_off_and_the_actions_metric(temporal_env
         client,
         task_queue=queue,
         workflows=[RuntimeReconcile],
-        activities=[stand_ins.list_records, stand_ins.take_turn, stand_ins.publish],
+        activities=[stand_ins.take_turn, stand_ins.publish],
     )
     on_host = Worker(
         client,
         task_queue=host.queue,
-        activities=[stand_ins.list_containers, stand_ins.game_containers, stand_ins.remove],
+        activities=[stand_ins.survey_host, stand_ins.game_containers, stand_ins.remove],
     )
     async with shared, on_host:
         summary = await client.execute_workflow(
@@ -126,7 +126,9 @@ async def test_one_turn_per_game_that_is_off_and_the_actions_metric(temporal_env
 
     assert isinstance(summary, ReconcileSummary)
     assert summary.done_counts() == {"removed": 1, "adopted": 1, "cleared": 1}, summary
-    # Games in order; each one's turn taken before its containers are looked at and anything is done.
+    assert (summary.containers, summary.records, summary.unlisted) == (3, 2, 0), summary
+    # Games in order; each one's turn taken before its containers are looked at and anything is done;
+    # none for game `fine`, which the survey left out.
     assert stand_ins.calls == [
         "list",
         "turn lost",

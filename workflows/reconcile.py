@@ -1,9 +1,10 @@
 """`RuntimeReconcile`: one Docker host's engines brought back in line with their games' records.
 
 Run by the host's Temporal Schedule (RTJOBS_RECONCILE_EVERY, created by its workers at start-up) and on
-demand (`rtjobs reconcile`). One run: list the containers of ours on the host (its own queue) and the
-records that place a game there (the per-game workflows, by their `RuntimeHost` attribute); decide per
-game what is off (`plan`); for each game where something is, take the game's turn exactly as a job
+demand (`rtjobs reconcile`). One run: compare the containers of ours on the host with the records that
+place a game there (the per-game workflows, by their `RuntimeHost` attribute) on the host's own queue,
+which returns only the games that disagree; decide per game what is off (`plan`); for each game where
+something is, take the game's turn exactly as a job
 does (the `take_game_turn` local activity, the grant signal, the release carrying a `PlacementNote`),
 look at its containers again under the turn, and only then act. A job is never raced: while one
 works on the game, reconciliation waits for the turn; what the job leaves is what it then judges.
@@ -16,8 +17,10 @@ What it does (README "Drift and reconciliation" says why):
 - a running engine here while the record names another host, a paused or restarting one: reported only;
 - a container without our label: never listed, never touched.
 
-Deterministic: the time is `workflow.now()`, Docker and Temporal lookups are activities. A run acts on
-at most MAX_GAMES_PER_RUN games (bounded history); the rest is found again by the next run.
+Deterministic: the time is `workflow.now()`, Docker and Temporal lookups are activities. Bounded history
+however many games a host holds: the listing carries at most MAX_GAMES_LISTED games that are off (within
+LISTING_BUDGET bytes), a run acts on at most MAX_GAMES_PER_RUN of them; the rest is found again by the
+next runs, so a host with more games off than that is reconciled over several runs.
 """
 
 from __future__ import annotations
@@ -51,9 +54,11 @@ with workflow.unsafe.imports_passed_through():
         MAX_GAMES_PER_RUN,
         NOT_RUNNING_STATES,
         PUBLISH_ENGINE_EVENT_ACTIVITY,
+        RECONCILE_PATCH_V2,
         RECONCILE_WORKFLOW,
         REMOVE_CONTAINER_ACTIVITY,
         RUNNING_STATE,
+        SURVEY_ACTIVITY,
         Action,
         ContainerSeen,
         EngineEvent,
@@ -61,12 +66,15 @@ with workflow.unsafe.imports_passed_through():
         Finding,
         FindingKind,
         GameContainers,
+        GameSeen,
         HostInventory,
+        HostSurvey,
         ReconcileRequest,
         ReconcileSummary,
         RecordQuery,
         RecordSeen,
         RemoveContainer,
+        SurveyRequest,
     )
     from workflows.awaiting import shielded
     from workflows.turns import TurnHolder, give_back_turn, tell_registry
@@ -78,6 +86,9 @@ DOCKER_STEP_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=4), maximum_attempts=3
 )
 RECORDS_TIMEOUT = timedelta(seconds=120)
+# The survey: the Docker listing and the records' queries (thousands on a big host), heartbeating.
+SURVEY_TIMEOUT = DOCKER_STEP_TIMEOUT + RECORDS_TIMEOUT
+SURVEY_HEARTBEAT = timedelta(seconds=30)
 EVENT_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=5)
 RECORDS_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3)
 
@@ -216,38 +227,23 @@ class RuntimeReconcile(TurnHolder):
         summary = self._summary = ReconcileSummary(host=host, dry_run=request.dry_run)
         self._say(f"host {host.name}: listing the containers of ours and the records")
         try:
-            inventory: HostInventory = await self._on_host(
-                request, LIST_CONTAINERS_ACTIVITY, None, HostInventory, "list the containers of ours"
-            )
-            records: list[RecordSeen] = await workflow.execute_activity(
-                LIST_RECORDS_ACTIVITY,
-                RecordQuery(host=host),
-                start_to_close_timeout=RECORDS_TIMEOUT,
-                heartbeat_timeout=timedelta(seconds=30),
-                retry_policy=RECORDS_RETRY,
-                result_type=list[RecordSeen],
-                summary=f"the games whose record places their engine on host {host.name}",
-            )
+            if workflow.patched(RECONCILE_PATCH_V2):
+                games = await self._survey(request, summary)
+            else:
+                games = await self._list_every_game(request, summary)
         except (HostUnreachable, ActivityError) as err:
             return self._end_with_error(summary, err)
-        summary.containers = len(inventory.containers)
-        summary.records = len(records)
         now = workflow.now()
-        by_game: dict[str, list[ContainerSeen]] = {}
-        for c in inventory.containers:
-            by_game.setdefault(c.game_id, []).append(c)
-        recorded = {r.game_id: r for r in records}
         to_act: list[str] = []
-        for game_id in sorted(set(by_game) | set(recorded)):
-            record = recorded.get(game_id)
+        for game in games:
             listed = Turn(
                 granted=False,
-                placement_known=record is not None,
-                placement=Placement(host=host, container_id=record.container_id) if record else None,
+                placement_known=game.recorded_id is not None,
+                placement=Placement(host=host, container_id=game.recorded_id) if game.recorded_id is not None else None,
             )
-            seen_plan = plan(game_id, by_game.get(game_id, []), listed, host, now, request)
+            seen_plan = plan(game.game_id, game.containers, listed, host, now, request)
             if seen_plan.acts and not request.dry_run:
-                to_act.append(game_id)
+                to_act.append(game.game_id)
             else:
                 summary.findings.extend(seen_plan.findings)
         summary.deferred = max(0, len(to_act) - MAX_GAMES_PER_RUN)
@@ -263,6 +259,50 @@ class RuntimeReconcile(TurnHolder):
                 summary.findings.append(Finding(game_id=game_id, kind=FindingKind.FAILED, note=note))
         self._say(summary.headline())
         return summary
+
+    async def _survey(self, request: ReconcileRequest, summary: ReconcileSummary) -> list[GameSeen]:
+        """The games that are off, compared on the host (bounded: `contract.reconcile.survey`); where the
+        listing starts among them when not all fit is drawn anew by each run."""
+        survey = SurveyRequest(
+            host=request.host, task_queue=workflow.info().task_queue, start=workflow.random().random()
+        )
+        found: HostSurvey = await self._on_host(
+            request,
+            SURVEY_ACTIVITY,
+            survey,
+            HostSurvey,
+            "compare the containers of ours with the records",
+            run_for=SURVEY_TIMEOUT,
+            heartbeat=SURVEY_HEARTBEAT,
+        )
+        summary.containers, summary.records, summary.unlisted = found.containers, found.records, found.unlisted
+        return found.off
+
+    async def _list_every_game(self, request: ReconcileRequest, summary: ReconcileSummary) -> list[GameSeen]:
+        """Runs begun before RECONCILE_PATCH_V2: every container and record listed, all games compared here."""
+        host = request.host
+        inventory: HostInventory = await self._on_host(
+            request, LIST_CONTAINERS_ACTIVITY, None, HostInventory, "list the containers of ours"
+        )
+        records: list[RecordSeen] = await workflow.execute_activity(
+            LIST_RECORDS_ACTIVITY,
+            RecordQuery(host=host),
+            start_to_close_timeout=RECORDS_TIMEOUT,
+            heartbeat_timeout=timedelta(seconds=30),
+            retry_policy=RECORDS_RETRY,
+            result_type=list[RecordSeen],
+            summary=f"the games whose record places their engine on host {host.name}",
+        )
+        summary.containers = len(inventory.containers)
+        summary.records = len(records)
+        by_game: dict[str, list[ContainerSeen]] = {}
+        for c in inventory.containers:
+            by_game.setdefault(c.game_id, []).append(c)
+        recorded = {r.game_id: r.container_id for r in records}
+        return [
+            GameSeen(game_id=game_id, containers=by_game.get(game_id, []), recorded_id=recorded.get(game_id))
+            for game_id in sorted(set(by_game) | set(recorded))
+        ]
 
     async def _reconcile_game(self, request: ReconcileRequest, game_id: str) -> list[Finding]:
         """Under the game's turn: its containers looked at again, the plan made from what is there and
@@ -338,7 +378,14 @@ class RuntimeReconcile(TurnHolder):
         return finding.model_copy(update={"done": True})
 
     async def _on_host(
-        self, request: ReconcileRequest, activity: str, arg: object, result_type: type, what: str
+        self,
+        request: ReconcileRequest,
+        activity: str,
+        arg: object,
+        result_type: type,
+        what: str,
+        run_for: timedelta = DOCKER_STEP_TIMEOUT,
+        heartbeat: timedelta | None = None,
     ) -> Any:
         """A Docker step on the host's own queue; a host that cannot do it ends the run's work there."""
         host = request.host
@@ -348,7 +395,8 @@ class RuntimeReconcile(TurnHolder):
                 *([] if arg is None else [arg]),
                 task_queue=host.queue,
                 schedule_to_start_timeout=timedelta(seconds=request.host_wait_s),
-                start_to_close_timeout=DOCKER_STEP_TIMEOUT,
+                start_to_close_timeout=run_for,
+                heartbeat_timeout=heartbeat,
                 retry_policy=DOCKER_STEP_RETRY,
                 result_type=result_type,
                 summary=f"{what} on host {host.name}",
