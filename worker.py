@@ -47,7 +47,6 @@ from activities.publish import ResultPublisher
 from activities.reconcile import (
     EngineEventPublisher,
     ReconcileDockerActivities,
-    ReconcileRecordActivities,
     ensure_reconcile_schedule,
 )
 from activities.redis_topology import (
@@ -434,7 +433,6 @@ def build_worker(client: Client, settings: Settings, redis: RedisClient) -> Work
             publisher,
             LockActivities(client, order_settle_s=settings.order_settle_s, host_wait_s=settings.host_wait_s),
             PlacementActivities(client),
-            ReconcileRecordActivities(client),
             EngineEventPublisher(redis, settings),
         ),
         graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_timeout_s),

@@ -37,8 +37,6 @@ from contract.lock import LOCK_WORKFLOW, Turn, coordination_queue, lock_workflow
 from contract.models import LABEL_GAME_ID, ErrorCode
 from contract.reconcile import (
     GAME_CONTAINERS_ACTIVITY,
-    LIST_CONTAINERS_ACTIVITY,
-    LIST_RECORDS_ACTIVITY,
     PUBLISH_ENGINE_EVENT_ACTIVITY,
     RECONCILE_WORKFLOW,
     REMOVE_CONTAINER_ACTIVITY,
@@ -47,10 +45,8 @@ from contract.reconcile import (
     ContainerSeen,
     EngineEvent,
     GameContainers,
-    HostInventory,
     HostSurvey,
     ReconcileRequest,
-    RecordQuery,
     RecordSeen,
     RemoveContainer,
     SurveyRequest,
@@ -112,12 +108,6 @@ class ReconcileDockerActivities:
         records = await placement_records(self._client, request.host, request.task_queue)
         return survey(containers, records, request.start)
 
-    @activity.defn(name=LIST_CONTAINERS_ACTIVITY)
-    async def reconcile_list_containers(self) -> HostInventory:
-        """Every container labelled ours (any state). A container without our label is never listed,
-        hence never touched, whatever its name. (Runs begun before RECONCILE_PATCH_V2.)"""
-        return HostInventory(containers=await self._ours(ours_filters()))
-
     @activity.defn(name=GAME_CONTAINERS_ACTIVITY)
     async def reconcile_game_containers(self, request: GameContainers) -> list[ContainerSeen]:
         """The game's containers of ours here, looked at again under the game's turn."""
@@ -169,18 +159,6 @@ class ReconcileDockerActivities:
             extra={"game_id": request.game_id},
         )
         return True
-
-
-class ReconcileRecordActivities:
-    """On the shared queue: the per-game workflows whose record places the game's engine on a host."""
-
-    def __init__(self, client: Client) -> None:
-        self._client = client
-
-    @activity.defn(name=LIST_RECORDS_ACTIVITY)
-    async def reconcile_list_records(self, request: RecordQuery) -> list[RecordSeen]:
-        """The records naming the host (runs begun before RECONCILE_PATCH_V2; later ones survey)."""
-        return await placement_records(self._client, request.host, activity.info().task_queue)
 
 
 async def placement_records(client: Client, host: HostRef, task_queue: str) -> list[RecordSeen]:

@@ -22,12 +22,8 @@ RECONCILE_WORKFLOW = "RuntimeReconcile"
 # On the host's own queue (its Docker engine, and the Temporal client for the records): the games that are off.
 SURVEY_ACTIVITY = "reconcile_survey"
 # On the host's own queue (its Docker engine):
-LIST_CONTAINERS_ACTIVITY = "reconcile_list_containers"  # (runs begun before RECONCILE_PATCH_V2 only)
 GAME_CONTAINERS_ACTIVITY = "reconcile_game_containers"
 REMOVE_CONTAINER_ACTIVITY = "reconcile_remove_container"
-# On the shared queue (the Temporal client): the placement records that name the host (runs begun before
-# RECONCILE_PATCH_V2 only).
-LIST_RECORDS_ACTIVITY = "reconcile_list_records"
 # On the shared queue (Redis): an engine that died (or was removed) outside any job, for the Lobby.
 PUBLISH_ENGINE_EVENT_ACTIVITY = "publish_engine_event"
 
@@ -48,11 +44,10 @@ MAX_GAMES_PER_RUN = 100
 # host's containers with the records), and of those at most MAX_GAMES_LISTED, in at most LISTING_BUDGET
 # bytes of JSON: its payload (in the run's history, as is the summary made from it) stays below
 # Temporal's 256 KiB warning and 2 MiB limit whatever the number of games. The games left out are counted
-# (`unlisted`) and listed by a later run. Before the patch the run listed every container and record: 180-220
-# and 110-150 bytes a game (short to longest game ids), over 256 KiB from some 1,200-1,500 games on a host.
+# (`unlisted`) and listed by a later run. (Listing every container and record instead takes 180-220 and
+# 110-150 bytes a game, short to longest game ids: over 256 KiB from some 1,200-1,500 games on a host.)
 MAX_GAMES_LISTED = 500
 LISTING_BUDGET = 128 * 1024
-RECONCILE_PATCH_V2 = "reconcile-v2-survey-only-games-off"
 
 
 def schedule_id(task_queue: str, host_id: str) -> str:
@@ -81,12 +76,6 @@ class ContainerSeen(BaseModel):
         return self.created_at
 
 
-class HostInventory(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    containers: list[ContainerSeen] = Field(default_factory=list)
-
-
 class RecordSeen(BaseModel):
     """A game whose own workflow places its engine on the host (container id may be unknown: "")."""
 
@@ -94,12 +83,6 @@ class RecordSeen(BaseModel):
 
     game_id: str
     container_id: str = ""
-
-
-class RecordQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    host: HostRef
 
 
 class SurveyRequest(BaseModel):

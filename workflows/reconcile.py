@@ -49,12 +49,9 @@ with workflow.unsafe.imports_passed_through():
     from contract.reconcile import (
         ACTIONS_METRIC,
         GAME_CONTAINERS_ACTIVITY,
-        LIST_CONTAINERS_ACTIVITY,
-        LIST_RECORDS_ACTIVITY,
         MAX_GAMES_PER_RUN,
         NOT_RUNNING_STATES,
         PUBLISH_ENGINE_EVENT_ACTIVITY,
-        RECONCILE_PATCH_V2,
         RECONCILE_WORKFLOW,
         REMOVE_CONTAINER_ACTIVITY,
         RUNNING_STATE,
@@ -67,12 +64,9 @@ with workflow.unsafe.imports_passed_through():
         FindingKind,
         GameContainers,
         GameSeen,
-        HostInventory,
         HostSurvey,
         ReconcileRequest,
         ReconcileSummary,
-        RecordQuery,
-        RecordSeen,
         RemoveContainer,
         SurveyRequest,
     )
@@ -227,10 +221,7 @@ class RuntimeReconcile(TurnHolder):
         summary = self._summary = ReconcileSummary(host=host, dry_run=request.dry_run)
         self._say(f"host {host.name}: listing the containers of ours and the records")
         try:
-            if workflow.patched(RECONCILE_PATCH_V2):
-                games = await self._survey(request, summary)
-            else:
-                games = await self._list_every_game(request, summary)
+            games = await self._survey(request, summary)
         except (HostUnreachable, ActivityError) as err:
             return self._end_with_error(summary, err)
         now = workflow.now()
@@ -277,32 +268,6 @@ class RuntimeReconcile(TurnHolder):
         )
         summary.containers, summary.records, summary.unlisted = found.containers, found.records, found.unlisted
         return found.off
-
-    async def _list_every_game(self, request: ReconcileRequest, summary: ReconcileSummary) -> list[GameSeen]:
-        """Runs begun before RECONCILE_PATCH_V2: every container and record listed, all games compared here."""
-        host = request.host
-        inventory: HostInventory = await self._on_host(
-            request, LIST_CONTAINERS_ACTIVITY, None, HostInventory, "list the containers of ours"
-        )
-        records: list[RecordSeen] = await workflow.execute_activity(
-            LIST_RECORDS_ACTIVITY,
-            RecordQuery(host=host),
-            start_to_close_timeout=RECORDS_TIMEOUT,
-            heartbeat_timeout=timedelta(seconds=30),
-            retry_policy=RECORDS_RETRY,
-            result_type=list[RecordSeen],
-            summary=f"the games whose record places their engine on host {host.name}",
-        )
-        summary.containers = len(inventory.containers)
-        summary.records = len(records)
-        by_game: dict[str, list[ContainerSeen]] = {}
-        for c in inventory.containers:
-            by_game.setdefault(c.game_id, []).append(c)
-        recorded = {r.game_id: r.container_id for r in records}
-        return [
-            GameSeen(game_id=game_id, containers=by_game.get(game_id, []), recorded_id=recorded.get(game_id))
-            for game_id in sorted(set(by_game) | set(recorded))
-        ]
 
     async def _reconcile_game(self, request: ReconcileRequest, game_id: str) -> list[Finding]:
         """Under the game's turn: its containers looked at again, the plan made from what is there and
