@@ -66,10 +66,11 @@ class StandIns:
     @activity.defn(name=TAKE_TURN_ACTIVITY)
     async def take_turn(self, request: LockRequest) -> Turn:
         self.calls.append(f"turn {request.game_id}")
+        whose = {"game_id": request.game_id, "holder": request.first_run_id or request.run_id}
         if request.game_id == "lost":
             placement = Placement(host=self.host, container_id="c-lost")
-            return Turn(granted=True, placement_known=True, placement=placement)
-        return Turn(granted=True)
+            return Turn(granted=True, placement_known=True, placement=placement, **whose)
+        return Turn(granted=True, **whose)
 
     @activity.defn(name=GAME_CONTAINERS_ACTIVITY)
     async def game_containers(self, request: GameContainers) -> list[ContainerSeen]:
