@@ -47,13 +47,15 @@ async def report(client: Client, task_queue: str, ref: HostRef, capacity: int) -
     )
 
 
-async def place_all(activities: PlacementActivities, task_queue: str, games: list[str]) -> list[PlaceAnswer]:
+async def place_all(
+    activities: PlacementActivities, task_queue: str, games: list[str], *, job: str = "start"
+) -> list[PlaceAnswer]:
     """Every placement at once, each in its own activity run, as many jobs' local activities ask them."""
     env = ActivityEnvironment()
     env.info = dataclasses.replace(env.info, task_queue=task_queue)
 
     async def one(game_id: str) -> PlaceAnswer:
-        request = PlaceRequest(game_id=game_id, create=True, job=f"start-{game_id}")
+        request = PlaceRequest(game_id=game_id, create=True, job=f"{job}-{game_id}")
         answer: PlaceAnswer = await env.run(activities.place_game_engine, request)
         return answer
 
@@ -87,10 +89,14 @@ async def test_placements_asked_at_once_go_together_and_spread_as_one_at_a_time_
         assert activities.updates_sent <= 3, activities.updates_sent
         assert await updates_in_history(client, task_queue) == activities.updates_sent
 
-        # Asked again (a retried job), a game is found where it was reserved; nothing new is chosen.
+        # Asked again by the same job (a retried activity), a game gets the same answer: the host chosen
+        # for it, so the job creates its engine there; nothing new is reserved.
         again = await place_all(activities, task_queue, games[:5])
-        assert [a.found for a in again] == [[a.chosen] for a in answers[:5]]
-        assert [a.chosen for a in again] == [None] * 5
+        assert [a.chosen for a in again] == [a.chosen for a in answers[:5]]
+        assert [a.found for a in again] == [[]] * 5
+        # Asked by another job of the game (the reservation stands, no engine reported yet): found there.
+        other = await place_all(activities, task_queue, games[:5], job="another-start")
+        assert [a.found for a in other] == [[a.chosen] for a in answers[:5]]
         # Past capacity (50 in all), only the overflow is refused, with the reason.
         overflow = await place_all(activities, task_queue, [f"o-{i}" for i in range(12)])
         assert sum(1 for a in overflow if a.chosen is not None) == 10

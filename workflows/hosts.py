@@ -129,6 +129,11 @@ class HostRegistry:
             if reservation is not None and reservation.host_id == host_id:
                 del self._state.reservations[request.game_id]
         live = [r for r in self._state.hosts.values() if self._is_live(r, now)]
+        mine = self._reserved_for(request)
+        if mine is not None:
+            # Asked again by the job the host was chosen for (a retried activity, a lost reply): the same
+            # answer, "chosen", so that the job creates the engine there rather than look for one.
+            return PlaceAnswer(chosen=mine, live_hosts=len(live))
         found = self._found(request.game_id)
         if found or not request.create:
             return PlaceAnswer(found=found, live_hosts=len(live))
@@ -222,6 +227,16 @@ class HostRegistry:
             if host not in found:
                 found.append(host)
         return found
+
+    def _reserved_for(self, request: PlaceRequest) -> HostRef | None:
+        """The host reserved for this very job's start of the game, while its engine is not reported yet."""
+        reservation = self._state.reservations.get(request.game_id)
+        if not request.create or not request.job or reservation is None or reservation.job != request.job:
+            return None
+        record = self._state.hosts.get(reservation.host_id)
+        if record is None or request.game_id in record.games:
+            return None
+        return record.host
 
     def _sorted_hosts(self) -> list[HostRecord]:
         return sorted(self._state.hosts.values(), key=lambda r: (r.host.name, r.host.host_id))
