@@ -46,7 +46,7 @@ EXPECTED: dict[str, str | None] = {
     "start_timeout_refused": "invalid_request",
     "start_silent_host": "docker_unavailable",
 }
-LOCK_HISTORIES = {"game_lock"}
+LOCK_HISTORIES = {"game_lock", "game_lock_continued"}
 LONG_LIVED = {"host_registry", "reconcile"}
 # Recorded from the version that introduced them.
 INTRODUCED: dict[str, str] = {}
@@ -209,6 +209,16 @@ def test_lock_history_granted_two_jobs(version: str) -> None:
     ]
     updates = [e for e in events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED]
     assert (len(grants), len(updates)) == (1, 2)
+
+
+def test_the_continued_lock_history_carried_its_waiters() -> None:
+    """The game's workflow continued as new between turns (told to by the server, its updates near the
+    limit) with jobs still waiting: the continue-as-new branch of its loop is replayed."""
+    events = load("game_lock_continued").events
+    last = events[-1]
+    assert last.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW
+    [payload] = last.workflow_execution_continued_as_new_event_attributes.input.payloads
+    assert json.loads(payload.data)["waiting"], "continued without waiters"
 
 
 def test_the_reconcile_history_removed_adopted_and_cleared() -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import aiodocker
-from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
@@ -50,6 +50,7 @@ from starter import START_WORKFLOW, new_job_id, start_job, start_workflow_id, st
 from tests.support.binaries import temporal_cli
 from tests.support.docker_engine import DockerEngine, acquire_engine
 from tests.support.job_worker import e2e_settings, real_worker, remove_game_containers, until_running_container
+from worker import dynamic_config_args
 from workflows.search import SEARCH_ATTRIBUTE_KEYS
 
 HERE = Path(__file__).resolve().parent
@@ -205,15 +206,50 @@ class Recorder:
         await self.save("reconcile", handle)
 
 
-async def main(out: Path) -> None:
+async def lock_continued(engine: DockerEngine, out: Path) -> None:
+    """The game's workflow continuing as new between turns with waiters: on a server that allows a run
+    3 updates (`history.maxTotalUpdates`), it is told to continue as new after the first take_turn
+    updates; three jobs queued behind a slow start are carried into the next run."""
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(temporal_cli()),
         data_converter=pydantic_data_converter,
         search_attributes=SEARCH_ATTRIBUTE_KEYS,
         dev_server_log_level="error",
+        dev_server_extra_args=dynamic_config_args(["history.maxTotalUpdates=3"]),
     )
-    engine = await acquire_engine()
-    settings = e2e_settings(
+    settings = recording_settings(engine)
+    recorder = Recorder(env.client, engine, settings, out)
+    tq = settings.task_queue
+    try:
+        async with real_worker(env.client, settings):
+            gid = recorder.game()
+            first = await start_job(env.client, gid, image=engine.images.slow_healthy, task_queue=tq)
+            behind = [
+                await stop_job(env.client, gid, stop_timeout_s=1, task_queue=tq),
+                await start_job(env.client, gid, task_queue=tq),
+                await stop_job(env.client, gid, stop_timeout_s=1, task_queue=tq),
+            ]
+            for handle in [first, *behind]:
+                await asyncio.wait_for(handle.result(), WAIT_S)
+            lock_id = lock_workflow_id(gid, tq)
+            runs = [w async for w in env.client.list_workflows(f"WorkflowId = '{lock_id}'")]
+            continued = [
+                w
+                for w in sorted(runs, key=lambda w: w.start_time)
+                if w.status == WorkflowExecutionStatus.CONTINUED_AS_NEW
+            ]
+            if not continued:
+                raise SystemExit("game_lock_continued: the game's workflow never continued as new")
+            await recorder.save(
+                "game_lock_continued", env.client.get_workflow_handle(lock_id, run_id=continued[0].run_id)
+            )
+    finally:
+        await cleanup(engine, recorder, settings)
+        await env.shutdown()
+
+
+def recording_settings(engine: DockerEngine) -> Settings:
+    return e2e_settings(
         docker_url=engine.url,
         redis_url=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
         task_queue=f"hist-{uuid.uuid4().hex[:8]}",
@@ -223,17 +259,34 @@ async def main(out: Path) -> None:
         start_timeout_s=60.0,
         host_wait_s=HOST_WAIT_S,
     )
+
+
+async def cleanup(engine: DockerEngine, recorder: Recorder, settings: Settings) -> None:
+    async with aiodocker.Docker(url=engine.url) as docker:
+        for game_id in recorder.games:
+            await remove_game_containers(docker, game_id)
+    redis = redis_client(settings.redis_url)
+    await redis.delete(settings.results_stream, settings.engine_events_stream)
+    await redis.aclose()
+
+
+async def main(out: Path) -> None:
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(temporal_cli()),
+        data_converter=pydantic_data_converter,
+        search_attributes=SEARCH_ATTRIBUTE_KEYS,
+        dev_server_log_level="error",
+    )
+    engine = await acquire_engine()
+    settings = recording_settings(engine)
     recorder = Recorder(env.client, engine, settings, out)
     try:
         async with real_worker(env.client, settings):
             await recorder.run()
+        await cleanup(engine, recorder, settings)
+        await lock_continued(engine, out)
     finally:
-        async with aiodocker.Docker(url=engine.url) as docker:
-            for game_id in recorder.games:
-                await remove_game_containers(docker, game_id)
-        redis = redis_client(settings.redis_url)
-        await redis.delete(settings.results_stream, settings.engine_events_stream)
-        await redis.aclose()
+        await cleanup(engine, recorder, settings)
         await engine.close()
         await env.shutdown()
 
