@@ -1,0 +1,422 @@
+"""Fleet scale benchmark: how placement behaves as the fleet grows (10 / 100 / 1,000 hosts).
+
+The issue: the fleet's placement is one workflow (`RuntimeHostRegistry`) holding every host's games and
+reservations, and it stops scaling near 100 hosts. This measures it on the real parts, so that the same
+script measures a redesign later: a real dev server, a real `python worker.py` (its coordination worker,
+`build_coordination_worker`, runs the registry; its Docker is absent, so it reports no host itself), and
+per scale point:
+
+- stand-in hosts: one real `HostReporter` per host (its Docker engine a stand-in that lists the host's
+  games), reporting every `--report-every` s (the workers' default, 10 s) with the real `send_report`,
+  staggered as unsynchronised workers are; 100 games per host (1k / 10k / 100k games in all);
+- `--placements` placements of new games through the real activity body (`PlacementActivities.place_game
+  _engine`, with a real client, as `tests/test_placement.py` calls it), `--concurrency` in flight spread
+  over `--placers` instances (one per worker process of a real fleet: each batches its own jobs'
+  placements). The activity is called directly, not as a job's local activity: the local activity's own
+  cost does not depend on the fleet's size and would only add a job workflow per placement to the load.
+  Each attempt has the local activity's timeout and is retried at its policy's pauses; a placed game joins
+  its host's inventory (its next report lists it, as after the job's container was made);
+- from the registry's history (every run, following its continue-as-new chain): the longest workflow
+  task (WorkflowTaskStarted → Completed), failed tasks, the largest history event and payload, the events
+  in all and how many times it continued as new.
+
+Goals for a redesign: p50 and p99 at 1,000 hosts within 1.5x of 10 hosts, no workflow task > 200 ms,
+nothing > 256 KiB. Usage: python bench/fleet_scale.py [--quick] [--points 10x1000,100x10000]
+[--placements 10000] [--concurrency 100] [--placers 4] [--report-every 10] [--budget-s 900]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import random
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from google.protobuf.message import Message
+from temporalio.api.common.v1 import Payload
+from temporalio.api.enums.v1 import EventType
+from temporalio.api.history.v1 import HistoryEvent
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError
+from temporalio.testing import ActivityEnvironment
+
+from activities.docker_gateway import DockerGateway
+from activities.hosts import HostFacts, HostReporter
+from activities.placement import PlacementActivities
+from contract.hosts import HOSTS_QUERY, HostRef, HostView, PlaceAnswer, PlaceRequest, host_queue, registry_workflow_id
+from contract.lock import coordination_queue
+from contract.models import LABEL_GAME_ID
+from contract.settings import Settings
+from tests.support.proc_stats import read_sample
+from tests.support.processes import DEAD_DOCKER, Process, process_env, start_ready_worker
+from tests.support.temporal_server import TemporalDevServer
+from worker import DEV_SERVER_CONFIG, dynamic_config_args
+from workflows.turns import LOCK_ACTIVITY_TIMEOUT, LOCK_RETRY_POLICY
+
+GAMES_PER_HOST = 100
+POINTS = "10x1000,100x10000,1000x100000"
+QUICK_POINTS = "10x1000,100x10000"
+QUICK_PLACEMENTS = 1000
+TASK_GOAL_MS = 200
+PAYLOAD_GOAL_KIB = 256
+RATIO_GOAL = 1.5
+TASK_ENDS = (EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED, EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED)
+
+
+def game_id() -> str:
+    """A platform-shaped game id (a UUID): the registry's memory is mostly game ids."""
+    return str(uuid.uuid4())
+
+
+class _Container:
+    def __init__(self, game: str) -> None:
+        self._container = {"Labels": {LABEL_GAME_ID: game}}
+
+
+class StandInDocker:
+    """What `HostReporter` asks of its Docker engine (`gateway.call(..., client.containers.list)`): the
+    containers of ours, one per game the host holds. Games placed here join it, as a started engine would."""
+
+    def __init__(self, games: list[str]) -> None:
+        self.games = set(games)
+        self.client = self
+        self.containers = self
+
+    async def call(self, what: str, fn: Any, code: Any, **kwargs: Any) -> Any:
+        return await fn()
+
+    async def list(self, **kwargs: Any) -> list[_Container]:
+        return [_Container(g) for g in self.games]
+
+
+class CountedWarnings(logging.Filter):
+    """Counts the reporters' "could not report host" warnings (a thousand hosts refused at once would
+    flood the output) instead of printing them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING and record.getMessage().startswith("could not report host"):
+            self.count += 1
+            return False
+        return True
+
+
+REPORT_FAILURES = CountedWarnings()
+logging.getLogger("rtjobs.hosts").addFilter(REPORT_FAILURES)
+
+
+@dataclass
+class PointResult:
+    hosts: int
+    games: int
+    latencies_s: list[float] = field(default_factory=list)
+    unplaced: int = 0  # answers without a host (e.g. a registry that lost its memory)
+    retries: int = 0  # attempts that timed out or failed, asked again as the local activity would
+    report_failures: int = 0
+    known: int = 0  # hosts the registry held as live before placements began
+    cut: int = 0  # placements not answered (or not yet asked) when the point's time budget ran out
+    ingest_s: float = 0.0
+    place_s: float = 0.0
+    updates: int = 0
+    worker_cpu_s: float = 0.0
+    history: dict[str, float] = field(default_factory=dict)
+
+    def pct(self, q: float) -> float:
+        if not self.latencies_s:
+            return float("nan")
+        ordered = sorted(self.latencies_s)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+def largest_payload(message: Message) -> int:
+    """The largest `Payload` anywhere inside `message` (inputs, signal and update arguments, results)."""
+    if isinstance(message, Payload):
+        return message.ByteSize()
+    best = 0
+    for descriptor, value in message.ListFields():
+        if descriptor.type != descriptor.TYPE_MESSAGE:
+            continue
+        if not descriptor.is_repeated:
+            items = [value]
+        elif descriptor.message_type is not None and descriptor.message_type.GetOptions().map_entry:
+            items = [v for v in value.values() if isinstance(v, Message)]
+        else:
+            items = list(value)
+        for item in items:
+            best = max(best, largest_payload(item))
+    return best
+
+
+async def coordination_history(client: Client, task_queue: str) -> dict[str, float]:
+    """Figures of every run of every workflow on the coordination queue (today: the registry, its
+    continue-as-new chain and any run started afresh; a redesign may spread placement over several)."""
+    figures = {"runs": 0, "CAN": 0, "events": 0, "max run events": 0, "max task ms": 0.0, "failed tasks": 0}
+    figures |= {"tasks": 0, "tasks > goal": 0, "max event KiB": 0.0, "max payload KiB": 0.0}
+    async for execution in client.list_workflows(f"TaskQueue = '{task_queue}'"):
+        run = client.get_workflow_handle(execution.id, run_id=execution.run_id)
+        if execution.status == WorkflowExecutionStatus.RUNNING:
+            with contextlib.suppress(RPCError):
+                await run.terminate("benchmark point done")
+        events: list[HistoryEvent] = [e async for e in run.fetch_history_events()]
+        figures["runs"] += 1
+        figures["CAN"] += execution.status == WorkflowExecutionStatus.CONTINUED_AS_NEW
+        figures["events"] += len(events)
+        figures["max run events"] = max(figures["max run events"], len(events))
+        started: dict[int, float] = {}
+        for event in events:
+            figures["max event KiB"] = max(figures["max event KiB"], event.ByteSize() / 1024)
+            figures["max payload KiB"] = max(figures["max payload KiB"], largest_payload(event) / 1024)
+            at = event.event_time.ToMicroseconds() / 1000
+            if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED:
+                started[event.event_id] = at
+            elif event.event_type in TASK_ENDS:
+                attrs = (
+                    event.workflow_task_completed_event_attributes
+                    if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
+                    else event.workflow_task_failed_event_attributes
+                )
+                took = at - started.get(attrs.started_event_id, at)
+                figures["tasks"] += 1
+                figures["tasks > goal"] += took > TASK_GOAL_MS
+                figures["max task ms"] = max(figures["max task ms"], took)
+                figures["failed tasks"] += event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED
+            elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT:
+                figures["failed tasks"] += 1
+    return figures
+
+
+@contextlib.asynccontextmanager
+async def stand_in_hosts(
+    client: Client, settings: Settings, hosts: int, games_per_host: int
+) -> AsyncIterator[dict[str, StandInDocker]]:
+    """`hosts` reporters, each reporting once now (all hosts known), then every report interval from a
+    random moment on (workers of a fleet do not start in step)."""
+    dockers: dict[str, StandInDocker] = {}
+    reporters: list[HostReporter] = []
+    for i in range(hosts):
+        host_id = f"bench-host-{i:04d}-{uuid.uuid4().hex[:8]}"
+        ref = HostRef(host_id=host_id, name=f"host-{i:04d}", queue=host_queue(settings.task_queue, host_id))
+        docker = dockers[host_id] = StandInDocker([game_id() for _ in range(games_per_host)])
+        facts = HostFacts(ref, games_per_host * 100 + 10_000, "bench", "20.10.24", "bridge/local")
+        reporters.append(HostReporter(client, cast(DockerGateway, docker), settings, facts))
+    gate = asyncio.Semaphore(50)
+
+    async def first(reporter: HostReporter) -> None:
+        async with gate:
+            await reporter.report()
+
+    await asyncio.gather(*(first(r) for r in reporters))
+
+    async def periodic(reporter: HostReporter) -> None:
+        await asyncio.sleep(random.uniform(0, settings.host_report_every_s))
+        async with reporter.running():
+            await asyncio.Event().wait()
+
+    tasks = [asyncio.create_task(periodic(r)) for r in reporters]
+    try:
+        yield dockers
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def hosts_known(client: Client, workflow_id: str, hosts: int, budget_s: float) -> int:
+    """How many hosts the registry holds as live once it holds all, or when `budget_s` ran out."""
+    handle = client.get_workflow_handle(workflow_id)
+    deadline = time.monotonic() + budget_s
+    live = 0
+    while live < hosts and time.monotonic() < deadline:
+        with contextlib.suppress(RPCError, asyncio.TimeoutError):
+            views = await asyncio.wait_for(handle.query(HOSTS_QUERY, result_type=list[HostView]), 10)
+            live = sum(1 for v in views if v.live)
+        await asyncio.sleep(0.2)
+    return live
+
+
+async def place_all(
+    client: Client, settings: Settings, dockers: dict[str, StandInDocker], args: argparse.Namespace, result: PointResult
+) -> None:
+    placers = [PlacementActivities(client) for _ in range(args.placers)]
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, task_queue=settings.task_queue)
+    gate = asyncio.Semaphore(args.concurrency)
+    timeout = LOCK_ACTIVITY_TIMEOUT.total_seconds()
+
+    async def one(i: int) -> None:
+        request = PlaceRequest(game_id=game_id(), create=True, job=f"bench-start-{i}")
+        placer = placers[i % len(placers)]
+        async with gate:
+            began = time.perf_counter()
+            pause = LOCK_RETRY_POLICY.initial_interval.total_seconds()
+            while True:
+                try:
+                    answer: PlaceAnswer = await asyncio.wait_for(env.run(placer.place_game_engine, request), timeout)
+                    break
+                except Exception:  # a timed-out or failed local activity is retried by its policy
+                    result.retries += 1
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, LOCK_RETRY_POLICY.maximum_interval.total_seconds())  # type: ignore[union-attr]
+            result.latencies_s.append(time.perf_counter() - began)
+        if answer.chosen is None:
+            result.unplaced += 1
+        elif answer.chosen.host_id in dockers:
+            dockers[answer.chosen.host_id].games.add(request.game_id)
+
+    began = time.perf_counter()
+    tasks = [asyncio.create_task(one(i)) for i in range(args.placements)]
+    _, pending = await asyncio.wait(tasks, timeout=args.budget_s)
+    result.cut = len(pending)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    result.place_s = time.perf_counter() - began
+    result.updates = sum(p.updates_sent for p in placers)
+
+
+async def measure(
+    client: Client, server: TemporalDevServer, hosts: int, games: int, args: argparse.Namespace
+) -> PointResult:
+    queue = f"fleet-{hosts}-{uuid.uuid4().hex[:6]}"
+    settings = Settings(task_queue=queue, host_report_every_s=args.report_every)
+    env = process_env(
+        TEMPORAL_ADDRESS=server.address,
+        REDIS_URL=Settings().redis_url,
+        DOCKER_HOST=DEAD_DOCKER,
+        RTJOBS_TASK_QUEUE=queue,
+        RTJOBS_RESULTS_STREAM=f"bench:fleet:{queue}",
+    )
+    result = PointResult(hosts=hosts, games=games)
+    processes: list[Process] = []
+    workflow_id = registry_workflow_id(queue)
+    try:
+        worker = await start_ready_worker(processes, env)
+        began = time.perf_counter()
+        failures_before = REPORT_FAILURES.count
+        async with stand_in_hosts(client, settings, hosts, games // hosts) as dockers:
+            result.known = await hosts_known(client, workflow_id, hosts, args.ingest_budget_s)
+            result.ingest_s = time.perf_counter() - began
+            if result.known == hosts:
+                cpu_before = read_sample(worker.proc.pid).cpu_s
+                await place_all(client, settings, dockers, args, result)
+                result.worker_cpu_s = read_sample(worker.proc.pid).cpu_s - cpu_before
+            else:  # the registry never held the fleet: every placement would only time out
+                result.cut = args.placements
+        result.report_failures = REPORT_FAILURES.count - failures_before
+        # Placements cut short may still have an update in flight, which can start a registry run anew.
+        await asyncio.sleep(LOCK_ACTIVITY_TIMEOUT.total_seconds() if result.cut else 1)
+        result.history = await coordination_history(client, coordination_queue(queue))
+    finally:
+        for proc in processes:
+            proc.kill()
+    return result
+
+
+COLUMNS = ["hosts", "known", "games", "placed", "cut", "unplaced", "retries", "place/s", "p50 ms", "p99 ms"]
+COLUMNS += ["max task ms", "tasks>200ms", "failed tasks", "max event KiB", "max payload KiB", "events"]
+COLUMNS += ["max run events", "runs", "CAN", "updates", "ingest s", "failed reports", "worker cpu ms/placement"]
+
+
+def row(r: PointResult) -> list[str]:
+    h = r.history
+    n = len(r.latencies_s)
+    return [
+        f"{r.hosts}",
+        f"{r.known}",
+        f"{r.games}",
+        f"{n}",
+        f"{r.cut}",
+        f"{r.unplaced}",
+        f"{r.retries}",
+        f"{n / max(r.place_s, 1e-9):.0f}",
+        f"{r.pct(0.5):.0f}",
+        f"{r.pct(0.99):.0f}",
+        f"{h['max task ms']:.0f}",
+        f"{h['tasks > goal']:.0f}",
+        f"{h['failed tasks']:.0f}",
+        f"{h['max event KiB']:.1f}",
+        f"{h['max payload KiB']:.1f}",
+        f"{h['events']:.0f}",
+        f"{h['max run events']:.0f}",
+        f"{h['runs']:.0f}",
+        f"{h['CAN']:.0f}",
+        f"{r.updates}",
+        f"{r.ingest_s:.1f}",
+        f"{r.report_failures}",
+        f"{r.worker_cpu_s * 1000 / max(n, 1):.1f}",
+    ]
+
+
+def print_table(rows: list[PointResult], args: argparse.Namespace) -> None:
+    print(
+        f"fleet scale benchmark: {args.placements} placements per point, {args.concurrency} in flight over "
+        f"{args.placers} placing workers, reports every {args.report_every:g} s, {GAMES_PER_HOST} games per host "
+        f"at the default points, {os.cpu_count()} cores"
+    )
+    cells = [COLUMNS, *(row(r) for r in rows)]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(COLUMNS))]
+    for line in cells:
+        print("  ".join(v.rjust(w) for v, w in zip(line, widths, strict=True)))
+    placed = [r for r in rows if r.latencies_s]
+    for r in rows:
+        if r.known < r.hosts:
+            print(f"{r.hosts} hosts: the registry held {r.known} live hosts after {r.ingest_s:.0f} s; nothing placed")
+    small, large = (placed[0], placed[-1]) if placed else (rows[0], rows[0])
+    if len(placed) > 1:
+        for name, q in (("p50", 0.5), ("p99", 0.99)):
+            ratio = large.pct(q) / max(small.pct(q), 1e-9)
+            print(f"{name} {large.hosts} hosts / {small.hosts} hosts: {ratio:.2f}x (goal <= {RATIO_GOAL}x)")
+    worst_task = max(r.history["max task ms"] for r in rows)
+    worst_payload = max(max(r.history["max payload KiB"], r.history["max event KiB"]) for r in rows)
+    print(f"largest workflow task: {worst_task:.0f} ms (goal <= {TASK_GOAL_MS} ms)")
+    print(f"largest history event or payload: {worst_payload:.1f} KiB (goal <= {PAYLOAD_GOAL_KIB} KiB)")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help=f"points {QUICK_POINTS}, {QUICK_PLACEMENTS} placements")
+    parser.add_argument("--points", default=None, help=f"HOSTSxGAMES,... (default {POINTS})")
+    parser.add_argument("--placements", type=int, default=None, help="placements per point (default 10000)")
+    parser.add_argument("--concurrency", type=int, default=100)
+    parser.add_argument("--placers", type=int, default=4, help="placement activity instances (worker processes)")
+    parser.add_argument("--report-every", type=float, default=Settings().host_report_every_s)
+    parser.add_argument("--budget-s", type=float, default=900.0, help="placement time per point, then cut short")
+    parser.add_argument("--ingest-budget-s", type=float, default=120.0, help="time for the fleet's first reports")
+    args = parser.parse_args()
+    points = args.points or (QUICK_POINTS if args.quick else POINTS)
+    if args.placements is None:
+        args.placements = QUICK_PLACEMENTS if args.quick else 10_000
+
+    server = TemporalDevServer().start(extra_args=dynamic_config_args(DEV_SERVER_CONFIG))
+    rows: list[PointResult] = []
+    try:
+        client = await Client.connect(server.address, data_converter=pydantic_data_converter)
+        for point in points.split(","):
+            hosts, games = (int(v) for v in point.lower().split("x"))
+            rows.append(await measure(client, server, hosts, games, args))
+            print(f"  point {hosts} hosts x {games} games done: {row(rows[-1])}", file=sys.stderr, flush=True)
+    finally:
+        server.close()
+    print_table(rows, args)
+    sys.stdout.flush()
+    os._exit(0)  # temporalio can abort at interpreter exit (sdk-python #300); the figures are printed
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
