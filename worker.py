@@ -50,10 +50,14 @@ from activities.reconcile import (
     ensure_reconcile_schedule,
 )
 from activities.redis_topology import (
+    STREAM_AND_KEYS,
+    MemoryPolicy,
+    PolicyUnreadable,
     RedisClient,
     RedisUrlError,
     check_reachable,
     check_wait_allowed,
+    memory_policies,
     parse_redis_url,
     redis_client,
     scrub,
@@ -294,7 +298,8 @@ async def open_redis(settings: Settings, stack: contextlib.AsyncExitStack) -> Re
     """The process's one Redis client for the topology REDIS_URL names, checked through itself so the
     check tests what jobs will use: PING the server holding the stream (Cluster: its slot's primary,
     found from the seeds; Sentinel: the primary the sentinels name), and with
-    RTJOBS_REDIS_MIN_REPLICAS > 0 that the user may run WAIT. Each failure is one line, no password."""
+    RTJOBS_REDIS_MIN_REPLICAS > 0 that the user may run WAIT, and that no primary may evict our keys
+    (`check_eviction`). Each failure is one line, no password."""
     url = settings.redis_url
     try:
         client = redis_client(url)
@@ -318,7 +323,77 @@ async def open_redis(settings: Settings, stack: contextlib.AsyncExitStack) -> Re
                 f"Redis at {where} refused WAIT, which RTJOBS_REDIS_MIN_REPLICAS={settings.redis_min_replicas} "
                 f"needs after every publish (grant +wait: docs/security.md): {scrub(_short_error(err, url), url)}"
             ) from None
+    await check_eviction(client, settings, where)
     return client
+
+
+async def check_eviction(client: RedisClient, settings: Settings, where: str) -> None:
+    """Refuse to start when a primary may evict what the exactly-once publish rests on: with an evicted
+    idempotency key a retried publish appends the result twice; with an evicted stream results are lost.
+    Safe: `maxmemory 0` (no limit: Redis never evicts) or `maxmemory-policy noeviction` (writes fail when
+    full and are retried), on every primary (`memory_policies`). A policy that cannot be read refuses
+    too, unless RTJOBS_REDIS_ASSUME_NOEVICTION: a silent double result is what this check exists to prevent."""
+    url = settings.redis_url
+    try:
+        async with asyncio.timeout(REDIS_CHECK_TIMEOUT_S):
+            policies, skipped = await memory_policies(client, settings.results_stream)
+    except PolicyUnreadable as err:
+        why = scrub(_short_error(err, url), url)
+        if not settings.redis_assume_noeviction:
+            raise StartupError(
+                f"Redis at {where} did not tell its maxmemory-policy ({why}): the worker cannot rule out that Redis "
+                "evicts the publish's idempotency keys, after which a retried publish would append a result twice; "
+                "grant the worker's user +info|memory (docs/security.md) or, having checked that every node runs "
+                "maxmemory-policy noeviction or maxmemory 0, set RTJOBS_REDIS_ASSUME_NOEVICTION=true"
+            ) from None
+        log.warning(
+            "Redis at %s did not tell its maxmemory-policy (%s); starting as RTJOBS_REDIS_ASSUME_NOEVICTION=true "
+            "vouches for noeviction or maxmemory 0 on every node",
+            where,
+            why,
+        )
+        return
+    except TimeoutError:
+        raise StartupError(
+            f"Redis eviction check failed at {where}: no answer within {REDIS_CHECK_TIMEOUT_S:g} s"
+        ) from None
+    except Exception as err:
+        raise StartupError(f"Redis eviction check failed at {where}: {scrub(_short_error(err, url), url)}") from None
+    unsafe = [policy for policy in policies if policy.at_risk()]
+    if unsafe:
+        raise StartupError(eviction_refusal(unsafe, settings.results_stream, where))
+    if skipped:
+        log.warning(
+            "Redis Cluster primaries %s did not answer: their maxmemory-policy is unchecked (it must be noeviction, "
+            "or maxmemory 0, on every node)",
+            ", ".join(skipped),
+        )
+
+
+def eviction_refusal(unsafe: list[MemoryPolicy], stream: str, where: str) -> str:
+    """The one line: which setting, what it may evict, what that does to results, and the fix."""
+    settings = "; ".join(
+        f"maxmemory-policy {p.policy} with maxmemory {_size(p.maxmemory)}" + (f" on {p.node}" if p.node else "")
+        for p in unsafe
+    )
+    keys = f"idempotency keys ({{{stream}}}:published:*, which expire)"
+    if any(p.at_risk() == STREAM_AND_KEYS for p in unsafe):
+        harm = f"the result stream {stream} itself (results lost) and the publish's {keys}"
+    else:
+        harm = f"the publish's {keys}"
+    return (
+        f"Redis at {where} runs {settings}: when full it may evict {harm}, and a retried publish would then "
+        "append a job's result twice; set maxmemory-policy noeviction (or maxmemory 0) on every node, replicas "
+        "included"
+    )
+
+
+def _size(n: int) -> str:
+    """Bytes as redis.conf writes them (`2mb`), exact: a size that is no whole unit stays in bytes."""
+    for unit, factor in (("gb", 1 << 30), ("mb", 1 << 20), ("kb", 1 << 10)):
+        if n % factor == 0:
+            return f"{n // factor}{unit}"
+    return f"{n} bytes"
 
 
 async def check_docker(engine: EngineActivities) -> None:

@@ -30,7 +30,8 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException
+from redis.exceptions import RedisClusterException, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from contract.settings import redact_url
 
@@ -269,6 +270,78 @@ async def check_wait_allowed(client: RedisClient, stream: str) -> None:
         await client.wait(0, 0, target_nodes=await stream_primary(client, stream))
     else:
         await client.wait(0, 0)
+
+
+# --- eviction ---------------------------------------------------------------------------------------
+
+# Redis evicts only with `maxmemory` set (0: no limit) and a policy other than `noeviction`. The publish
+# writes the stream (no TTL) and one idempotency key per job run (with a TTL: the dedup window).
+# `volatile-*` evicts keys that have a TTL, i.e. the idempotency keys, and a retry after that appends
+# twice; `allkeys-*` evicts any key, the stream included. A policy this code does not know counts as
+# allkeys. `noeviction` refuses writes when full instead: a publish then fails and is retried, never doubled.
+SAFE_POLICY = "noeviction"
+STREAM_AND_KEYS = ("stream", "idempotency keys")
+
+
+@dataclass(frozen=True)
+class MemoryPolicy:
+    """One primary's eviction settings; `node` is its `host:port` in a Cluster, "" otherwise."""
+
+    node: str
+    maxmemory: int
+    policy: str
+
+    def at_risk(self) -> tuple[str, ...]:
+        """What of ours the server may evict: nothing, the idempotency keys, or the stream too."""
+        if self.maxmemory == 0 or self.policy == SAFE_POLICY:
+            return ()
+        if self.policy.startswith("volatile-"):
+            return ("idempotency keys",)
+        return STREAM_AND_KEYS
+
+
+class PolicyUnreadable(Exception):
+    """Neither `INFO memory` nor `CONFIG GET` answered: the user's ACL refuses both, or they are renamed
+    or disabled (managed services do that)."""
+
+
+async def memory_policies(client: RedisClient, stream: str) -> tuple[list[MemoryPolicy], list[str]]:
+    """The eviction settings of every primary the worker writes to, and the Cluster primaries skipped.
+
+    Standalone: the server; Sentinel: the primary the sentinels name now. Cluster: every primary of the
+    slot map, since resharding or a failover can move the stream's slot (its idempotency keys share it) to
+    any of them; a primary other than the stream's that does not answer is skipped, as in `check_reachable`.
+    """
+    if not isinstance(client, RedisCluster):
+        return [await _memory_policy(client, None, "")], []
+    here = await stream_primary(client, stream)
+    found: list[MemoryPolicy] = []
+    skipped: list[str] = []
+    for node in client.get_primaries():
+        try:
+            found.append(await _memory_policy(client, node, node.name))
+        except (RedisConnectionError, RedisTimeoutError):
+            if node.name == here.name:
+                raise
+            skipped.append(node.name)
+    return found, skipped
+
+
+async def _memory_policy(client: RedisClient, node: ClusterNode | None, name: str) -> MemoryPolicy:
+    """`INFO memory` (the documented ACL grants `+info|memory` only), else `CONFIG GET` (a user with
+    `+config|get`); refusals or unknown commands on both raise `PolicyUnreadable` with both answers."""
+    where: dict[str, Any] = {"target_nodes": node} if node is not None else {}
+    try:
+        info = await client.execute_command("INFO", "memory", **where)
+        return MemoryPolicy(name, int(info["maxmemory"]), str(info["maxmemory_policy"]))
+    except ResponseError as err:
+        info_refusal = str(err)
+    try:
+        config = await client.execute_command("CONFIG", "GET", "maxmemory*", **where)
+        return MemoryPolicy(name, int(config["maxmemory"]), str(config["maxmemory-policy"]))
+    except ResponseError as err:
+        on = f" on {name}" if name else ""
+        raise PolicyUnreadable(f"INFO memory{on}: {info_refusal}; CONFIG GET{on}: {err}") from None
 
 
 # --- secrets in messages ----------------------------------------------------------------------------

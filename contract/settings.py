@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     # bounded below the client's 3 s socket timeout, so a slow replica is never taken for a dead server.
     redis_min_replicas: int = Field(default=0, ge=0, le=100)
     redis_wait_timeout_ms: int = Field(default=1000, ge=1, le=2500)
+    # The worker refuses to start when a Redis primary may evict the stream or the idempotency keys
+    # (worker.check_eviction), and also when it cannot read the policy at all. True = the operator has
+    # checked that every node runs `noeviction` or `maxmemory 0` (for servers that hide INFO and CONFIG):
+    # an unreadable policy is then one warning; a readable unsafe one still refuses.
+    redis_assume_noeviction: bool = False
 
     # Engine container limits and hardening.
     engine_memory_bytes: int = Field(default=512 * 1024 * 1024, ge=6 * 1024 * 1024)
