@@ -40,7 +40,7 @@ from temporalio.worker import Worker, WorkerDeploymentConfig
 import devstack
 import tracing
 from activities.docker import EngineActivities
-from activities.hosts import HostFacts, HostReporter, identify_host
+from activities.hosts import HOST_VOLUME, HostFacts, HostReporter, adopt_from_registry, identify_host
 from activities.lock import LockActivities, TurnSignals
 from activities.placement import PlacementActivities
 from activities.publish import ResultPublisher
@@ -66,7 +66,7 @@ from activities.retention import retention_running
 from contract.hosts import HOSTS_QUERY, HostView, registry_workflow_id
 from contract.lock import coordination_queue
 from contract.models import one_line
-from contract.settings import Settings, redact_url
+from contract.settings import Settings, host_docker_concurrency_for, redact_url
 from health import Health, serving_health
 from metrics import ActivityMetrics, prometheus_runtime
 from sandbox import workflow_runner
@@ -540,12 +540,21 @@ def build_coordination_worker(client: Client, settings: Settings) -> Worker:
     )
 
 
+def host_docker_concurrency(settings: Settings, facts: HostFacts) -> int:
+    """How many Docker steps this worker runs at once: RTJOBS_HOST_DOCKER_CONCURRENCY, else derived from
+    the host's capacity (`contract.settings.host_docker_concurrency_for`)."""
+    if settings.host_docker_concurrency is not None:
+        return settings.host_docker_concurrency
+    return host_docker_concurrency_for(facts.capacity)
+
+
 def build_host_worker(client: Client, settings: Settings, engine: EngineActivities, facts: HostFacts) -> Worker:
     """The host queue's worker: the Docker activities of this worker's engine, and nothing else."""
     return Worker(
         client,
         task_queue=facts.ref.queue,
         activities=activity_methods(engine, ReconcileDockerActivities(engine.gateway, client)),
+        max_concurrent_activities=host_docker_concurrency(settings, facts),
         graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_timeout_s),
         max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
         default_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
@@ -562,7 +571,7 @@ async def serving(
     Workers started so far (the host queue's joins once Docker answers), which /healthz watches."""
     workers: list[Worker] = []
     async with contextlib.AsyncExitStack() as stack:
-        facts = await _identify(engine, settings)
+        facts = await _identify(client, engine, settings)
         if facts is not None:
             await _serve_host(stack, client, settings, engine, facts, workers)
         else:
@@ -576,14 +585,17 @@ async def serving(
         yield workers
 
 
-async def _identify(engine: EngineActivities, settings: Settings, *, warn: bool = True) -> HostFacts | None:
+async def _identify(
+    client: Client, engine: EngineActivities, settings: Settings, *, warn: bool = True
+) -> HostFacts | None:
     try:
-        async with asyncio.timeout(DOCKER_CHECK_TIMEOUT_S * 2):
-            return await identify_host(engine.gateway, settings)
+        # (room for the registry's answers when the host's marker must be made while engines run here)
+        async with asyncio.timeout(DOCKER_CHECK_TIMEOUT_S * 4):
+            return await identify_host(engine.gateway, settings, adopt_from_registry(client, settings.task_queue))
     except Exception as err:
         if warn:
             log.warning(
-                "Docker engine not identified (%s): its host queue is served once it answers (asked every %g s)",
+                "host not identified (%s): its host queue is served once it is (asked every %g s)",
                 _short_error(err),
                 IDENTIFY_RETRY_S,
             )
@@ -611,12 +623,15 @@ async def _serve_host(
     except Exception as err:  # the jobs do not need it: the worker serves on, and says so
         log.warning("reconcile schedule of host %s not set: %s", facts.ref.name, _short_error(err))
     log.info(
-        "host %s (engine %s, Docker %s): %s engines at most (%s); game network %s %s; host queue %s",
+        "host %s (id %s, engine %s, Docker %s): %s engines at most (%s); %d Docker steps at once; game network "
+        "%s %s; host queue %s",
         facts.ref.name,
         facts.ref.host_id,
+        facts.engine_id,
         facts.docker_version,
         facts.capacity,
         facts.capacity_from,
+        host_docker_concurrency(settings, facts),
         settings.game_network,
         facts.network_driver or "(made on the first start)",
         facts.ref.queue,
@@ -625,7 +640,11 @@ async def _serve_host(
 
 async def _check_fleet(client: Client, settings: Settings, facts: HostFacts) -> None:
     """Warnings an operator of a fleet needs at start-up: a game network the other hosts' engines cannot
-    share (a local bridge), and a host name another engine already uses."""
+    share (a local bridge), a host name another host already uses, and a host id that looks shared by
+    two engines (a clone with its Docker state: its marker volume was copied)."""
+    hint = facts.clone_hint()
+    if hint:
+        log.warning("%s", hint)
     try:
         views = await client.get_workflow_handle(registry_workflow_id(settings.task_queue)).query(
             HOSTS_QUERY, result_type=list[HostView], rpc_timeout=timedelta(seconds=5)
@@ -637,18 +656,20 @@ async def _check_fleet(client: Client, settings: Settings, facts: HostFacts) -> 
     same_name = [v.host_id for v in others if v.name == facts.ref.name]
     if same_name:
         log.warning(
-            "host name %s is also used by engine %s: set a unique RTJOBS_HOST_NAME (operators must use ids meanwhile)",
+            "host name %s is also used by host %s (a machine cloned from this one's image?): set a unique "
+            "RTJOBS_HOST_NAME (operators must use ids meanwhile)",
             facts.ref.name,
             ", ".join(same_name),
         )
     twins = [v.name for v in views if v.host_id == facts.ref.host_id and v.name != facts.ref.name and v.live]
     if twins:
         log.warning(
-            "engine id %s is also reported by host %s: two Docker engines share one id (Docker before 23 takes it "
-            "from /etc/docker/key.json; hosts cloned from one image share it): give each engine its own key, "
-            "or they count as one host",
+            "host id %s is also reported by host %s: two Docker engines share one marker volume %s (one's Docker "
+            "state was copied from the other, a clone) and count as one host; on the clone remove the volume and "
+            "the copied engine containers, then restart its workers (README: Running a fleet)",
             facts.ref.host_id,
             ", ".join(twins),
+            HOST_VOLUME,
         )
     local = not facts.network_driver or facts.network_driver.endswith("/local")
     if others and local:
@@ -671,7 +692,7 @@ async def _serve_host_when_docker_answers(
 ) -> None:
     while True:
         await asyncio.sleep(IDENTIFY_RETRY_S)
-        facts = await _identify(engine, settings, warn=False)  # (warned once at start-up)
+        facts = await _identify(client, engine, settings, warn=False)  # (warned once at start-up)
         if facts is not None:
             await _serve_host(stack, client, settings, engine, facts, workers)
             await _check_fleet(client, settings, facts)

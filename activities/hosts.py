@@ -1,8 +1,13 @@
 """This worker's host in the fleet: who the Docker engine is, and reporting it to the host registry
 (the placement activity, which asks the registry, is `activities/placement.py`).
 
-The engine names itself: its `ID` (stable across daemon restarts, from `GET /info`) keys the host and
-its task queue; `RTJOBS_HOST_NAME` (default the engine's `Name`) is what operators read and type.
+A host is keyed (and its task queue named) by the id in its marker volume `rtjobs-host` (label
+`rtjobs.host-id`), made by the first worker that identifies the engine. Not the engine's own `ID`:
+Docker before 23 takes that from a key file, so cloned machines and daemons sharing a key report the
+same one, and the fleet would take two engines for one host. A volume lives in the daemon's data root,
+so two engines share a marker only when one's Docker state was copied from the other (a clone with its
+data root); that is told from the labels the marker carries (the engine that made it) and warned of.
+`RTJOBS_HOST_NAME` (default the engine's `Name`) is what operators read and type.
 """
 
 from __future__ import annotations
@@ -11,20 +16,25 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Mapping
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from aiodocker.exceptions import DockerError
 from temporalio.client import Client
 from temporalio.common import WorkflowIDReusePolicy
+from temporalio.service import RPCError, RPCStatusCode
 
 from activities.docker_gateway import DockerGateway
 from activities.engine_spec import ours_filters
 from contract.hosts import (
+    LOCATE_QUERY,
     REPORT_SIGNAL,
     HostRef,
     HostReport,
+    PlaceAnswer,
     RegistryState,
     host_queue,
     registry_workflow_id,
@@ -42,6 +52,31 @@ CAPACITY_LABEL = "rtjobs.max-engines"
 IDENTIFY_TIMEOUT_S = 10.0
 
 
+# The host's marker: a named local volume, which lives in the daemon's data root (never in a key file).
+# `docker volume prune` of Docker 20.10 removes unused named volumes too: a host that loses its marker
+# while engines of ours run there takes back its id from the registry's inventory (`adopt_from_registry`).
+HOST_VOLUME = "rtjobs-host"
+HOST_ID_LABEL = "rtjobs.host-id"
+# Who made the marker: a marker whose engine is not this one says the data root was copied (a clone).
+MARKER_ENGINE_ID_LABEL = "rtjobs.engine-id"
+MARKER_ENGINE_NAME_LABEL = "rtjobs.engine-name"
+# How many of the engine's games a worker without a marker looks up in the registry.
+ADOPT_SAMPLE = 20
+ADOPT_QUERY_TIMEOUT_S = 5.0
+
+# Given the games with a container of ours here, the host id the fleet knows them under (None: unknown).
+Adopt = Callable[[Sequence[str]], Awaitable[str | None]]
+
+
+@dataclass(frozen=True)
+class HostMarker:
+    """The `rtjobs-host` volume's labels: the host id, and the engine (ID, Name) that made it."""
+
+    host_id: str
+    engine_id: str
+    engine_name: str
+
+
 @dataclass(frozen=True)
 class HostFacts:
     """What a worker learns about its Docker engine at start-up."""
@@ -51,16 +86,36 @@ class HostFacts:
     capacity_from: str
     docker_version: str
     network_driver: str
+    # The engine's own `ID` and `Name` (GET /info): not the host's key, only compared with the marker's.
+    engine_id: str = ""
+    engine_name: str = ""
+    marker: HostMarker | None = None
+
+    def clone_hint(self) -> str:
+        """Why this engine's marker looks copied from another engine ("" when it does not)."""
+        marker = self.marker
+        if marker is None or (marker.engine_id, marker.engine_name) == (self.engine_id, self.engine_name):
+            return ""
+        return (
+            f"the marker volume {HOST_VOLUME} (host id {marker.host_id}) was made by engine {marker.engine_id} "
+            f"named {marker.engine_name!r}, not by this engine ({self.engine_id}, {self.engine_name!r}): if this "
+            f"machine's Docker state was copied from another host (a clone), both are one host to the fleet; on "
+            f"the clone remove the {HOST_VOLUME} volume and the copied engine containers, then restart its workers "
+            "(README: Running a fleet)"
+        )
 
 
-async def identify_host(gateway: DockerGateway, settings: Settings) -> HostFacts:
-    """The engine's identity and capacity (`GET /info`), and its game network's driver (if made)."""
+async def identify_host(gateway: DockerGateway, settings: Settings, adopt: Adopt | None = None) -> HostFacts:
+    """The host's id (its marker volume, made on first use), the engine's capacity (`GET /info`), and
+    its game network's driver (if made). `adopt` is asked only when the marker is missing while
+    containers of ours run here (see `host_marker`)."""
     code = ErrorCode.DOCKER_UNAVAILABLE
     info = await gateway.call("docker info", gateway.client.system.info, code, timeout_s=IDENTIFY_TIMEOUT_S)
-    host_id = str(info.get("ID") or "")
-    if not host_id:
-        raise RuntimeError("the Docker engine reported no ID in GET /info")
-    name = settings.host_name or str(info.get("Name") or host_id)
+    engine_id = str(info.get("ID") or "")
+    engine_name = str(info.get("Name") or "")
+    marker = await host_marker(gateway, engine_id, engine_name, adopt)
+    host_id = marker.host_id
+    name = settings.host_name or engine_name or host_id
     capacity, capacity_from = _capacity(info, settings)
     driver = await network_driver(gateway, settings.game_network)
     return HostFacts(
@@ -69,7 +124,116 @@ async def identify_host(gateway: DockerGateway, settings: Settings) -> HostFacts
         capacity_from=capacity_from,
         docker_version=str(info.get("ServerVersion") or ""),
         network_driver=driver,
+        engine_id=engine_id,
+        engine_name=engine_name,
+        marker=marker,
     )
+
+
+async def host_marker(
+    gateway: DockerGateway, engine_id: str, engine_name: str, adopt: Adopt | None = None
+) -> HostMarker:
+    """The engine's marker, made when missing: create-then-inspect, so that workers racing on one engine
+    all adopt the label of the one volume that exists (a create of an existing name returns it as is).
+
+    A new marker gets a fresh uuid4, unless containers of ours already run here (an upgrade from the
+    release keyed by the engine ID, or a marker pruned away): then their games' host in the registry
+    (`adopt`) keeps its id, so their placements and queue stay valid."""
+    found = await _read_marker(gateway)
+    if found is not None:
+        return found
+    host_id = ""
+    games = await _games_here(gateway)
+    if games and adopt is not None:
+        try:
+            host_id = await adopt(games) or ""
+        except Exception as err:
+            raise RuntimeError(
+                f"no marker volume {HOST_VOLUME} while {len(games)} games have engines here, and the registry could "
+                f"not say which host they are placed on (asked again later): {type(err).__name__}: {err}"
+            ) from None
+        if host_id:
+            log.info(
+                "host marker %s made with the id the fleet knows this engine's games under: %s", HOST_VOLUME, host_id
+            )
+    labels = {
+        HOST_ID_LABEL: host_id or str(uuid.uuid4()),
+        MARKER_ENGINE_ID_LABEL: engine_id,
+        MARKER_ENGINE_NAME_LABEL: engine_name,
+    }
+    await gateway.call(
+        f"create volume {HOST_VOLUME}",
+        lambda: gateway.client.volumes.create({"Name": HOST_VOLUME, "Labels": labels}),  # type: ignore[no-untyped-call]
+        ErrorCode.DOCKER_UNAVAILABLE,
+    )
+    made = await _read_marker(gateway)
+    if made is None:
+        raise RuntimeError(f"the Docker engine's volume {HOST_VOLUME} vanished right after it was made")
+    return made
+
+
+async def _read_marker(gateway: DockerGateway) -> HostMarker | None:
+    async def inspect() -> dict[str, Any]:
+        volume = await gateway.client.volumes.get(HOST_VOLUME)  # type: ignore[no-untyped-call]
+        shown: dict[str, Any] = await volume.show()
+        return shown
+
+    try:
+        data = await gateway.call(
+            f"inspect volume {HOST_VOLUME}", inspect, ErrorCode.DOCKER_UNAVAILABLE, passthrough={404}
+        )
+    except DockerError:
+        return None
+    labels = data.get("Labels") or {}
+    host_id = str(labels.get(HOST_ID_LABEL) or "")
+    if not host_id:
+        raise RuntimeError(
+            f"the Docker engine's volume {HOST_VOLUME} has no {HOST_ID_LABEL} label (not made by rtjobs?): remove it "
+            "and restart the worker"
+        )
+    return HostMarker(
+        host_id=host_id,
+        engine_id=str(labels.get(MARKER_ENGINE_ID_LABEL) or ""),
+        engine_name=str(labels.get(MARKER_ENGINE_NAME_LABEL) or ""),
+    )
+
+
+async def _games_here(gateway: DockerGateway) -> list[str]:
+    """Games with a container of ours on the engine, in any state."""
+    containers = await gateway.call(
+        "list engine containers",
+        lambda: gateway.client.containers.list(all=True, filters=ours_filters()),
+        ErrorCode.DOCKER_UNAVAILABLE,
+    )
+    games = {str(c._container.get("Labels", {}).get(LABEL_GAME_ID, "")) for c in containers}
+    return sorted(g for g in games if g)
+
+
+def adopt_from_registry(client: Client, task_queue: str) -> Adopt:
+    """Asks the fleet's registry (`locate`, a query) which host holds these games: the id most of them
+    are found under. No registry yet: None (a new fleet). Any other failure raises, so the worker asks
+    again later rather than give engines that the fleet placed here a new, unknown host."""
+
+    async def adopt(games: Sequence[str]) -> str | None:
+        handle = client.get_workflow_handle(registry_workflow_id(task_queue))
+        counts: dict[str, int] = {}
+        for game_id in list(games)[:ADOPT_SAMPLE]:
+            try:
+                answer = await handle.query(
+                    LOCATE_QUERY,
+                    game_id,
+                    result_type=PlaceAnswer,
+                    rpc_timeout=timedelta(seconds=ADOPT_QUERY_TIMEOUT_S),
+                )
+            except RPCError as err:
+                if err.status == RPCStatusCode.NOT_FOUND:
+                    return None
+                raise
+            for host in answer.found:
+                counts[host.host_id] = counts.get(host.host_id, 0) + 1
+        return max(counts, key=lambda h: (counts[h], h)) if counts else None
+
+    return adopt
 
 
 async def network_driver(gateway: DockerGateway, name: str) -> str:
@@ -152,14 +316,7 @@ class HostReporter:
 
     async def _games(self) -> list[str]:
         """Games with a container of ours here, in any state (what must never be placed elsewhere)."""
-        code = ErrorCode.DOCKER_UNAVAILABLE
-        containers = await self._gateway.call(
-            "list engine containers",
-            lambda: self._gateway.client.containers.list(all=True, filters=ours_filters()),
-            code,
-        )
-        games = {str(c._container.get("Labels", {}).get(LABEL_GAME_ID, "")) for c in containers}
-        return sorted(g for g in games if g)
+        return await _games_here(self._gateway)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:

@@ -7,9 +7,11 @@ the probes of ~100 waiting engines do not swamp a small machine), and a Docker e
 when it answers, else a private dockerd; needs root). N start jobs of distinct games are sent at
 once; the worker's RSS (and the kernel's peak, VmHWM) and CPU are sampled from /proc, and every few
 seconds a line shows how many jobs are in the Docker readiness wait (their engine exists and is
-`starting`) versus still queued (no engine yet). The worker's activity slots (the SDK default, 100)
-bound how many can be in the readiness wait at once; the rest wait as scheduled activities on the
-server, while their workflows (and their games' lock workflows) sit in the worker's workflow cache.
+`starting`) versus still queued (no engine yet). The host worker's activity slots
+(RTJOBS_HOST_DOCKER_CONCURRENCY; by default the host's capacity + 2, at most 100) bound how many can be in
+the readiness wait at once; the rest wait as scheduled activities on the server, while their workflows
+(and their games' lock workflows) sit in the worker's workflow cache. Running it twice with 1 slot and
+with as many slots as jobs gives the memory of one Docker step in flight (README: Running a fleet).
 
 Every engine the bench made is removed at the end, and its servers stopped.
 Usage: python bench/memory.py [--jobs 1000] [--window 150] [--ready-after 900] [--probe-interval 20]
@@ -21,6 +23,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import re
 import sys
 import time
 import uuid
@@ -54,8 +57,10 @@ TUNING_VARS = (
     # The fleet places an engine only where the host has room (its memory / RTJOBS_ENGINE_MEMORY_BYTES by
     # default: ~45 here): 1,000 waiting engines need RTJOBS_HOST_MAX_ENGINES=1000.
     "RTJOBS_HOST_MAX_ENGINES",
+    "RTJOBS_HOST_DOCKER_CONCURRENCY",
 )
-ACTIVITY_SLOTS = 100  # temporalio's default max_concurrent_activities; worker.py sets none
+# What the worker logs at start-up: how many Docker steps its host worker runs at once.
+SLOTS_LOGGED = re.compile(r"(\d+) Docker steps at once")
 SEND_CONCURRENCY = 100
 
 
@@ -162,6 +167,9 @@ async def main() -> None:
             ),
         )
         await worker.wait_for(WORKER_READY)
+        await worker.wait_for("Docker steps at once")  # (its host queue is served)
+        logged = SLOTS_LOGGED.search(worker.output())
+        slots = logged.group(1) if logged else "?"
         await asyncio.sleep(3)
         idle = read_sample(worker.proc.pid)
 
@@ -209,7 +217,7 @@ async def main() -> None:
         )
         print(f"  machine busy                  {100 * sampler.machine_busy:7.0f} %   of {os.cpu_count()} cores")
         print(
-            f"  in the readiness wait (max)   {max_waiting:7d}      (bound: {ACTIVITY_SLOTS} activity slots); "
+            f"  in the readiness wait (max)   {max_waiting:7d}      (bound: {slots} activity slots); "
             f"the others queued as activities on the server"
         )
         sys.stdout.flush()

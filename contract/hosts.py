@@ -1,6 +1,7 @@
 """The fleet: Docker hosts, their task queues, and where a game's engine lives (no I/O).
 
-A host is one Docker engine, identified by the engine itself (its `ID` from `GET /info`). The Docker
+A host is one Docker engine, identified by the id in its marker volume (`activities/hosts.py`; not the
+engine's `ID` from `GET /info`, which cloned machines share). The Docker
 activities of a host run on its own task queue (`host_queue`), polled only by workers whose
 `DOCKER_HOST` is that engine; the job workflows, the per-game workflows and the host registry stay on
 the shared queue (`RTJOBS_TASK_QUEUE`). See the README's "Running a fleet".
@@ -51,7 +52,7 @@ def registry_workflow_id(task_queue: str) -> str:
 
 def host_queue(task_queue: str, host_id: str) -> str:
     """The task queue of one Docker engine's activities, derived from the fleet's queue and the
-    engine's stable id, so that every worker on that engine (and no other) polls it."""
+    host's stable id, so that every worker on that engine (and no other) polls it."""
     return f"{task_queue}@host-{_QUEUE_UNSAFE.sub('-', host_id).strip('-').lower()}"
 
 

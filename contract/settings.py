@@ -89,11 +89,13 @@ class Settings(BaseSettings):
     # own Name); how many engines it takes (default: the engine's `rtjobs.max-engines` label, else its
     # memory / RTJOBS_ENGINE_MEMORY_BYTES); how often its workers report it to the registry (a host
     # whose workers were all silent for 3 reports is not live); how long a job of a game whose host
-    # has no live worker waits for one before it reports docker_unavailable.
+    # has no live worker waits for one before it reports docker_unavailable; how many Docker steps a
+    # worker runs at once on its host's queue (default `host_docker_concurrency_for(capacity)`).
     host_name: str | None = Field(default=None, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     host_max_engines: int | None = Field(default=None, ge=0)
     host_report_every_s: float = Field(default=10.0, ge=0.2, le=300)
     host_wait_s: float = Field(default=60.0, ge=1, le=3600)
+    host_docker_concurrency: int | None = Field(default=None, ge=1, le=1000)
 
     # Reconciliation (README "Drift and reconciliation"): how often each host's `RuntimeReconcile` runs
     # (its Schedule, created or updated by the worker at start-up; empty = no schedule, and an existing
@@ -212,6 +214,20 @@ class Settings(BaseSettings):
     @classmethod
     def _upper_log_level(cls, value: object) -> object:
         return value.strip().upper() if isinstance(value, str) else value
+
+
+# The default host Docker concurrency: per-game serialisation lets one Docker step per game run at a time,
+# and placement keeps a host's games within its capacity, so the capacity (plus the reconcile run's
+# steps) bounds what can be in flight; never more than the SDK's own default (100), never below 4 (a
+# host of capacity 0 still stops and reconciles its engines).
+HOST_DOCKER_CONCURRENCY_EXTRA = 2
+HOST_DOCKER_CONCURRENCY_MIN = 4
+HOST_DOCKER_CONCURRENCY_MAX = 100
+
+
+def host_docker_concurrency_for(capacity: int) -> int:
+    """RTJOBS_HOST_DOCKER_CONCURRENCY's default for a host that takes `capacity` engines."""
+    return max(HOST_DOCKER_CONCURRENCY_MIN, min(capacity + HOST_DOCKER_CONCURRENCY_EXTRA, HOST_DOCKER_CONCURRENCY_MAX))
 
 
 _DURATION_PART = re.compile(r"(\d+)([dhms])")

@@ -3,9 +3,11 @@
 view of the hosts, a game's placement, the engine containers on every host, and the `rtjobs` CLI.
 
 Docker 20.10 (Debian's docker.io) derives the engine `ID` of `GET /info` from the daemon's trust key,
-`/etc/docker/key.json` by default: every private dockerd on this machine would report the same ID,
-and the fleet, which keys a host by that ID, would see one host. Each daemon here gets a key of its
-own (the `deprecated-key-path` setting of a daemon.json; 20.10 has no command-line flag for it).
+`/etc/docker/key.json` by default: every private dockerd on this machine would report the same ID.
+The fleet keys a host by its marker volume instead (activities/hosts.py), but each daemon here still
+gets a key of its own (the `deprecated-key-path` setting of a daemon.json; 20.10 has no command-line
+flag for it), unless a test asks for one key shared by all (`fleet_hosts(shared_key=True)`), the
+case of machines cloned from one image.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ import contextlib
 import json
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiodocker
 import pytest
@@ -27,11 +31,14 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
+from activities.docker_gateway import DockerGateway
+from activities.hosts import host_marker
 from contract.hosts import HostView, registry_workflow_id
 from contract.lock import Turn, lock_workflow_id
 from contract.models import LABEL_GAME_ID, LABEL_MANAGED_BY, MANAGED_BY, JobResult
 from contract.policies import PUBLISH_ACTIVITY
 from contract.reconcile import schedule_id
+from contract.settings import Settings
 from starter import start_job, stop_job
 from tests.reliability.runs import Run, activity_runs, results
 from tests.support.docker_engine import (
@@ -64,12 +71,13 @@ QUERY_CONCURRENCY = 16
 
 
 class FleetDockerd(RestartableDockerd):
-    """A private dockerd with its own trust key, hence its own engine ID (see the module's docstring)."""
+    """A private dockerd with its own trust key, hence its own engine ID (see the module's docstring),
+    or with the key file `key_path` that other daemons use too (hence their engine ID)."""
 
-    def __init__(self) -> None:
+    def __init__(self, key_path: Path | None = None) -> None:
         super().__init__()
         config = self.dir / "daemon.json"
-        config.write_text(json.dumps({"deprecated-key-path": str(self.dir / "key.json")}))
+        config.write_text(json.dumps({"deprecated-key-path": str(key_path or self.dir / "key.json")}))
         # PrivateDockerd runs `self.binary` with its own flags; a wrapper adds the config file's.
         wrapper = self.dir / "dockerd-own-key"
         wrapper.write_text(f'#!/bin/sh\nexec {self.binary} --config-file={config} "$@"\n')
@@ -81,7 +89,8 @@ class FleetDockerd(RestartableDockerd):
 class FleetHost:
     name: str
     daemon: FleetDockerd
-    host_id: str  # the engine's ID (GET /info), the fleet's key for the host
+    host_id: str  # the id in the engine's marker volume, the fleet's key for the host
+    engine_id: str  # the engine's ID (GET /info)
 
     @property
     def url(self) -> str:
@@ -89,16 +98,23 @@ class FleetHost:
 
 
 @contextlib.asynccontextmanager
-async def fleet_hosts(names: Iterable[str] = HOST_NAMES) -> AsyncIterator[dict[str, FleetHost]]:
-    """One private dockerd per name, with the fleet's engine image, closed whatever happens; the test
-    is skipped (a failure under CI=true) where no private dockerd can run."""
+async def fleet_hosts(
+    names: Iterable[str] = HOST_NAMES, *, shared_key: bool = False
+) -> AsyncIterator[dict[str, FleetHost]]:
+    """One private dockerd per name, with the fleet's engine image and its host marker (made here, as a
+    worker would, so that a test knows each host's id up front), closed whatever happens; the test is
+    skipped (a failure under CI=true) where no private dockerd can run. `shared_key`: every daemon uses
+    one key file, so all report the same engine ID."""
     names = list(names)
+    key_dir = tempfile.TemporaryDirectory(prefix="rtjobs-shared-key-")
+    key_path = Path(key_dir.name) / "key.json" if shared_key else None
     try:
         static_busybox()
         # Made one after the other: a wrapper script being written while another thread forks and
         # execs would fail with ETXTBSY.
-        daemons = [FleetDockerd() for _ in names]
+        daemons = [FleetDockerd(key_path) for _ in names]
     except EngineUnavailable as err:
+        key_dir.cleanup()
         pytest.skip(f"no private dockerd: {err}")
     try:
         try:
@@ -111,12 +127,19 @@ async def fleet_hosts(names: Iterable[str] = HOST_NAMES) -> AsyncIterator[dict[s
             async with aiodocker.Docker(url=daemon.url) as docker:
                 await import_image(docker, FLEET_IMAGE, rootfs, FLEET_IMAGE_CHANGES)
                 info = await docker.system.info()
-            hosts[name] = FleetHost(name=name, daemon=daemon, host_id=str(info["ID"]))
-        ids = [h.host_id for h in hosts.values()]
-        assert len(set(ids)) == len(ids), f"the private dockerds share an engine ID: {ids}"
+            gateway = DockerGateway(Settings(docker_host=daemon.url))
+            try:
+                marker = await host_marker(gateway, str(info["ID"]), str(info["Name"]))
+            finally:
+                await gateway.close()
+            hosts[name] = FleetHost(name=name, daemon=daemon, host_id=marker.host_id, engine_id=str(info["ID"]))
+        engine_ids = [h.engine_id for h in hosts.values()]
+        expected = 1 if shared_key else len(engine_ids)
+        assert len(set(engine_ids)) == expected, f"the private dockerds' engine IDs: {engine_ids}"
         yield hosts
     finally:
         await asyncio.gather(*(asyncio.to_thread(d.close) for d in daemons))
+        key_dir.cleanup()
 
 
 @dataclass(frozen=True)
@@ -168,7 +191,8 @@ class Fleet:
         """A real `python worker.py` next to `host`'s engine, once it serves the host's own queue."""
         proc = Process(["worker.py"], self.env(host, **overrides))
         self.workers.setdefault(host, []).append(proc)
-        await proc.wait_for(f"host {host} (engine {self.hosts[host].host_id}", WORKER_READY_S)
+        name = overrides.get("RTJOBS_HOST_NAME", host)
+        await proc.wait_for(f"host {name} (id {self.hosts[host].host_id}, engine ", WORKER_READY_S)
         return proc
 
     async def start_workers(self, hosts: Iterable[str] | None = None, **overrides: str) -> None:
