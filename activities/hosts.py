@@ -136,8 +136,8 @@ async def host_marker(
     """The engine's marker, made when missing: create-then-inspect, so that workers racing on one engine
     all adopt the label of the one volume that exists (a create of an existing name returns it as is).
 
-    A new marker gets a fresh uuid4, unless containers of ours already run here (an upgrade from the
-    release keyed by the engine ID, or a marker pruned away): then their games' host in the registry
+    A new marker gets a fresh uuid4, unless containers of ours already run here (a marker pruned
+    away, e.g. by `docker volume prune`): then their games' host in the registry
     (`adopt`) keeps its id, so their placements and queue stay valid."""
     found = await _read_marker(gateway)
     if found is not None:
