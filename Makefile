@@ -41,7 +41,7 @@ bench: $(STAMP) system-deps
 	$(PY) bench/docker.py
 	$(PY) bench/e2e.py
 	$(PY) bench/latency.py
-	$(PY) bench/fleet_scale.py
+	$(PY) bench/fleet_scale.py --budget-s 300 --ingest-budget-s 90
 
 clean:
 	rm -rf $(VENV) .state .pytest_cache .mypy_cache .ruff_cache

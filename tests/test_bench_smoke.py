@@ -22,7 +22,7 @@ def test_fleet_scale_quick_mode_prints_every_figure_of_every_point() -> None:
     )
     assert run.returncode == 0, run.stderr[-3000:]
     lines = run.stdout.splitlines()
-    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["hosts", "games"])
+    header = next(i for i, line in enumerate(lines) if line.split()[:3] == COLUMNS[:3])
     table = [line.split() for line in lines[header + 1 :]]
     rows = [dict(zip(COLUMNS, values, strict=True)) for values in table if values and values[0].isdigit()]
     points = [tuple(int(v) for v in p.split("x")) for p in QUICK_POINTS.split(",")]
@@ -32,7 +32,8 @@ def test_fleet_scale_quick_mode_prints_every_figure_of_every_point() -> None:
         assert (int(r["placed"]), int(r["cut"]), int(r["unplaced"])) == (QUICK_PLACEMENTS, 0, 0), r
         for figure in ("p50 ms", "p99 ms", "max task ms", "max event KiB", "max payload KiB", "events"):
             assert float(r[figure]) > 0, (figure, r)
-        assert int(r["CAN"]) >= 0
+        assert int(r["known"]) == int(r["hosts"]), r
+        assert int(r["runs"]) >= 1 and int(r["CAN"]) >= 0, r
     text = run.stdout
     assert f"p50 {points[-1][0]} hosts / {points[0][0]} hosts:" in text
     assert f"p99 {points[-1][0]} hosts / {points[0][0]} hosts:" in text
