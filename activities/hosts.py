@@ -334,7 +334,10 @@ class HostReporter:
         while True:
             await asyncio.sleep(every)
             try:
-                await asyncio.wait_for(self.report(), timeout=max(every, 5.0))
+                # (asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
+                # arrives as the report completes, and the loop would outlive the worker's shutdown.)
+                async with asyncio.timeout(max(every, 5.0)):
+                    await self.report()
             except asyncio.CancelledError:
                 raise
             except Exception as err:  # a missed report only ages the host; the next one may work
