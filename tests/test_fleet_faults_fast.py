@@ -27,6 +27,7 @@ from contract.engine import ENSURE_RUNNING_ACTIVITY, EngineOutcome, EnsureEngine
 from contract.hosts import (
     DRAIN_UPDATE,
     FORGET_UPDATE,
+    HOSTS_QUERY,
     UNDRAIN_UPDATE,
     HostCommand,
     HostRef,
@@ -107,14 +108,25 @@ async def test_a_silent_hosts_start_is_given_up_and_cleaned_up_before_the_games_
         ghost = HostRef(host_id=f"ghost-{uuid.uuid4().hex[:6]}", name="ghost", queue="")
         ghost = ghost.model_copy(update={"queue": host_queue(task_queue, ghost.host_id)})
         await registry.execute_update(DRAIN_UPDATE, HostCommand(host=STAND_IN_HOST), result_type=HostView)
-        silent = await start(client, task_queue, "StartRuntimeJob", {"game_id": gid})
-        # The ghost reports until the start's step is on its queue, then falls silent.
-        report = HostReport(host=ghost, worker="ghost-1", capacity=5, report_every_s=1.0)
-        deadline = time.monotonic() + HANG_S
-        while "on host ghost" not in (await status(silent)).step:
-            assert time.monotonic() < deadline, "the start was never placed on the ghost host"
-            await send_report(client, task_queue, report)
-            await asyncio.sleep(0.5)
+        # The ghost reports (every 0.5 s, its live window 9 s) from before the start asks for a host (else
+        # the start finds no host with room and fails at once) until the start's step is on its queue;
+        # then it falls silent.
+        report = HostReport(host=ghost, worker="ghost-1", capacity=5, report_every_s=3.0)
+
+        async def reporting() -> None:
+            while True:
+                await send_report(client, task_queue, report)
+                await asyncio.sleep(0.5)
+
+        reporter = asyncio.create_task(reporting())
+        try:
+            await until(lambda: _live(registry, ghost.host_id), "the ghost host is live in the registry")
+            silent = await start(client, task_queue, "StartRuntimeJob", {"game_id": gid})
+            await until(lambda: _on_ghost(silent), "the start's step is on the ghost host's queue")
+        finally:
+            reporter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reporter
         await until(lambda: _published(redis, stream, 1), "the silent host's start published its failure")
         [(_id, fields)] = await read_entries(redis, stream)
         assert (fields["outcome"], fields["error_code"]) == ("failure", "docker_unavailable"), fields
@@ -133,6 +145,17 @@ async def test_a_silent_hosts_start_is_given_up_and_cleaned_up_before_the_games_
     assert failed.error_code == "docker_unavailable"
     assert started == JobResult.fresh_success(gid, f"cid-{gid}")
     assert engine.calls == [f"start:{gid}"] and engine.removed == []
+
+
+async def _on_ghost(handle: WorkflowHandle[Any, JobResult]) -> bool:
+    step = (await status(handle)).step
+    assert "failure" not in step, step  # (given up before it was placed: the test's set-up went wrong)
+    return "on host ghost" in step
+
+
+async def _live(registry: WorkflowHandle[Any, Any], host_id: str) -> bool:
+    views: list[HostView] = await registry.query(HOSTS_QUERY, result_type=list[HostView])
+    return any(v.host_id == host_id and v.live for v in views)
 
 
 async def _published(redis: aioredis.Redis, stream: str, n: int, *, exactly: bool = False) -> bool:
