@@ -26,7 +26,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, NoReturn, TextIO, cast
 
 import redis.asyncio as aioredis
@@ -39,29 +39,25 @@ from temporalio.client import (
     WorkflowUpdateFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
-from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 import worker
+from activities.fleet import QUERY_TIMEOUT, Fleet, UnknownHost
 from activities.reconcile import reconcile_request
 from activities.redis_topology import RedisClient, RedisUrlError, redis_client, scrub
 from contract.hosts import (
     DRAIN_UPDATE,
     FORGET_HOST_SIGNAL,
     FORGET_UPDATE,
-    HOSTS_QUERY,
     UNDRAIN_UPDATE,
-    HostCommand,
     HostRef,
     HostView,
-    registry_workflow_id,
 )
 from contract.lock import LOCK_WORKFLOW, coordination_queue
 from contract.models import MAX_STOP_TIMEOUT_S, GameId, ImageRef, JobResult, JobStatus, Outcome, one_line
 from contract.reconcile import RECONCILE_WORKFLOW, ReconcileSummary, schedule_id
 from contract.settings import Settings, redact_url
 from starter import connect, connect_config, describe, start_job, stop_job
-from workflows.hosts import UNKNOWN_HOST_TYPE
 from workflows.search import RUNTIME_HOST
 
 EXIT_OK = 0
@@ -74,8 +70,6 @@ DEFAULT_COUNT = 20
 DEFAULT_CLAIM_IDLE_S = 60
 GROUP_READ_COUNT = 100
 STATUS_POLL_S = 0.5
-# The registry answers from a worker: without one, a query or update would wait for ever.
-REGISTRY_TIMEOUT = timedelta(seconds=15)
 HOST_ACTIONS = {DRAIN_UPDATE: "drain", UNDRAIN_UPDATE: "undrain", FORGET_UPDATE: "forget"}
 
 Entry = tuple[str, dict[str, str]]
@@ -497,39 +491,33 @@ class GroupReader:
 # --- the fleet's hosts --------------------------------------------------------------------------------
 
 
-class Registry:
-    """The fleet's host registry (`RuntimeHostRegistry`, one per task queue), as operators use it."""
+class Hosts:
+    """The fleet's hosts (one `RuntimeHost` workflow each, `activities/fleet.py`), as operators use them."""
 
     def __init__(self, client: Client, task_queue: str) -> None:
         self._client = client
         self._task_queue = task_queue
-        self._handle = client.get_workflow_handle(registry_workflow_id(task_queue))
+        self._fleet = Fleet(client, task_queue)
 
     async def hosts(self) -> list[HostView]:
         try:
-            views: list[HostView] = await self._handle.query(
-                HOSTS_QUERY, result_type=list[HostView], rpc_timeout=REGISTRY_TIMEOUT
-            )
+            views = await self._fleet.views()
         except RPCError as err:
-            raise self._error("query", err) from None
+            raise self._error("list", err) from None
+        if not views:
+            raise CliError(f"no host has reported on task queue {self._task_queue} (is a worker running?)")
         return views
 
     async def command(self, action: str, host: str) -> HostView:
-        """The registry's drain/undrain/forget update; an unknown host is its one-line message."""
+        """The host's drain/undrain/forget update; an unknown host is its one-line message."""
         try:
-            view: HostView = await self._handle.execute_update(
-                action, HostCommand(host=host), result_type=HostView, rpc_timeout=REGISTRY_TIMEOUT
-            )
+            return await self._fleet.command(action, host)
+        except UnknownHost as err:
+            raise CliError(str(err)) from None
         except WorkflowUpdateFailedError as err:
-            cause = err.cause
-            if isinstance(cause, ApplicationError) and cause.type == UNKNOWN_HOST_TYPE:
-                raise CliError(cause.message) from None
-            raise CliError(
-                f"the registry could not {HOST_ACTIONS[action]} {host}: {one_line(str(cause), 300)}"
-            ) from None
+            raise CliError(f"could not {HOST_ACTIONS[action]} {host}: {one_line(str(err.cause), 300)}") from None
         except (RPCError, WorkflowUpdateRPCTimeoutOrCancelledError) as err:
             raise self._error(f"{HOST_ACTIONS[action]} {host}", err) from None
-        return view
 
     async def release_games(self, view: HostView) -> int:
         """Signal `forget_host` to every running per-game workflow of this fleet placed on the host;
@@ -553,18 +541,16 @@ class Registry:
         return released
 
     def _error(self, what: str, err: RPCError | WorkflowUpdateRPCTimeoutOrCancelledError) -> CliError:
-        if isinstance(err, RPCError) and err.status == RPCStatusCode.NOT_FOUND:
-            return CliError(f"no host has reported on task queue {self._task_queue} (is a worker running?)")
         if isinstance(err, WorkflowUpdateRPCTimeoutOrCancelledError) or err.status == RPCStatusCode.DEADLINE_EXCEEDED:
             return CliError(
-                f"the host registry of task queue {self._task_queue} did not answer within "
-                f"{REGISTRY_TIMEOUT.total_seconds():.0f}s (is a worker running?)"
+                f"the hosts of task queue {self._task_queue} did not answer within "
+                f"{QUERY_TIMEOUT.total_seconds():.0f}s (is a worker running?)"
             )
-        return CliError(f"host registry ({what}): {err.status.name}: {one_line(err.message, 300)}")
+        return CliError(f"hosts ({what}): {err.status.name}: {one_line(err.message, 300)}")
 
 
 async def show_hosts(args: argparse.Namespace, settings: Settings) -> int:
-    views = await Registry(await _connect(), settings.task_queue).hosts()
+    views = await Hosts(await _connect(), settings.task_queue).hosts()
     if args.json:
         print(json.dumps([v.model_dump(mode="json") for v in views], indent=2))
         return EXIT_OK
@@ -615,21 +601,21 @@ def age_text(seen: datetime | None, now: datetime) -> str:
 
 
 async def command_host(args: argparse.Namespace, settings: Settings) -> int:
-    registry = Registry(await _connect(), settings.task_queue)
+    hosts = Hosts(await _connect(), settings.task_queue)
     if args.action == FORGET_UPDATE and not args.force:
-        live = [v for v in await registry.hosts() if args.host in (v.name, v.host_id) and v.live]
+        live = [v for v in await hosts.hosts() if args.host in (v.name, v.host_id) and v.live]
         if live:
             raise CliError(
                 f"host {live[0].name} is live (workers: {', '.join(live[0].live_workers)}): its worker would "
                 "report it right back; stop its workers first, or use --force"
             )
-    view = await registry.command(args.action, args.host)
+    view = await hosts.command(args.action, args.host)
     if args.action == DRAIN_UPDATE:
         print(f"host {view.name} draining: no new engines; its {view.engines} engines keep running and being served")
     elif args.action == UNDRAIN_UPDATE:
         print(f"host {view.name} open: takes new engines again ({engines_text(view)} in use)")
     else:
-        released = await registry.release_games(view)
+        released = await hosts.release_games(view)
         print(
             f"host {view.name} ({view.host_id}) forgotten; {released} games placed on it released "
             "(their next job places them again)"
@@ -642,7 +628,7 @@ async def run_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     exit 1 when a host could not be reconciled. Hosts without a live worker are skipped unless named:
     their Docker step would only wait out RTJOBS_HOST_WAIT_S."""
     client = await _connect()
-    views = await Registry(client, settings.task_queue).hosts()
+    views = await Hosts(client, settings.task_queue).hosts()
     if args.host is not None:
         views = [v for v in views if args.host in (v.name, v.host_id)]
         if not views:

@@ -2,7 +2,7 @@
 
 Read it top-down: main() → config (Settings, logging) → clients (Temporal, Redis, Docker, each
 checked at start-up with a one-line error) → `serving`: the Docker engine's identity (its host in
-the fleet), a first report to the host registry, one Worker on the host's own task queue (the
+the fleet), a first report to the host's workflow, one Worker on the host's own task queue (the
 Docker activities) and one on the shared task queue (the workflows, the publish, the turn and
 placement activities) → wait for SIGTERM/SIGINT → graceful shutdown → close the clients → exit.
 """
@@ -40,7 +40,8 @@ from temporalio.worker import Worker, WorkerDeploymentConfig
 import devstack
 import tracing
 from activities.docker import EngineActivities
-from activities.hosts import HOST_VOLUME, HostFacts, HostReporter, adopt_from_registry, identify_host
+from activities.fleet import Fleet
+from activities.hosts import HOST_VOLUME, HostFacts, HostReporter, adopt_from_fleet, identify_host
 from activities.lock import LockActivities, TurnSignals
 from activities.placement import PlacementActivities
 from activities.publish import ResultPublisher
@@ -63,7 +64,6 @@ from activities.redis_topology import (
     scrub,
 )
 from activities.retention import retention_running
-from contract.hosts import HOSTS_QUERY, HostView, registry_workflow_id
 from contract.lock import coordination_queue
 from contract.models import one_line
 from contract.settings import Settings, host_docker_concurrency_for, redact_url
@@ -71,7 +71,7 @@ from health import Health, serving_health
 from metrics import ActivityMetrics, prometheus_runtime
 from sandbox import workflow_runner
 from starter import connect, connect_config, describe
-from workflows import ALL_WORKFLOWS, GameLock, HostRegistry
+from workflows import ALL_WORKFLOWS, GameLock, RuntimeHost
 from workflows.search import SEARCH_ATTRIBUTE_KEYS
 
 log = logging.getLogger("rtjobs.worker")
@@ -524,12 +524,12 @@ def build_worker(client: Client, settings: Settings, redis: RedisClient) -> Work
 
 
 def build_coordination_worker(client: Client, settings: Settings) -> Worker:
-    """The coordination queue's worker: the per-game workflows and the host registry, with a workflow
+    """The coordination queue's worker: the per-game and per-host workflows, with a workflow
     task slot pool of their own (`contract.lock.coordination_queue` says why), and the lock's holder check."""
     return Worker(
         client,
         task_queue=coordination_queue(settings.task_queue),
-        workflows=[GameLock, HostRegistry],
+        workflows=[GameLock, RuntimeHost],
         workflow_runner=workflow_runner(),
         activities=[LockActivities(client, order_settle_s=settings.order_settle_s).game_lock_holder_running],
         graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_timeout_s),
@@ -579,7 +579,7 @@ async def serving(
             stack.push_async_callback(_cancelled, task)
         workers.append(await stack.enter_async_context(build_coordination_worker(client, settings)))
         workers.append(await stack.enter_async_context(build_worker(client, settings, redis)))
-        if facts is not None:  # (the registry answers queries through a shared-queue worker: now)
+        if facts is not None:  # (the hosts' workflows answer queries through the coordination worker: now)
             check = asyncio.create_task(_check_fleet(client, settings, facts))
             stack.push_async_callback(_cancelled, check)
         yield workers
@@ -589,9 +589,9 @@ async def _identify(
     client: Client, engine: EngineActivities, settings: Settings, *, warn: bool = True
 ) -> HostFacts | None:
     try:
-        # (room for the registry's answers when the host's marker must be made while engines run here)
+        # (room for the fleet's answers when the host's marker must be made while engines run here)
         async with asyncio.timeout(DOCKER_CHECK_TIMEOUT_S * 4):
-            return await identify_host(engine.gateway, settings, adopt_from_registry(client, settings.task_queue))
+            return await identify_host(engine.gateway, settings, adopt_from_fleet(client, settings.task_queue))
     except Exception as err:
         if warn:
             log.warning(
@@ -615,7 +615,7 @@ async def _serve_host(
     try:
         await reporter.report()
     except Exception as err:
-        log.warning("first report of host %s to the registry failed: %s", facts.ref.name, _short_error(err))
+        log.warning("first report of host %s to its workflow failed: %s", facts.ref.name, _short_error(err))
     workers.append(await stack.enter_async_context(build_host_worker(client, settings, engine, facts)))
     await stack.enter_async_context(reporter.running())
     try:
@@ -646,9 +646,8 @@ async def _check_fleet(client: Client, settings: Settings, facts: HostFacts) -> 
     if hint:
         log.warning("%s", hint)
     try:
-        views = await client.get_workflow_handle(registry_workflow_id(settings.task_queue)).query(
-            HOSTS_QUERY, result_type=list[HostView], rpc_timeout=timedelta(seconds=5)
-        )
+        async with asyncio.timeout(10):
+            views = await Fleet(client, settings.task_queue).views()
     except Exception as err:
         log.warning("could not read the fleet's hosts: %s", _short_error(err))
         return

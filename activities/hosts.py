@@ -1,5 +1,5 @@
-"""This worker's host in the fleet: who the Docker engine is, and reporting it to the host registry
-(the placement activity, which asks the registry, is `activities/placement.py`).
+"""This worker's host in the fleet: who the Docker engine is, and reporting it to the host's workflow
+(`workflows/host.py`; the placement activities, which ask the hosts, are `activities/placement.py`).
 
 A host is keyed (and its task queue named) by the id in its marker volume `rtjobs-host` (label
 `rtjobs.host-id`), made by the first worker that identifies the engine. Not the engine's own `ID`:
@@ -19,31 +19,18 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 from aiodocker.exceptions import DockerError
 from temporalio.client import Client
-from temporalio.common import WorkflowIDReusePolicy
-from temporalio.service import RPCError, RPCStatusCode
 
 from activities.docker_gateway import DockerGateway
 from activities.engine_spec import ours_filters
-from contract.hosts import (
-    LOCATE_QUERY,
-    REPORT_SIGNAL,
-    HostRef,
-    HostReport,
-    PlaceAnswer,
-    RegistryState,
-    host_queue,
-    registry_workflow_id,
-)
-from contract.lock import coordination_queue
+from activities.fleet import Fleet, send_report
+from contract.hosts import HostRef, HostReport, host_queue
 from contract.models import LABEL_GAME_ID, ErrorCode
 from contract.settings import Settings
 from metrics import record_engines
-from workflows.hosts import HostRegistry
 
 log = logging.getLogger("rtjobs.hosts")
 
@@ -54,15 +41,14 @@ IDENTIFY_TIMEOUT_S = 10.0
 
 # The host's marker: a named local volume, which lives in the daemon's data root (never in a key file).
 # `docker volume prune` of Docker 20.10 removes unused named volumes too: a host that loses its marker
-# while engines of ours run there takes back its id from the registry's inventory (`adopt_from_registry`).
+# while engines of ours run there takes back its id from the fleet's inventory (`adopt_from_fleet`).
 HOST_VOLUME = "rtjobs-host"
 HOST_ID_LABEL = "rtjobs.host-id"
 # Who made the marker: a marker whose engine is not this one says the data root was copied (a clone).
 MARKER_ENGINE_ID_LABEL = "rtjobs.engine-id"
 MARKER_ENGINE_NAME_LABEL = "rtjobs.engine-name"
-# How many of the engine's games a worker without a marker looks up in the registry.
+# How many of the engine's games a worker without a marker looks up in the fleet.
 ADOPT_SAMPLE = 20
-ADOPT_QUERY_TIMEOUT_S = 5.0
 
 # Given the games with a container of ours here, the host id the fleet knows them under (None: unknown).
 Adopt = Callable[[Sequence[str]], Awaitable[str | None]]
@@ -137,7 +123,7 @@ async def host_marker(
     all adopt the label of the one volume that exists (a create of an existing name returns it as is).
 
     A new marker gets a fresh uuid4, unless containers of ours already run here (a marker pruned
-    away, e.g. by `docker volume prune`): then their games' host in the registry
+    away, e.g. by `docker volume prune`): then the host the fleet has their games on
     (`adopt`) keeps its id, so their placements and queue stay valid."""
     found = await _read_marker(gateway)
     if found is not None:
@@ -149,7 +135,7 @@ async def host_marker(
             host_id = await adopt(games) or ""
         except Exception as err:
             raise RuntimeError(
-                f"no marker volume {HOST_VOLUME} while {len(games)} games have engines here, and the registry could "
+                f"no marker volume {HOST_VOLUME} while {len(games)} games have engines here, and the fleet could "
                 f"not say which host they are placed on (asked again later): {type(err).__name__}: {err}"
             ) from None
         if host_id:
@@ -209,28 +195,17 @@ async def _games_here(gateway: DockerGateway) -> list[str]:
     return sorted(g for g in games if g)
 
 
-def adopt_from_registry(client: Client, task_queue: str) -> Adopt:
-    """Asks the fleet's registry (`locate`, a query) which host holds these games: the id most of them
-    are found under. No registry yet: None (a new fleet). Any other failure raises, so the worker asks
-    again later rather than give engines that the fleet placed here a new, unknown host."""
+def adopt_from_fleet(client: Client, task_queue: str) -> Adopt:
+    """Asks the fleet's hosts (their `has_games` query) which of them holds these games: the id most of
+    them are found under. No host yet: None (a new fleet). A failure raises, so the worker asks again
+    later rather than give engines that the fleet placed here a new, unknown host."""
 
     async def adopt(games: Sequence[str]) -> str | None:
-        handle = client.get_workflow_handle(registry_workflow_id(task_queue))
-        counts: dict[str, int] = {}
-        for game_id in list(games)[:ADOPT_SAMPLE]:
-            try:
-                answer = await handle.query(
-                    LOCATE_QUERY,
-                    game_id,
-                    result_type=PlaceAnswer,
-                    rpc_timeout=timedelta(seconds=ADOPT_QUERY_TIMEOUT_S),
-                )
-            except RPCError as err:
-                if err.status == RPCStatusCode.NOT_FOUND:
-                    return None
-                raise
-            for host in answer.found:
-                counts[host.host_id] = counts.get(host.host_id, 0) + 1
+        fleet = Fleet(client, task_queue)
+        sample = list(games)[:ADOPT_SAMPLE]
+        hosts = await fleet.hosts(fresh=True)
+        counts = {h.host_id: len(await fleet.has_games(h, sample)) for h in hosts}
+        counts = {h: n for h, n in counts.items() if n}
         return max(counts, key=lambda h: (counts[h], h)) if counts else None
 
     return adopt
@@ -262,30 +237,8 @@ def _capacity(info: Mapping[str, Any], settings: Settings) -> tuple[int, str]:
     return max(1, memory // settings.engine_memory_bytes), "engine memory / RTJOBS_ENGINE_MEMORY_BYTES"
 
 
-def registry_start_options(task_queue: str) -> dict[str, Any]:
-    """How the fleet's registry is started by whoever reaches it first: a worker's report here, a job's
-    placement (`activities/placement.py`)."""
-    return {
-        "id": registry_workflow_id(task_queue),
-        "task_queue": coordination_queue(task_queue),
-        "id_reuse_policy": WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-        "static_summary": f"the Docker hosts of task queue {task_queue}",
-    }
-
-
-async def send_report(client: Client, task_queue: str, report: HostReport) -> None:
-    """Signal-with-start of the fleet's registry: the first report of a fleet starts it."""
-    await client.start_workflow(
-        HostRegistry.run,
-        RegistryState(task_queue=task_queue),
-        start_signal=REPORT_SIGNAL,
-        start_signal_args=[report],
-        **registry_start_options(task_queue),
-    )
-
-
 class HostReporter:
-    """Reports the host to the registry now and then every RTJOBS_HOST_REPORT_EVERY_S: a host whose
+    """Reports the host to its workflow now and then every RTJOBS_HOST_REPORT_EVERY_S: a host whose
     workers all stop reporting gets no new engines, and its games wait for it (RTJOBS_HOST_WAIT_S)."""
 
     def __init__(self, client: Client, gateway: DockerGateway, settings: Settings, facts: HostFacts) -> None:
@@ -295,7 +248,7 @@ class HostReporter:
         self.facts = facts
 
     async def report(self) -> None:
-        """One report (signal-with-start: the first worker of a fleet starts the registry)."""
+        """One report (signal-with-start: the host's first report starts its workflow)."""
         games = await self._games()
         if not self.facts.network_driver:
             # The first start makes the game network: report its driver from then on.
@@ -342,9 +295,9 @@ class HostReporter:
                 raise
             except Exception as err:  # a missed report only ages the host; the next one may work
                 if not failing:
-                    log.warning("could not report host %s to the registry: %s", self.facts.ref.name, err)
+                    log.warning("could not report host %s to its workflow: %s", self.facts.ref.name, err)
                 failing = True
             else:
                 if failing:
-                    log.info("reporting host %s to the registry again", self.facts.ref.name)
+                    log.info("reporting host %s to its workflow again", self.facts.ref.name)
                 failing = False

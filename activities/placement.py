@@ -1,14 +1,21 @@
-"""The placement activity: where a game's engine is, or which host gets a new one, asked of the fleet's
-host registry (`workflows/hosts.py`) when the game's own workflow does not know.
+"""The placement activities: which host gets a new game's engine, where a lost one is, and whether a
+host's workers are alive — asked of the hosts' own workflows (`workflows/host.py`), never of one
+fleet-wide workflow, so a placement costs the same at 1,000 hosts as at 10.
 
-A lookup (a stop) is a query. A placement (a start) or a correction of the inventory is an update,
-serialised with every other placement by the registry. The server holds at most 10 updates of one
-workflow in flight (`history.maxInFlightUpdates`) and refuses the rest at once, so a thousand starts
-placed one update each crowd each other out: measured here, 1,000 simultaneous starts drew ~10,000
-refused or aborted calls and reached 50 engines in 83 s. Instead, the placements this worker's jobs
-ask for while one update is in flight wait for it and then go together in the next (`place_batch`):
-a lone start pays no extra wait, a burst costs a few updates. Refusals (other workers' batches) are
-asked again after an exponentially growing, jittered pause.
+A new engine's host is chosen by the power of two choices (Sparrow): two hosts sampled from the
+worker's list of the fleet are probed by query (their load, no history), and the less loaded is
+claimed by its `reserve` update, which checks the claim against the host's capacity (as Nomad's plan
+applier checks an optimistic scheduler's plan): placements that raced for the last place are
+refused and sample again. The sample is drawn from the job's id, so a retried placement probes the
+same hosts and finds its own reservation ("chosen" again). Only when `PROBE_ROUNDS` samples found no
+room is every host asked, to place the game if any host has room or to say truly why none has.
+
+A game without a placement record has no engine (its workflow knows of none), unless the record was
+lost: then, and only then, every host is asked whether it has the game (`Fleet.find`).
+
+The reservations this worker's starts ask of one host while an update to it is in flight go
+together in the next (`reserve` takes a batch): the server holds at most 10 updates of a workflow
+in flight, and a burst on a small fleet would otherwise crowd itself out with refused calls.
 """
 
 from __future__ import annotations
@@ -17,114 +24,178 @@ import asyncio
 import logging
 import random
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from temporalio import activity
-from temporalio.client import Client, WithStartWorkflowOperation, WorkflowUpdateFailedError
-from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.hosts import registry_start_options
-from activities.with_start import execute_update_with_start
+from activities.fleet import Fleet
 from contract.hosts import (
+    ENGINE_CHANGED_SIGNAL,
     HOST_LIVENESS_ACTIVITY,
-    HOSTS_QUERY,
-    LOCATE_QUERY,
     PLACE_ACTIVITY,
     PLACE_BATCH_MAX,
-    PLACE_BATCH_UPDATE,
-    PLACE_UPDATE,
+    RESERVE_UPDATE,
+    EngineChanged,
     HostLiveness,
+    HostProbe,
     HostRef,
     HostView,
     PlaceAnswer,
-    PlaceBatch,
-    PlaceBatchAnswer,
     PlaceRequest,
-    RegistryState,
-    registry_workflow_id,
+    ReserveAnswer,
+    ReserveBatch,
+    ReserveBatchAnswer,
+    ReserveRequest,
+    host_workflow_id,
 )
-from workflows.hosts import HostRegistry
 
 log = logging.getLogger("rtjobs.placement")
 
-# A refused update (the registry's updates in flight are at the server's limit) is asked again after
+# Samples of two hosts a placement probes before it asks every host.
+PROBE_ROUNDS = 3
+# A refused update (the host's updates in flight are at the server's limit) is asked again after
 # a pause drawn from [0, min(cap, first * 2**n)]: "full jitter", so refused callers spread out.
 REFUSED_FIRST_PAUSE_S = 0.05
 REFUSED_PAUSE_CAP_S = 2.0
-# The silence of a host the registry holds no report of (a JSON number: infinity has no JSON form).
+# The silence of a host whose workflow holds no report (a JSON number: infinity has no JSON form).
 NEVER_HEARD_S = 1e9
+# At most this many hosts named in a "no host has room" answer.
+WHY_HOSTS_NAMED = 10
 
 
 @dataclass
 class _Queue:
-    """The placements of one task queue's registry waiting for the next update, and its sender."""
+    """The reservations of one host waiting for the next update, and its sender."""
 
-    waiting: list[tuple[PlaceRequest, asyncio.Future[PlaceAnswer]]] = field(default_factory=list)
+    waiting: list[tuple[ReserveRequest, asyncio.Future[ReserveAnswer]]] = field(default_factory=list)
     sender: asyncio.Task[None] | None = None
 
 
 class PlacementActivities:
-    """Holds the worker's Temporal client (the registry is asked by update, which a workflow cannot
-    send) and the placements waiting to be sent together."""
+    """Holds the worker's Temporal client (a host is reserved by update, which a workflow cannot send),
+    its list of each fleet's hosts, and the reservations waiting to be sent together."""
 
     def __init__(self, client: Client) -> None:
         self._client = client
+        self._fleets: dict[str, Fleet] = {}
         self._queues: dict[str, _Queue] = {}
-        self.updates_sent = 0  # read by tests: how many registry updates the placements took
+        self.updates_sent = 0  # read by tests and the benchmark: how many reserve updates placements took
+
+    def fleet(self, task_queue: str) -> Fleet:
+        fleet = self._fleets.get(task_queue)
+        if fleet is None:
+            fleet = self._fleets[task_queue] = Fleet(self._client, task_queue)
+        return fleet
 
     @activity.defn(name=PLACE_ACTIVITY)
     async def place_game_engine(self, request: PlaceRequest) -> PlaceAnswer:
-        task_queue = activity.info().task_queue
-        if not request.create and not request.absent_on:
-            handle = self._client.get_workflow_handle(registry_workflow_id(task_queue))
-            try:
-                answer: PlaceAnswer = await handle.query(LOCATE_QUERY, request.game_id, result_type=PlaceAnswer)
-                return answer
-            except RPCError as err:
-                if err.status != RPCStatusCode.NOT_FOUND:
-                    raise
-            # No registry run (terminated, or none yet): the update below starts one.
-        return await self.place(task_queue, request)
+        return await self.place(activity.info().task_queue, request)
+
+    async def place(self, task_queue: str, request: PlaceRequest) -> PlaceAnswer:
+        """Where the game's engine is (a lost record: asked of every host), or for a start of a game
+        without one, the host reserved for it."""
+        fleet = self.fleet(task_queue)
+        for host_id in request.absent_on:
+            # The job found no container there: the host's report (if it lists the game) is stale.
+            await self._tell(task_queue, EngineChanged(game_id=request.game_id, host_id=host_id, present=False))
+        if request.lost or request.absent_on or await fleet.lock_ended_lost(request.game_id):
+            found = await fleet.find(request.game_id, exclude=request.absent_on)
+            if found or not request.create:
+                return PlaceAnswer(found=found, live_hosts=len(found))
+        elif not request.create:
+            return PlaceAnswer()
+        return await self._choose(fleet, request)
 
     @activity.defn(name=HOST_LIVENESS_ACTIVITY)
     async def host_liveness(self, host: HostRef) -> HostLiveness:
-        """How long the host's workers have been silent, from the registry's record of their reports (a
-        query: no history). A registry that cannot be asked counts as "just heard": a Docker step is
-        never given up on because the coordination layer is slow."""
-        handle = self._client.get_workflow_handle(registry_workflow_id(activity.info().task_queue))
+        """How long the host's workers have been silent, from its workflow's record of their reports (a
+        query: no history). A host that cannot be asked counts as "just heard": a Docker step is never
+        given up on because the coordination layer is slow."""
         try:
-            views = await handle.query(HOSTS_QUERY, result_type=list[HostView], rpc_timeout=timedelta(seconds=10))
+            view = await self.fleet(activity.info().task_queue).view(host.host_id)
         except RPCError as err:
-            log.warning("could not ask the host registry about host %s: %s", host.name, err.message)
+            log.warning("could not ask the workflow of host %s: %s", host.name, err.message)
             return HostLiveness(known=True, live=True, silent_s=0.0)
-        view = next((v for v in views if v.host_id == host.host_id), None)
         if view is None:
             return HostLiveness(known=False, live=False, silent_s=NEVER_HEARD_S)
-        silent_s = NEVER_HEARD_S
-        if view.last_seen is not None:
-            silent_s = max(0.0, (datetime.now(UTC) - view.last_seen).total_seconds())
-        return HostLiveness(known=True, live=view.live, silent_s=silent_s)
+        return liveness(view)
 
-    async def place(self, task_queue: str, request: PlaceRequest) -> PlaceAnswer:
-        """The registry's answer to `request`, sent with whatever else this worker asks meanwhile."""
-        queue = self._queues.setdefault(task_queue, _Queue())
-        answer: asyncio.Future[PlaceAnswer] = asyncio.get_running_loop().create_future()
+    # --- choosing a host -----------------------------------------------------------------------------
+
+    async def _choose(self, fleet: Fleet, request: PlaceRequest) -> PlaceAnswer:
+        hosts = await fleet.hosts()
+        if not hosts:
+            hosts = await fleet.hosts(fresh=True)
+        ask = ReserveRequest(game_id=request.game_id, job=request.job)
+        # Drawn from the job: its retry samples the same hosts, and finds its own reservation.
+        rng = random.Random(f"{request.job}/{request.game_id}")
+        order = rng.sample(range(len(hosts)), min(len(hosts), 2 * PROBE_ROUNDS))
+        for start in range(0, len(order), 2):
+            pair = [hosts[i] for i in order[start : start + 2]]
+            probes = [p for p in await asyncio.gather(*(fleet.probe(h, ask) for h in pair)) if p is not None]
+            for probe in probes:
+                if probe.has_game:  # the host has the game, though its record said no engine: use it
+                    return PlaceAnswer(found=[probe.host], live_hosts=1)
+            mine = [p for p in probes if p.mine]
+            # Equally full hosts are told apart by the job's draw, not by name: a burst spreads.
+            candidates = mine or sorted((p for p in probes if p.open), key=lambda p: (_fullness(p), rng.random()))
+            for probe in candidates[:1]:
+                answer = await self._claim(fleet.task_queue, probe.host, ask)
+                if answer is not None:
+                    return answer
+        return await self._choose_from_all(fleet, ask)
+
+    async def _choose_from_all(self, fleet: Fleet, ask: ReserveRequest) -> PlaceAnswer:
+        """The samples found no room: every host is asked, so the answer is true for the whole fleet
+        (asked once more when the hosts that had room were taken meanwhile by other placements)."""
+        for _ in range(2):
+            views = await fleet.views()
+            live = [v for v in views if v.live]
+            open_hosts = sorted(
+                (v for v in live if not v.draining and v.engines + v.reserved < v.capacity),
+                key=lambda v: ((v.engines + v.reserved) / max(v.capacity, 1), v.name),
+            )
+            if not open_hosts:
+                break
+            for view in open_hosts[:WHY_HOSTS_NAMED]:
+                answer = await self._claim(fleet.task_queue, _ref(view), ask)
+                if answer is not None:
+                    return answer.model_copy(update={"live_hosts": len(live)})
+        return PlaceAnswer(why=_why_no_host(views, live), live_hosts=len(live))
+
+    async def _claim(self, task_queue: str, host: HostRef, ask: ReserveRequest) -> PlaceAnswer | None:
+        """The host's reservation for the job (or the game found there); None: refused (full, raced)."""
+        answer = await self._reserve(task_queue, host, ask)
+        if answer.found:
+            return PlaceAnswer(found=[host], live_hosts=1)
+        if answer.reserved:
+            return PlaceAnswer(chosen=host, live_hosts=1)
+        return None
+
+    # --- reservations, batched per host --------------------------------------------------------------
+
+    async def _reserve(self, task_queue: str, host: HostRef, request: ReserveRequest) -> ReserveAnswer:
+        """The host's answer to `request`, sent with whatever else this worker asks of it meanwhile."""
+        workflow_id = host_workflow_id(task_queue, host.host_id)
+        queue = self._queues.setdefault(workflow_id, _Queue())
+        answer: asyncio.Future[ReserveAnswer] = asyncio.get_running_loop().create_future()
         queue.waiting.append((request, answer))
         if queue.sender is None or queue.sender.done():
-            queue.sender = asyncio.create_task(self._send_waiting(task_queue, queue))
-        # A cancelled activity (its workflow task timed out) leaves the future cancelled: the sender
-        # skips it if it has not gone yet; a reservation already made expires (RESERVATION_TTL_S).
+            queue.sender = asyncio.create_task(self._send_waiting(workflow_id, queue))
+        # A cancelled activity leaves the future cancelled: the sender skips it if it has not gone yet;
+        # a reservation already made is the job's, found again by its retry (or expires).
         return await answer
 
-    async def _send_waiting(self, task_queue: str, queue: _Queue) -> None:
+    async def _send_waiting(self, workflow_id: str, queue: _Queue) -> None:
         while queue.waiting:
             batch = [(r, f) for r, f in queue.waiting[:PLACE_BATCH_MAX] if not f.done()]
             del queue.waiting[:PLACE_BATCH_MAX]
             if not batch:
                 continue
             try:
-                answers = await self._update(task_queue, [r for r, _ in batch])
+                answers = await self._update(workflow_id, [r for r, _ in batch])
             except Exception as err:  # every caller's activity fails with it and is retried by its policy
                 for _, future in batch:
                     if not future.done():
@@ -133,40 +204,61 @@ class PlacementActivities:
             for (_, future), answer in zip(batch, answers, strict=True):
                 if not future.done():
                     future.set_result(answer)
+        self._queues.pop(workflow_id, None)
 
-    async def _update(self, task_queue: str, requests: list[PlaceRequest]) -> list[PlaceAnswer]:
+    async def _update(self, workflow_id: str, requests: list[ReserveRequest]) -> list[ReserveAnswer]:
+        handle = self._client.get_workflow_handle(workflow_id)
         refused = 0
         while True:
             self.updates_sent += 1
             try:
-                start = _start_registry(task_queue)
-                if len(requests) == 1:
-                    one = await execute_update_with_start(self._client, PLACE_UPDATE, requests[0], start, PlaceAnswer)
-                    return [one]
-                batch = PlaceBatch(requests=requests)
-                answer = await execute_update_with_start(
-                    self._client, PLACE_BATCH_UPDATE, batch, start, PlaceBatchAnswer
+                answer: ReserveBatchAnswer = await handle.execute_update(
+                    RESERVE_UPDATE, ReserveBatch(requests=requests), result_type=ReserveBatchAnswer
                 )
                 return answer.answers
-            except WorkflowUpdateFailedError as err:
-                if len(requests) == 1:
-                    raise
-                # A registry still run by a build without `place_batch` (a rolling deploy): one update
-                # each, as that build expects.
-                log.warning("the host registry refused a batch of placements (%s); placing one at a time", err.cause)
-                return [(await self._update(task_queue, [r]))[0] for r in requests]
             except RPCError as err:
+                if err.status == RPCStatusCode.NOT_FOUND:  # forgotten meanwhile: no place there
+                    return [ReserveAnswer(why="the host was forgotten") for _ in requests]
                 if err.status != RPCStatusCode.RESOURCE_EXHAUSTED:
                     raise
             refused += 1
             await asyncio.sleep(random.uniform(0, min(REFUSED_PAUSE_CAP_S, REFUSED_FIRST_PAUSE_S * 2**refused)))
 
+    async def _tell(self, task_queue: str, change: EngineChanged) -> None:
+        handle = self._client.get_workflow_handle(host_workflow_id(task_queue, change.host_id))
+        try:
+            await handle.signal(ENGINE_CHANGED_SIGNAL, change)
+        except RPCError as err:
+            if err.status != RPCStatusCode.NOT_FOUND:
+                raise
 
-def _start_registry(task_queue: str) -> WithStartWorkflowOperation[HostRegistry, None]:
-    """The registry's start, should it have no run (one operation serves one call only)."""
-    return WithStartWorkflowOperation(
-        HostRegistry.run,
-        RegistryState(task_queue=task_queue),
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        **registry_start_options(task_queue),
-    )
+
+def liveness(view: HostView) -> HostLiveness:
+    """A host's view as a waiting Docker step judges it: live, and silent for how long."""
+    silent_s = NEVER_HEARD_S
+    if view.last_seen is not None:
+        silent_s = max(0.0, (datetime.now(UTC) - view.last_seen).total_seconds())
+    return HostLiveness(known=True, live=view.live, silent_s=silent_s)
+
+
+def _fullness(probe: HostProbe) -> float:
+    return probe.load / max(probe.capacity, 1)
+
+
+def _ref(view: HostView) -> HostRef:
+    return HostRef(host_id=view.host_id, name=view.name, queue=view.queue)
+
+
+def _why_no_host(views: list[HostView], live: list[HostView]) -> str:
+    if not views:
+        return "no host has reported to the fleet yet (is a worker running next to a Docker engine?)"
+    if not live:
+        silent = ", ".join(v.name for v in views[:WHY_HOSTS_NAMED])
+        more = f" and {len(views) - WHY_HOSTS_NAMED} more" if len(views) > WHY_HOSTS_NAMED else ""
+        return f"no host has a live worker (known, all silent: {silent}{more})"
+    parts = [
+        f"{v.name} {v.engines + v.reserved}/{v.capacity}{' draining' if v.draining else ''}"
+        for v in live[:WHY_HOSTS_NAMED]
+    ]
+    more = f", and {len(live) - WHY_HOSTS_NAMED} more" if len(live) > WHY_HOSTS_NAMED else ""
+    return "no host has free capacity (" + ", ".join(parts) + more + ")"

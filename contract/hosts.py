@@ -14,7 +14,16 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# 1.0's one registry of the fleet (`workflows/hosts.py`): kept only so that its 1.0 histories replay.
 HOST_REGISTRY_WORKFLOW = "RuntimeHostRegistry"
+# From 1.1: one workflow per host (`workflows/host.py`), `runtime-host-{task_queue}-{host_id}`.
+HOST_WORKFLOW = "RuntimeHost"
+RESERVE_UPDATE = "reserve"
+PROBE_QUERY = "probe"
+VIEW_QUERY = "view"
+HAS_GAMES_QUERY = "has_games"
+# The memo of a host's workflow that names the host (what the fleet's listing reads).
+HOST_NAME_MEMO = "host_name"
 REPORT_SIGNAL = "report"
 ENGINE_CHANGED_SIGNAL = "engine_changed"
 PLACE_UPDATE = "place"
@@ -36,6 +45,9 @@ FORGET_HOST_SIGNAL = "forget_host"
 LIVE_REPORTS = 3
 # The registry continues-as-new after this many events (reports arrive every few seconds per worker).
 REGISTRY_EVENTS_BEFORE_CONTINUE_AS_NEW = 500
+# A host's workflow continues-as-new after this many events: its history stays small (a report lists
+# the host's games).
+HOST_EVENTS_BEFORE_CONTINUE_AS_NEW = 200
 # A host chosen for a new engine counts it from then on; the reservation ends when the host reports
 # the engine, when the job says how its start ended, or after this long (a job that vanished).
 RESERVATION_TTL_S = 15 * 60.0
@@ -48,6 +60,11 @@ _QUEUE_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 def registry_workflow_id(task_queue: str) -> str:
     """One registry per fleet (task queue): a fleet on another queue is another fleet."""
     return f"runtime-hosts-{task_queue}"
+
+
+def host_workflow_id(task_queue: str, host_id: str) -> str:
+    """One workflow per host of a fleet; its id holds the host id as the host's queue does."""
+    return f"runtime-host-{task_queue}-{host_id}"
 
 
 def host_queue(task_queue: str, host_id: str) -> str:
@@ -129,7 +146,9 @@ class PlaceRequest(BaseModel):
     """Find a game's engine in the fleet and, when `create` and there is none, choose a host for it.
 
     `absent_on`: hosts a job just found without the game's container (their inventory is corrected
-    before the answer, so a stale report cannot send the job back there).
+    before the answer, so a stale report cannot send the job back there). `lost`: the game's workflow
+    lost track of its engine (a job that ended without saying what it did): the hosts are asked for
+    it. Otherwise a game without a placement has no engine, and a start only chooses a host.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -138,6 +157,7 @@ class PlaceRequest(BaseModel):
     create: bool
     job: str = ""
     absent_on: list[str] = Field(default_factory=list)
+    lost: bool = False
 
 
 class PlaceBatch(BaseModel):
@@ -229,3 +249,68 @@ class RegistryState(BaseModel):
     task_queue: str
     hosts: dict[str, HostRecord] = Field(default_factory=dict)
     reservations: dict[str, Reservation] = Field(default_factory=dict)
+
+
+class HostState(BaseModel):
+    """A host's workflow's input and what it carries across continue-as-new: one host's record and
+    the engines reserved there for starts not reported yet (bounded by the host's capacity)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task_queue: str
+    record: HostRecord | None = None
+    reservations: dict[str, Reservation] = Field(default_factory=dict)
+
+
+class HostProbe(BaseModel):
+    """A host's load, as a placement samples it (a query: no history). `mine`: a reservation of this
+    host is the asking job's own (its retry is answered with the same host)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: HostRef
+    live: bool
+    draining: bool
+    load: int
+    capacity: int
+    mine: bool = False
+    has_game: bool = False
+
+    @property
+    def open(self) -> bool:
+        return self.live and not self.draining and self.load < self.capacity
+
+
+class ReserveRequest(BaseModel):
+    """A start's claim on a place for the game's new engine on one host."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    game_id: str
+    job: str = ""
+
+
+class ReserveBatch(BaseModel):
+    """The reservations one worker's starts ask of one host at about the same time, in one update."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    requests: list[ReserveRequest] = Field(min_length=1, max_length=PLACE_BATCH_MAX)
+
+
+class ReserveAnswer(BaseModel):
+    """`reserved`: the place is the job's (or was already); `found`: the host's report has the game
+    (the job must use it, never make a second one); otherwise `why` the host refused (full, draining,
+    no live worker)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    reserved: bool = False
+    found: bool = False
+    why: str = ""
+
+
+class ReserveBatchAnswer(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    answers: list[ReserveAnswer]

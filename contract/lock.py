@@ -89,8 +89,9 @@ class LockRelease(BaseModel):
 class Turn(BaseModel):
     """The answer to a request for the game's turn (and, with it, the grant signal's payload).
 
-    `placement_known` False: the game's workflow does not know where the engine is (a new game, a
-    record lost or cleared); the job asks the registry. `host_wait_s`: filled in by the worker's
+    `placement_known` False: the game's workflow knows of no engine: a new game, or
+    (`placement_lost`) a record lost (the job asks every host). `placement_known` True with no
+    `placement`: none anywhere. `host_wait_s`: filled in by the worker's
     take-turn activity from its RTJOBS_HOST_WAIT_S (a workflow cannot read the environment).
     """
 
@@ -99,6 +100,7 @@ class Turn(BaseModel):
     granted: bool
     placement_known: bool = False
     placement: Placement | None = None
+    placement_lost: bool = False
     host_wait_s: float = 60.0
     # Whose turn this is: the game, and the holder's job (its first run id). A holder ignores a grant
     # naming another game or job (a late grant of an earlier request must never open a later turn).
@@ -124,3 +126,4 @@ class LockState(BaseModel):
     recent_runs: list[str] = Field(default_factory=list)
     placement_known: bool = False
     placement: Placement | None = None
+    placement_lost: bool = False

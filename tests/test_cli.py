@@ -18,17 +18,18 @@ from redis.typing import EncodableT, FieldT
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities.hosts import send_report
-from contract.hosts import PLACE_UPDATE, HostRef, HostReport, PlaceAnswer, PlaceRequest, registry_workflow_id
+from activities.fleet import send_report
+from activities.placement import PlacementActivities
+from contract.hosts import HostRef, HostReport, PlaceAnswer, PlaceRequest
 from contract.lock import Turn, coordination_queue, lock_workflow_id
 from contract.models import JobResult, engine_endpoint
 from starter import start_job
 from tests.support.docker_engine import DockerEngine
 from tests.support.processes import ROOT, Process, process_env, start_ready_worker
 from tests.support.redis_server import free_port
-from tests.support.stand_ins import STAND_IN_HOST, StandInEngine, job_worker
+from tests.support.stand_ins import STAND_IN_HOST, StandInEngine, job_worker, until_listed
 from tests.support.streams import read_entries
-from workflows.hosts import HostRegistry
+from workflows.host import RuntimeHost
 from workflows.search import RUNTIME_HOST
 
 # Only stops a hung command; no test here times the CLI. `start --wait` of the tiny engine takes ~3 s
@@ -238,13 +239,14 @@ async def report(
             network_driver=network,
         ),
     )
+    await until_listed(client, task_queue, [host.host_id])
     return host
 
 
 @contextlib.asynccontextmanager
 async def registry_worker(client: Client, task_queue: str) -> AsyncIterator[None]:
-    """The registry runs on the fleet's coordination queue, as the worker runs it."""
-    async with Worker(client, task_queue=coordination_queue(task_queue), workflows=[HostRegistry]):
+    """The hosts' workflows run on the fleet's coordination queue, as the worker runs them."""
+    async with Worker(client, task_queue=coordination_queue(task_queue), workflows=[RuntimeHost]):
         yield
 
 
@@ -260,11 +262,8 @@ def host_rows(stdout: str) -> dict[str, dict[str, str]]:
 
 
 async def place(client: Client, task_queue: str, game_id: str) -> PlaceAnswer:
-    handle = client.get_workflow_handle(registry_workflow_id(task_queue))
-    answer: PlaceAnswer = await handle.execute_update(
-        PLACE_UPDATE, PlaceRequest(game_id=game_id, create=True), result_type=PlaceAnswer
-    )
-    return answer
+    """A new game's placement, as a start's placement activity asks it."""
+    return await PlacementActivities(client).place(task_queue, PlaceRequest(game_id=game_id, create=True, job=game_id))
 
 
 async def test_hosts_lists_reported_hosts_with_liveness_engines_and_capacity(
@@ -395,12 +394,13 @@ async def test_forget_refuses_a_live_host_and_releases_the_games_placed_on_a_sil
             "(their next job places them again)"
         )
 
+        # Gone for good, with its engine: the game has none (its next start places it anew).
         after = await lock.query("placement", result_type=Turn)
-        assert (after.placement_known, after.placement) == (False, None)
+        assert (after.placement_known, after.placement, after.placement_lost) == (True, None, False)
         assert (await lock.describe()).typed_search_attributes.get(RUNTIME_HOST) is None
         listed = await cli(worker_env, "hosts", "--json")
-        assert listed.returncode == 0, listed
-        assert json.loads(listed.stdout) == []
+        assert listed.returncode == 1, listed
+        assert "no host has reported" in listed.stderr
 
 
 async def test_unknown_host_is_one_line_naming_the_known_hosts(

@@ -22,19 +22,15 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from activities.hosts import send_report
+from activities.fleet import Fleet, send_report
 from contract.engine import ENSURE_RUNNING_ACTIVITY, EngineOutcome, EnsureEngineRunning
 from contract.hosts import (
     DRAIN_UPDATE,
     FORGET_UPDATE,
-    HOSTS_QUERY,
     UNDRAIN_UPDATE,
-    HostCommand,
     HostRef,
     HostReport,
-    HostView,
     host_queue,
-    registry_workflow_id,
 )
 from contract.lock import GRANT_SIGNAL, Turn, lock_workflow_id
 from contract.models import JobResult, JobStatus
@@ -104,10 +100,10 @@ async def test_a_silent_hosts_start_is_given_up_and_cleaned_up_before_the_games_
     engine = StandInEngine()
     gid = game()
     async with job_worker(client, task_queue, redis_url, stream, engine, host_wait_s=2.0):
-        registry = client.get_workflow_handle(registry_workflow_id(task_queue))
+        hosts = Fleet(client, task_queue)
         ghost = HostRef(host_id=f"ghost-{uuid.uuid4().hex[:6]}", name="ghost", queue="")
         ghost = ghost.model_copy(update={"queue": host_queue(task_queue, ghost.host_id)})
-        await registry.execute_update(DRAIN_UPDATE, HostCommand(host=STAND_IN_HOST), result_type=HostView)
+        await hosts.command(DRAIN_UPDATE, STAND_IN_HOST)
         # The ghost reports (every 0.5 s, its live window 9 s) from before the start asks for a host (else
         # the start finds no host with room and fails at once) until the start's step is on its queue;
         # then it falls silent.
@@ -120,7 +116,7 @@ async def test_a_silent_hosts_start_is_given_up_and_cleaned_up_before_the_games_
 
         reporter = asyncio.create_task(reporting())
         try:
-            await until(lambda: _live(registry, ghost.host_id), "the ghost host is live in the registry")
+            await until(lambda: _live(hosts, ghost.host_id), "the ghost host is live")
             silent = await start(client, task_queue, "StartRuntimeJob", {"game_id": gid})
             await until(lambda: _on_ghost(silent), "the start's step is on the ghost host's queue")
         finally:
@@ -131,7 +127,7 @@ async def test_a_silent_hosts_start_is_given_up_and_cleaned_up_before_the_games_
         [(_id, fields)] = await read_entries(redis, stream)
         assert (fields["outcome"], fields["error_code"]) == ("failure", "docker_unavailable"), fields
         assert f"the workers of host ghost ({ghost.host_id}) have not reported for" in fields["error_message"]
-        await registry.execute_update(UNDRAIN_UPDATE, HostCommand(host=STAND_IN_HOST), result_type=HostView)
+        await hosts.command(UNDRAIN_UPDATE, STAND_IN_HOST)
 
         following = await start(client, task_queue, "StartRuntimeJob", {"game_id": gid})
         await asyncio.sleep(3.0)  # (time for it to run, were the turn free: it must not be)
@@ -139,7 +135,7 @@ async def test_a_silent_hosts_start_is_given_up_and_cleaned_up_before_the_games_
         assert "waiting for the game's earlier jobs" in (await status(following)).step
         assert engine.calls == [] and await _published(redis, stream, 1, exactly=True)
 
-        await registry.execute_update(FORGET_UPDATE, HostCommand(host=ghost.host_id), result_type=HostView)
+        await hosts.command(FORGET_UPDATE, ghost.host_id)
         failed = await asyncio.wait_for(silent.result(), HANG_S)
         started = await asyncio.wait_for(following.result(), HANG_S)
     assert failed.error_code == "docker_unavailable"
@@ -153,9 +149,9 @@ async def _on_ghost(handle: WorkflowHandle[Any, JobResult]) -> bool:
     return "on host ghost" in step
 
 
-async def _live(registry: WorkflowHandle[Any, Any], host_id: str) -> bool:
-    views: list[HostView] = await registry.query(HOSTS_QUERY, result_type=list[HostView])
-    return any(v.host_id == host_id and v.live for v in views)
+async def _live(hosts: Fleet, host_id: str) -> bool:
+    view = await hosts.view(host_id)
+    return view is not None and view.live
 
 
 async def _published(redis: aioredis.Redis, stream: str, n: int, *, exactly: bool = False) -> bool:
@@ -253,7 +249,7 @@ async def test_the_games_workflow_continues_as_new_before_it_runs_out_of_updates
 ) -> None:
     """With `history.maxTotalUpdates` at 3 the server suggests continuing as new as a run's updates near
     the limit; the game's workflow does so between turns, so six jobs in a row are all served (each
-    take_turn is an update; the registry's placements too, and it continues likewise)."""
+    take_turn is an update)."""
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(temporal_cli()),
         data_converter=pydantic_data_converter,

@@ -11,6 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from workflows.host import RuntimeHost
     from workflows.hosts import HostRegistry
     from workflows.jobs import StartRuntimeJob, StopRuntimeJob
     from workflows.lock import GameLock
@@ -23,18 +24,24 @@ _WHERE = {
     "StopRuntimeJob": "workflows.jobs",
     "GameLock": "workflows.lock",
     "HostRegistry": "workflows.hosts",
+    "RuntimeHost": "workflows.host",
     "RuntimeReconcile": "workflows.reconcile",
 }
 
-__all__ = ["ALL_WORKFLOWS", "GameLock", "HostRegistry", "RuntimeReconcile", "StartRuntimeJob", "StopRuntimeJob"]
+__all__ = [
+    "ALL_WORKFLOWS",
+    "GameLock",
+    "HostRegistry",
+    "RuntimeHost",
+    "RuntimeReconcile",
+    "StartRuntimeJob",
+    "StopRuntimeJob",
+]
 
 
 def __getattr__(name: str) -> Any:
     if name == "ALL_WORKFLOWS":
-        return [
-            __getattr__(n)
-            for n in ("StartRuntimeJob", "StopRuntimeJob", "GameLock", "HostRegistry", "RuntimeReconcile")
-        ]
+        return [__getattr__(n) for n in _WHERE]
     if name in _WHERE:
         return getattr(importlib.import_module(_WHERE[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

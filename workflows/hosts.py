@@ -1,4 +1,8 @@
-"""`RuntimeHostRegistry`: which Docker hosts the fleet has, which are alive, what runs where.
+"""`RuntimeHostRegistry`, the fleet's one registry of 1.0: retired in 1.1 for one workflow per host
+(`workflows/host.py`); kept, unchanged, so that 1.0's recorded histories replay and a registry run
+left by 1.0 finishes its tasks. Nothing of 1.1 starts or asks it.
+
+1.0's design: which Docker hosts the fleet has, which are alive, what runs where.
 
 One per task queue (`contract.hosts.registry_workflow_id`), started by the first worker's report.
 Workers report their host every few seconds (signal-with-start): its capacity and the games that

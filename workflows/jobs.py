@@ -6,8 +6,9 @@ Every run with a non-empty game id ends with exactly one publish, whatever happe
 and retried without limit; its idempotency key is this run, so retries never double it.
 
 Where the Docker step runs: the turn comes with the game's placement from its per-game workflow. A
-placed game's step runs on its host's task queue; a game without a known placement asks the host
-registry, which finds its engine or (for a start) chooses a live host with free capacity. A step
+placed game's step runs on its host's task queue; for a game without one, the placement activity
+chooses a live host with free capacity (a start), or asks the hosts where the engine is when the
+game's record of it was lost. A step
 waits on a busy host as long as the host's workers go on reporting; once they have been silent for
 RTJOBS_HOST_WAIT_S the job gives up on it and reports `docker_unavailable` naming the host.
 
@@ -55,7 +56,6 @@ with workflow.unsafe.imports_passed_through():
         Placement,
         PlacementNote,
         PlaceRequest,
-        registry_workflow_id,
     )
     from contract.lock import (
         RELEASE_SIGNAL,
@@ -94,7 +94,8 @@ with workflow.unsafe.imports_passed_through():
         LOCK_RETRY_POLICY,
         TurnHolder,
         give_back_turn,
-        tell_registry,
+        host_of_change,
+        tell_host,
     )
 
 T = TypeVar("T")
@@ -104,7 +105,7 @@ FAILURE_TYPES = [UnusableJobInput, pydantic.ValidationError]
 # A start or stop looks for the game's engine at most this many times when hosts turn out not to
 # have it (a stale record, an engine moved by hand meanwhile).
 WHERE_ROUNDS = 3
-# While no host has a live worker, a start asks the registry again this often (up to RTJOBS_HOST_WAIT_S).
+# While no host has a live worker, a start asks for a host again this often (up to RTJOBS_HOST_WAIT_S).
 NO_HOST_RETRY_EVERY = timedelta(seconds=2)
 # While a Docker step waits, the host's liveness is asked after this long, then at doubling intervals up
 # to the cap (a clean-up waiting for a dead host: up to its own, longer cap; its history stays small).
@@ -138,7 +139,7 @@ class _RuntimeJob(TurnHolder):
         # A cancellation arrived while the Docker step ran: the job reports `cancelled`, whatever the
         # step's own end (it may time out on a dead worker rather than acknowledge the cancellation).
         self._cancelled = False
-        # The host of the Docker step, whether the registry chose it for a new engine, and what the
+        # The host of the Docker step, whether it was chosen for a new engine, and what the
         # job learnt about the engine (for the game's workflow; None: nothing changed).
         self._host: HostRef | None = None
         self._new_placement = False
@@ -181,7 +182,7 @@ class _RuntimeJob(TurnHolder):
             self._handed_over = hand_over
             if clean_up:
                 await self._remove_failed_start(game_id, after_outage=result.error_code == ErrorCode.DOCKER_UNAVAILABLE)
-                await shielded(self._tell_registry(game_id, result))
+                await shielded(self._tell_host(game_id, result))
         finally:
             # A cancellation now must neither cut the release short nor undo the result published.
             await shielded(self._release(game_id))
@@ -260,8 +261,8 @@ class _RuntimeJob(TurnHolder):
             alive = await self._liveness(host)
             now = workflow.time()
             unknown_since = None if alive.known else (unknown_since if unknown_since is not None else now)
-            # Unknown to the registry for RTJOBS_HOST_WAIT_S: forgotten (not a registry run started afresh,
-            # which hears from every live host within its report interval).
+            # No workflow of the host for RTJOBS_HOST_WAIT_S: forgotten (not one started afresh, which
+            # hears from the host within its report interval).
             forgotten = unknown_since is not None and now - unknown_since >= wait_s
             # No live worker (none reported within its live window) and none for RTJOBS_HOST_WAIT_S, and the
             # step waited that long (a worker restarting comes back within it). A busy host reports on.
@@ -307,14 +308,20 @@ class _RuntimeJob(TurnHolder):
         return answer
 
     async def _where(self, game_id: str, *, create: bool, absent_on: list[str]) -> HostRef | None:
-        """The host of the game's engine, from the registry; for a start without one, the host the
-        registry chose for it. None: the game has no engine anywhere (only when not `create`)."""
+        """The host of the game's engine, from the fleet; for a start without one, the host chosen
+        for it. None: the game has no engine anywhere (only when not `create`)."""
         waited = timedelta()
         while True:
             self._step(f"{self.kind} job for game {game_id}: finding the game's host")
             answer: PlaceAnswer = await workflow.execute_local_activity(
                 PLACE_ACTIVITY,
-                PlaceRequest(game_id=game_id, create=create, job=workflow.info().workflow_id, absent_on=absent_on),
+                PlaceRequest(
+                    game_id=game_id,
+                    create=create,
+                    job=workflow.info().workflow_id,
+                    absent_on=absent_on,
+                    lost=self._turn.placement_lost,
+                ),
                 start_to_close_timeout=LOCK_ACTIVITY_TIMEOUT,
                 retry_policy=LOCK_RETRY_POLICY,
                 result_type=PlaceAnswer,
@@ -346,7 +353,7 @@ class _RuntimeJob(TurnHolder):
         return placement.host if placement is not None else None
 
     def _engine_change(self, game_id: str, result: JobResult) -> EngineChanged | None:
-        """What the registry should count at once (a new engine; a reservation that came to nothing),
+        """What the host should count at once (a new engine; a reservation that came to nothing),
         without waiting for the host's next report; None: nothing it does not know."""
         host = self._host
         if host is None:
@@ -360,13 +367,13 @@ class _RuntimeJob(TurnHolder):
             return None
         return EngineChanged(game_id=game_id, host_id=host.host_id, present=present)
 
-    async def _tell_registry(self, game_id: str, result: JobResult) -> None:
+    async def _tell_host(self, game_id: str, result: JobResult) -> None:
         change = self._engine_change(game_id, result)
         if change is not None:
-            await tell_registry(change)
+            await tell_host(change)
 
     def _hand_over(self, game_id: str, result: JobResult) -> list[FollowUpSignal]:
-        """The signals the job would send after its publish (the registry's word, then the release), for
+        """The signals the job would send after its publish (the host's word, then the release), for
         the publish activity to send in this order once the entry is appended."""
         queue = workflow.info().task_queue
         signals = []
@@ -374,7 +381,7 @@ class _RuntimeJob(TurnHolder):
         if change is not None:
             signals.append(
                 FollowUpSignal(
-                    workflow_id=registry_workflow_id(queue),
+                    workflow_id=host_of_change(change),
                     signal=ENGINE_CHANGED_SIGNAL,
                     arg=change.model_dump(mode="json"),
                 )
@@ -495,8 +502,8 @@ class StartRuntimeJob(_RuntimeJob):
 
     async def _on_the_games_host(self, game_id: str, image: str | None, summary: str) -> EngineOutcome:
         """On the host the game's engine lives on (replay, or a stopped one made anew there); without
-        one anywhere, on the host the registry chooses. A host found without the container (a stale
-        record) sends the job back to the registry, told so: a game never gets a second engine."""
+        one anywhere, on the host chosen for it. A host found without the container (a stale
+        record) sends the job back to the fleet, told so: a game never gets a second engine."""
         host = self._recorded_host()
         absent_on: list[str] = []
         for _ in range(WHERE_ROUNDS):
@@ -548,7 +555,7 @@ class StopRuntimeJob(_RuntimeJob):
             if not outcome.replay:
                 self._after = PlacementNote(known=True)
                 return JobResult.fresh_success(job.game_id, outcome.container_id)
-            # Nothing on that host: the record was stale; the registry may know another.
+            # Nothing on that host: the record was stale; another host may have it.
             absent_on.append(host.host_id)
             host = None
         raise _kept_moving(job.game_id)

@@ -20,13 +20,13 @@ update budget spent) and only when this workflow does not know the request (a ru
 gone) with the update again, which starts a new run. More asks at once than the server lets a run
 hold updates in flight (or more than its total) fall back to the `acquire` signal.
 
-A holder found gone without releasing (`HOLDER_CHECK_EVERY`) leaves the placement unknown, so the next
-job asks the host registry instead of trusting a record that may be stale; a check that cannot get
-an answer never blocks the lock. While an engine is placed the workflow stays; without one it ends
-after `IDLE_EXIT` idle. Between turns it continues as new (after `GRANTS_BEFORE_CONTINUE_AS_NEW`
-grants or updates, or when Temporal suggests it) with its waiters and placement: its history and its
-update count stay bounded. `forget_host` (from `rtjobs host forget`) clears a placement on a host
-gone for good.
+A holder found gone without releasing (`HOLDER_CHECK_EVERY`) leaves the placement lost, so the next
+job asks the hosts instead of trusting a record that may be stale; a check that cannot get an answer
+never blocks the lock. While an engine is placed (or its record is lost) the workflow stays; without
+one it ends after `IDLE_EXIT` idle. Between turns it continues as new (after
+`GRANTS_BEFORE_CONTINUE_AS_NEW` grants or updates, or when Temporal suggests it) with its waiters and
+placement: its history and its update count stay bounded. `forget_host` (from `rtjobs host forget`)
+clears a placement on a host gone for good.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ with workflow.unsafe.imports_passed_through():
         Turn,
     )
     from workflows.awaiting import holds_within
+    from workflows.patches import HOST_WORKFLOWS
     from workflows.search import RUNTIME_HOST
 
 
@@ -74,6 +75,9 @@ class GameLock:
         self._recent: list[str] = list(state.recent_runs)
         self._placement_known = state.placement_known
         self._placement: Placement | None = state.placement
+        # The record of the game's engine was lost (a holder that ended without saying what it did):
+        # the next job asks the hosts. Not lost and not known: the game has no engine (a new game).
+        self._placement_lost = state.placement_lost
         self._updates = 0  # take_turn updates this run accepted (the server bounds them per run)
         # Requests whose take_turn update waits for the loop's choice: a holder among them learns of
         # its turn from the update's answer, not from a grant signal.
@@ -130,8 +134,9 @@ class GameLock:
     @workflow.signal(name=FORGET_HOST_SIGNAL)
     def forget_host(self, host_id: str) -> None:
         if self._placement is not None and self._placement.host.host_id == host_id:
+            # The host is gone for good, and the engine with it: the game has none.
             workflow.logger.warning("placement on forgotten host %s cleared", self._placement.host.name)
-            self._set_placement(False, None)
+            self._set_placement(True, None)
 
     @workflow.query(name="queue")
     def queue(self) -> list[str]:
@@ -141,7 +146,12 @@ class GameLock:
     @workflow.query(name="placement")
     def placement(self) -> Turn:
         """Where the game's engine lives, as this workflow knows it (`granted` is meaningless here)."""
-        return Turn(granted=False, placement_known=self._placement_known, placement=self._placement)
+        return Turn(
+            granted=False,
+            placement_known=self._placement_known,
+            placement=self._placement,
+            placement_lost=self._placement_lost,
+        )
 
     @workflow.run
     async def run(self, state: LockState) -> None:
@@ -151,8 +161,9 @@ class GameLock:
             return self._holder is not None or bool(self._waiting)
 
         while True:
-            if self._placement is None:
-                # No engine to remember: end when idle (the next job starts a new run).
+            if self._placement is None and not (self._placement_lost and workflow.patched(HOST_WORKFLOWS)):
+                # No engine to remember: end when idle (the next job starts a new run). A lost record
+                # stays (from 1.1): a new run would take the game for one without an engine.
                 if not await holds_within(busy, IDLE_EXIT) and not busy():
                     return
             else:
@@ -185,6 +196,7 @@ class GameLock:
                         recent_runs=self._recent,
                         placement_known=self._placement_known,
                         placement=self._placement,
+                        placement_lost=self._placement_lost,
                     )
                 )
 
@@ -216,6 +228,7 @@ class GameLock:
             granted=True,
             placement_known=self._placement_known,
             placement=self._placement,
+            placement_lost=self._placement_lost,
             game_id=holder.game_id,
             holder=holder.first_run_id or holder.run_id,
         )
@@ -224,6 +237,7 @@ class GameLock:
         before = self._placement.host.name if self._placement else None
         self._placement_known = known
         self._placement = placement
+        self._placement_lost = not known
         after = placement.host.name if placement else None
         if before != after:
             workflow.upsert_search_attributes([RUNTIME_HOST.value_set(after) if after else RUNTIME_HOST.value_unset()])

@@ -13,7 +13,7 @@ What it does (README "Drift and reconciliation" says why):
 - a container of ours that does not run (created, exited, dead), idle for RTJOBS_RECONCILE_GRACE_S: removed;
 - a running engine no record names: adopted into the game's record (RTJOBS_RECONCILE_REMOVE_UNKNOWN: removed);
 - a record whose engine is gone, or did not run and was removed: cleared (placement unknown: the next
-  job asks the registry), never restarted: the Lobby decides whether a game runs, from its results;
+  job asks the hosts), never restarted: the Lobby decides whether a game runs, from its results;
 - a running engine here while the record names another host, a paused or restarting one: reported only;
 - a container without our label: never listed, never touched.
 
@@ -71,7 +71,7 @@ with workflow.unsafe.imports_passed_through():
         SurveyRequest,
     )
     from workflows.awaiting import shielded
-    from workflows.turns import TurnHolder, give_back_turn, tell_registry
+    from workflows.turns import TurnHolder, give_back_turn, tell_host
 
 # A host's Docker step: a few quick attempts (a run every few minutes is the real retry); a host with no
 # live worker is reported after RTJOBS_HOST_WAIT_S (the schedule-to-start timeout).
@@ -293,9 +293,9 @@ class RuntimeReconcile(TurnHolder):
             await shielded(self._release(game_id, after))
         removed = {f.container_id for f in findings if f.done and _removes(f)}
         if any(f.done and Action.ADOPTED in f.actions for f in findings):
-            await tell_registry(EngineChanged(game_id=game_id, host_id=request.host.host_id, present=True))
+            await tell_host(EngineChanged(game_id=game_id, host_id=request.host.host_id, present=True))
         elif removed and all(c.container_id in removed for c in containers):
-            await tell_registry(EngineChanged(game_id=game_id, host_id=request.host.host_id, present=False))
+            await tell_host(EngineChanged(game_id=game_id, host_id=request.host.host_id, present=False))
         return findings
 
     async def _publish(self, event: EngineEvent) -> None:

@@ -1,5 +1,5 @@
 """A game's turn as its holders take and give it back: the job workflows and `RuntimeReconcile` (anything
-that acts on a game's engine) ask, release and tell the host registry through these same commands,
+that acts on a game's engine) ask, release and tell the engine's host through these same commands,
 so the game's workflow (`workflows/lock.py`) serialises them all alike.
 """
 
@@ -12,7 +12,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from contract.hosts import ENGINE_CHANGED_SIGNAL, EngineChanged, registry_workflow_id
+    from contract.hosts import ENGINE_CHANGED_SIGNAL, EngineChanged, host_workflow_id, registry_workflow_id
     from contract.lock import (
         GRANT_SIGNAL,
         RELEASE_SIGNAL,
@@ -25,6 +25,7 @@ with workflow.unsafe.imports_passed_through():
         lock_workflow_id,
     )
     from workflows.awaiting import holds_within
+    from workflows.patches import HOST_WORKFLOWS
 
 LOCK_ACTIVITY_TIMEOUT = timedelta(seconds=15)  # > the largest RTJOBS_ORDER_SETTLE_S (5 s) + an RPC
 LOCK_RETRY_POLICY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=5))
@@ -110,12 +111,18 @@ async def give_back_turn(game_id: str, release: LockRelease) -> None:
         workflow.logger.warning("could not release the turn of game %s: %s", game_id, err)
 
 
-async def tell_registry(change: EngineChanged) -> None:
-    """The registry counts (or forgets) an engine at once, without waiting for the host's next report."""
+def host_of_change(change: EngineChanged) -> str:
+    """The workflow told of an engine made or removed: the host's own (1.0: the fleet's registry)."""
+    queue = workflow.info().task_queue
+    if workflow.patched(HOST_WORKFLOWS):
+        return host_workflow_id(queue, change.host_id)
+    return registry_workflow_id(queue)
+
+
+async def tell_host(change: EngineChanged) -> None:
+    """The host counts (or forgets) an engine at once, without waiting for its next report."""
     try:
-        await workflow.get_external_workflow_handle(registry_workflow_id(workflow.info().task_queue)).signal(
-            ENGINE_CHANGED_SIGNAL, change
-        )
+        await workflow.get_external_workflow_handle(host_of_change(change)).signal(ENGINE_CHANGED_SIGNAL, change)
     except ApplicationError as err:
-        # No registry run (terminated): the host's next report tells it the same.
-        workflow.logger.warning("could not tell the host registry about game %s: %s", change.game_id, err)
+        # No run (forgotten, terminated): the host's next report tells it the same.
+        workflow.logger.warning("could not tell host %s about game %s: %s", change.host_id, change.game_id, err)

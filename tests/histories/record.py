@@ -28,7 +28,7 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureEr
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from activities.hosts import send_report
+from activities.fleet import send_report
 from activities.publish import redis_client
 from contract.hosts import (
     DRAIN_UPDATE,

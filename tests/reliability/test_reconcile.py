@@ -21,8 +21,9 @@ import pytest
 from temporalio.client import ScheduleActionStartWorkflow, ScheduleOverlapPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.fleet import Fleet as TemporalFleet
 from activities.publish import redis_client
-from contract.hosts import DRAIN_UPDATE, UNDRAIN_UPDATE, HostCommand, HostView, registry_workflow_id
+from contract.hosts import DRAIN_UPDATE, UNDRAIN_UPDATE
 from contract.lock import Turn
 from contract.models import LABEL_GAME_ID, LABEL_MANAGED_BY, MANAGED_BY, container_name
 from contract.reconcile import RECONCILE_WORKFLOW, Action, EngineEvent, FindingKind, ReconcileSummary, schedule_id
@@ -90,15 +91,15 @@ async def record_of(fleet: Fleet, game_id: str) -> Turn | None:
 
 async def on_host(fleet: Fleet, host: str, ids: list[str]) -> dict[str, str]:
     """Fresh starts of these games, all placed on `host` (the other host drained meanwhile)."""
-    registry = fleet.client.get_workflow_handle(registry_workflow_id(fleet.task_queue))
+    hosts = TemporalFleet(fleet.client, fleet.task_queue)
     others = [h for h in fleet.hosts if h != host]
     for other in others:
-        await registry.execute_update(DRAIN_UPDATE, HostCommand(host=other), result_type=HostView)
+        await hosts.command(DRAIN_UPDATE, other)
     try:
         _runs, finished = await run_jobs(fleet, START, ids, FRESH, HANG_S)
     finally:
         for other in others:
-            await registry.execute_update(UNDRAIN_UPDATE, HostCommand(host=other), result_type=HostView)
+            await hosts.command(UNDRAIN_UPDATE, other)
     return {g: r.container_id for g, r in zip(ids, finished, strict=True)}
 
 

@@ -32,8 +32,9 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from activities.docker_gateway import DockerGateway
+from activities.fleet import Fleet as TemporalFleet
 from activities.hosts import host_marker
-from contract.hosts import HostView, registry_workflow_id
+from contract.hosts import HostView
 from contract.lock import Turn, lock_workflow_id
 from contract.models import LABEL_GAME_ID, LABEL_MANAGED_BY, MANAGED_BY, JobResult
 from contract.policies import PUBLISH_ACTIVITY
@@ -215,8 +216,7 @@ class Fleet:
     # --- what the fleet knows ------------------------------------------------------------------------
 
     async def host_views(self) -> dict[str, HostView]:
-        handle = self.client.get_workflow_handle(registry_workflow_id(self.task_queue))
-        views = await handle.query("hosts", result_type=list[HostView])
+        views = await TemporalFleet(self.client, self.task_queue).views()
         return {v.name: v for v in views}
 
     async def until_hosts(

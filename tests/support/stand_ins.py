@@ -8,7 +8,7 @@ against a real engine in test_docker_activities.py and end to end in test_e2e.py
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +17,7 @@ from temporalio import activity
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities.hosts import send_report
+from activities.fleet import Fleet, send_report
 from activities.lock import LockActivities, TurnSignals
 from activities.placement import PlacementActivities
 from activities.publish import ResultPublisher, redis_client
@@ -35,7 +35,7 @@ from contract.hosts import HOST_LIVENESS_ACTIVITY, PLACE_ACTIVITY, HostRef, Host
 from contract.lock import HOLDER_RUNNING_ACTIVITY, TAKE_TURN_ACTIVITY, TAKE_TURN_AGAIN_ACTIVITY, coordination_queue
 from contract.policies import PUBLISH_ACTIVITY
 from contract.settings import Settings
-from workflows import ALL_WORKFLOWS, GameLock, HostRegistry
+from workflows import ALL_WORKFLOWS, GameLock, RuntimeHost
 
 Behaviour = Callable[[str], Any]
 STAND_IN_HOST = "stand-in-host"
@@ -160,11 +160,24 @@ async def job_worker(
             Worker(
                 client,
                 task_queue=coordination_queue(task_queue),
-                workflows=[GameLock, HostRegistry],
+                workflows=[GameLock, RuntimeHost],
                 activities=[activities[HOLDER_RUNNING_ACTIVITY]],
             ),
             Worker(client, task_queue=task_queue, workflows=ALL_WORKFLOWS, activities=list(activities.values())),
         ):
+            await until_listed(client, task_queue, [STAND_IN_HOST])
             yield
     finally:
         await redis.aclose()
+
+
+async def until_listed(client: Client, task_queue: str, host_ids: Iterable[str], timeout_s: float = 30.0) -> None:
+    """Until the server's workflow listing shows these hosts' workflows (it trails their start a little):
+    what the fleet's placement samples and `rtjobs hosts` lists."""
+    want = set(host_ids)
+    fleet = Fleet(client, task_queue)
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not want <= {h.host_id for h in await fleet.hosts(fresh=True)}:
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"the fleet's listing never showed hosts {sorted(want)}")
+        await asyncio.sleep(0.05)

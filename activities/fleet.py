@@ -1,0 +1,215 @@
+"""The fleet of one task queue as the Temporal server holds it: one `RuntimeHost` workflow per host
+(`workflows/host.py`), found through the server's workflow listing, each asked by query or update.
+
+No workflow holds the whole fleet. A worker keeps the list of hosts for `HOSTS_FRESH_S` (placement
+samples it); what is asked of every host — `rtjobs hosts`, the search for a game whose placement was
+lost — goes to the hosts' workflows at once, `FAN_OUT` at a time. Used by the placement activities,
+the worker's start-up checks and the CLI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowQueryRejectedError
+from temporalio.common import QueryRejectCondition, WorkflowIDReusePolicy
+from temporalio.service import RPCError, RPCStatusCode
+
+from contract.hosts import (
+    HAS_GAMES_QUERY,
+    HOST_NAME_MEMO,
+    HOST_WORKFLOW,
+    PROBE_QUERY,
+    REPORT_SIGNAL,
+    VIEW_QUERY,
+    HostCommand,
+    HostProbe,
+    HostRef,
+    HostReport,
+    HostState,
+    HostView,
+    ReserveRequest,
+    host_queue,
+    host_workflow_id,
+)
+from contract.lock import LOCK_WORKFLOW, coordination_queue, lock_workflow_id
+
+T = TypeVar("T")
+
+# How long a worker trusts its list of the fleet's hosts (a new host is sampled after at most this).
+HOSTS_FRESH_S = 10.0
+# How many hosts' workflows are asked at once when every host is asked.
+FAN_OUT = 64
+QUERY_TIMEOUT = timedelta(seconds=10)
+# A per-game workflow run that ended this way lost its record of the game's engine.
+LOST_ENDS = {
+    WorkflowExecutionStatus.TERMINATED,
+    WorkflowExecutionStatus.FAILED,
+    WorkflowExecutionStatus.TIMED_OUT,
+    WorkflowExecutionStatus.CANCELED,
+}
+
+
+class UnknownHost(Exception):
+    """No host, or several, answer to the name or id an operator gave (the message lists the known)."""
+
+
+def host_start_options(task_queue: str, host: HostRef) -> dict[str, Any]:
+    """How a host's workflow is started by its first report (signal-with-start)."""
+    return {
+        "id": host_workflow_id(task_queue, host.host_id),
+        "task_queue": coordination_queue(task_queue),
+        "id_reuse_policy": WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+        "memo": {HOST_NAME_MEMO: host.name},
+        "static_summary": f"Docker host {host.name} ({host.host_id}) of task queue {task_queue}",
+    }
+
+
+async def send_report(client: Client, task_queue: str, report: HostReport) -> None:
+    """A worker's report of its host: signal-with-start, so the first report starts the host's workflow."""
+    await client.start_workflow(
+        HOST_WORKFLOW,
+        HostState(task_queue=task_queue),
+        start_signal=REPORT_SIGNAL,
+        start_signal_args=[report],
+        **host_start_options(task_queue, report.host),
+    )
+
+
+@dataclass
+class _Listed:
+    hosts: list[HostRef]
+    at: float
+
+
+class Fleet:
+    """The hosts of one task queue's fleet, listed from the server and asked one by one."""
+
+    def __init__(self, client: Client, task_queue: str) -> None:
+        self.client = client
+        self.task_queue = task_queue
+        self._listed: _Listed | None = None
+        self._prefix = host_workflow_id(task_queue, "")
+
+    async def hosts(self, *, fresh: bool = False) -> list[HostRef]:
+        """Every host with a workflow (live or silent), as listed at most HOSTS_FRESH_S ago (`fresh`: now)."""
+        listed = self._listed
+        if listed is None or fresh or time.monotonic() - listed.at > HOSTS_FRESH_S:
+            listed = self._listed = _Listed(hosts=await self._list(), at=time.monotonic())
+        return listed.hosts
+
+    async def _list(self) -> list[HostRef]:
+        query = (
+            f"WorkflowType = '{HOST_WORKFLOW}' AND TaskQueue = '{coordination_queue(self.task_queue)}' "
+            "AND ExecutionStatus = 'Running'"
+        )
+        hosts: dict[str, HostRef] = {}
+        async for execution in self.client.list_workflows(query, rpc_timeout=QUERY_TIMEOUT):
+            if not execution.id.startswith(self._prefix):
+                continue
+            host_id = execution.id.removeprefix(self._prefix)
+            name = await execution.memo_value(HOST_NAME_MEMO, host_id, type_hint=str)
+            hosts[host_id] = HostRef(host_id=host_id, name=name, queue=host_queue(self.task_queue, host_id))
+        return sorted(hosts.values(), key=lambda h: (h.name, h.host_id))
+
+    def _handle(self, host_id: str) -> Any:
+        return self.client.get_workflow_handle(host_workflow_id(self.task_queue, host_id))
+
+    async def _query(self, host_id: str, query: str, args: Sequence[Any], result_type: type[T]) -> T | None:
+        """The host's workflow's answer; None when it has none running (never reported, or forgotten:
+        a closed workflow still answers queries, with its last state)."""
+        try:
+            answer: T = await self._handle(host_id).query(
+                query,
+                args=args,
+                result_type=result_type,
+                reject_condition=QueryRejectCondition.NOT_OPEN,
+                rpc_timeout=QUERY_TIMEOUT,
+            )
+        except WorkflowQueryRejectedError:
+            return None
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                return None
+            raise
+        return answer
+
+    async def view(self, host_id: str) -> HostView | None:
+        """The host as its workflow sees it now; None when it has none (never reported, or forgotten)."""
+        return await self._query(host_id, VIEW_QUERY, [], HostView)
+
+    async def views(self) -> list[HostView]:
+        """Every host's view (`rtjobs hosts`), by name; a host that ended meanwhile is left out."""
+        hosts = await self.hosts(fresh=True)
+        views = await fan_out(hosts, lambda h: self.view(h.host_id))
+        return [v for v in views if v is not None]
+
+    async def probe(self, host: HostRef, request: ReserveRequest) -> HostProbe | None:
+        """The host's load for a placement; None when its workflow is gone or did not answer."""
+        try:
+            return await self._query(host.host_id, PROBE_QUERY, [request], HostProbe)
+        except RPCError:
+            return None
+
+    async def find(self, game_id: str, *, exclude: Iterable[str] = ()) -> list[HostRef]:
+        """The hosts whose report lists the game, asked one by one: a record that was lost is found
+        again from the hosts themselves (`exclude`: hosts just seen without it)."""
+        skip = set(exclude)
+        hosts = [h for h in await self.hosts(fresh=True) if h.host_id not in skip]
+        found = await fan_out(hosts, lambda h: self.has_games(h, [game_id]))
+        return [h for h, games in zip(hosts, found, strict=True) if games]
+
+    async def has_games(self, host: HostRef, game_ids: Sequence[str]) -> list[str]:
+        """Which of the games the host's report lists ([] when its workflow is gone)."""
+        return await self._query(host.host_id, HAS_GAMES_QUERY, [list(game_ids)], list[str]) or []
+
+    async def lock_ended_lost(self, game_id: str) -> bool:
+        """Whether the game's workflow's last run before the current one ended without its record (an
+        operator terminated it, say): its next start must look for the engine on the hosts."""
+        runs = [
+            w
+            async for w in self.client.list_workflows(
+                f"WorkflowId = '{lock_workflow_id(game_id, self.task_queue)}' AND WorkflowType = '{LOCK_WORKFLOW}'",
+                rpc_timeout=QUERY_TIMEOUT,
+            )
+        ]
+        closed = sorted((w for w in runs if w.status != WorkflowExecutionStatus.RUNNING), key=lambda w: w.start_time)
+        return bool(closed) and closed[-1].status in LOST_ENDS
+
+    async def command(self, action: str, name_or_id: str) -> HostView:
+        """An operator's drain/undrain/forget, sent to the one host of that name or id."""
+        host = await self.resolve(name_or_id)
+        view: HostView = await self._handle(host.host_id).execute_update(
+            action, HostCommand(host=name_or_id), result_type=HostView, rpc_timeout=QUERY_TIMEOUT
+        )
+        return view
+
+    async def resolve(self, name_or_id: str) -> HostRef:
+        """The one host of that name or id (an id is found even before the listing shows its host)."""
+        hosts = await self.hosts(fresh=True)
+        matches = [h for h in hosts if name_or_id in (h.name, h.host_id)]
+        if not matches:
+            view = await self.view(name_or_id)
+            if view is not None:
+                return HostRef(host_id=view.host_id, name=view.name, queue=view.queue)
+        if len(matches) != 1:
+            known = ", ".join(f"{h.name} ({h.host_id})" for h in hosts) or "none"
+            what = "no host" if not matches else "several hosts"
+            raise UnknownHost(f"{what} named {name_or_id!r}; known hosts: {known}")
+        return matches[0]
+
+
+async def fan_out(items: Sequence[Any], ask: Callable[[Any], Awaitable[T]], limit: int = FAN_OUT) -> list[T]:
+    """`ask` of every item, at most `limit` at once, in the items' order."""
+    gate = asyncio.Semaphore(limit)
+
+    async def one(item: Any) -> T:
+        async with gate:
+            return await ask(item)
+
+    return list(await asyncio.gather(*(one(i) for i in items)))
