@@ -47,10 +47,14 @@ EXPECTED: dict[str, str | None] = {
     "start_silent_host": "docker_unavailable",
 }
 LOCK_HISTORIES = {"game_lock", "game_lock_continued"}
-LONG_LIVED = {"host_registry", "reconcile"}
-# Recorded from the version that introduced them.
-INTRODUCED: dict[str, str] = {}
+LONG_LIVED = {"reconcile"}
+# Recorded from the version that introduced them...
+INTRODUCED: dict[str, str] = {"host_registry": "1.0", "host": "1.1"}
+# ...up to the last version that had them (1.0's fleet-wide registry gave way to one workflow per host).
+RETIRED_AFTER: dict[str, str] = {"host_registry": "1.0"}
 FIRST = "1.0"
+# The patch each version after 1.0 introduced (workflows/patches.py), and the histories that must ask it.
+PATCHED_IN = {"1.1": ("1.1-host-workflows", {"start_fresh", "stop_fresh", "start_together_first", "reconcile"})}
 
 
 def version_key(version: str) -> tuple[int, ...]:
@@ -66,7 +70,10 @@ CURRENT = VERSIONS[-1]
 
 
 def recorded_in(version: str) -> set[str]:
-    since = {n for n, v in INTRODUCED.items() if version_key(v) <= version_key(version)}
+    def kept(name: str) -> bool:
+        return name not in RETIRED_AFTER or version_key(version) <= version_key(RETIRED_AFTER[name])
+
+    since = {n for n, v in INTRODUCED.items() if version_key(v) <= version_key(version) and kept(n)}
     return set(EXPECTED) | LOCK_HISTORIES | LONG_LIVED | since
 
 
@@ -113,6 +120,15 @@ def _markers(events: Any) -> set[str]:
             if e.marker_recorded_event_attributes.marker_name == "core_patch" and "patch-data" in details:
                 found.add(json.loads(details["patch-data"].payloads[0].data)["id"])
     return found
+
+
+@pytest.mark.parametrize("version", [v for v in VERSIONS if v in PATCHED_IN])
+def test_a_later_version_records_its_patch(version: str) -> None:
+    """A version after 1.0 is recorded from code that asks its patch: else its histories would replay
+    the old branch only, and the new one would go untested."""
+    patch, names = PATCHED_IN[version]
+    for name in sorted(names):
+        assert patch in _markers(load(name, version).events), (version, name)
 
 
 def test_the_first_shape_carries_no_patch() -> None:

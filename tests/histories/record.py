@@ -13,6 +13,7 @@ breaks replay of the committed histories would break every run still open in pro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -28,19 +29,16 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureEr
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from activities.fleet import send_report
+from activities.fleet import Fleet, send_report
 from activities.publish import redis_client
 from contract.hosts import (
     DRAIN_UPDATE,
     FORGET_UPDATE,
-    HOSTS_QUERY,
     UNDRAIN_UPDATE,
-    HostCommand,
     HostRef,
     HostReport,
-    HostView,
     host_queue,
-    registry_workflow_id,
+    host_workflow_id,
 )
 from contract.lock import lock_workflow_id
 from contract.models import LABEL_GAME_ID, LABEL_MANAGED_BY, MANAGED_BY, JobResult, JobStatus, container_name
@@ -50,6 +48,7 @@ from starter import START_WORKFLOW, new_job_id, start_job, start_workflow_id, st
 from tests.support.binaries import temporal_cli
 from tests.support.docker_engine import DockerEngine, acquire_engine
 from tests.support.job_worker import e2e_settings, real_worker, remove_game_containers, until_running_container
+from tests.support.stand_ins import until_listed
 from worker import dynamic_config_args
 from workflows.search import SEARCH_ATTRIBUTE_KEYS
 
@@ -125,10 +124,12 @@ class Recorder:
         await self.finish("start_together_first", first, "")
         await self.finish("stop_together_waited", second, "")
         await self.save("game_lock", self.client.get_workflow_handle(lock_workflow_id(together, tq)))
-        # The fleet's registry (from v3): the worker's reports and the placements of the runs above.
         await self.timeout_refused()
         await self.silent_host()
-        await self.save("host_registry", self.client.get_workflow_handle(registry_workflow_id(tq)))
+        # (From 1.1.) The real host's own workflow: its worker's reports, the reservations of the starts
+        # above, the jobs' word of engines made and removed, a drain and an undrain.
+        [real] = await Fleet(self.client, tq).views()
+        await self.save("host", self.client.get_workflow_handle(host_workflow_id(tq, real.host_id)))
         await self.reconcile()
 
     async def timeout_refused(self) -> None:
@@ -149,14 +150,36 @@ class Recorder:
         queue nobody polls): the step is given up after RTJOBS_HOST_WAIT_S (`docker_unavailable`), the
         clean-up waits for the host, and ends once an operator forgets it."""
         tq = self.settings.task_queue
-        registry = self.client.get_workflow_handle(registry_workflow_id(tq))
-        [real] = await registry.query(HOSTS_QUERY, result_type=list[HostView])
+        fleet = Fleet(self.client, tq)
+        [real] = await fleet.views()
         ghost = HostRef(host_id=f"ghost-{uuid.uuid4().hex[:8]}", name="ghost", queue="")
         ghost = ghost.model_copy(update={"queue": host_queue(tq, ghost.host_id)})
-        await registry.execute_update(DRAIN_UPDATE, HostCommand(host=real.host_id), result_type=HostView)
-        await send_report(self.client, tq, HostReport(host=ghost, worker="ghost-1", capacity=10, report_every_s=2))
-        gid = self.game()
-        handle = await start_job(self.client, gid, task_queue=tq)
+        await fleet.command(DRAIN_UPDATE, real.host_id)
+        report = HostReport(host=ghost, worker="ghost-1", capacity=10, report_every_s=2)
+
+        async def reporting() -> None:
+            while True:
+                await send_report(self.client, tq, report)
+                await asyncio.sleep(1)
+
+        # The ghost reports from before the start asks for a host until the start's step is on its queue
+        # (under load a single report could age out first); then it falls silent.
+        reporter = asyncio.create_task(reporting())
+        try:
+            await until_listed(self.client, tq, [ghost.host_id])
+            gid = self.game()
+            handle = await start_job(self.client, gid, task_queue=tq)
+            for _ in range(int(WAIT_S * 10)):
+                step = (await handle.query("status", result_type=JobStatus)).step
+                if "on host ghost" in step:
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                raise SystemExit(f"start_silent_host: the step never went to the ghost host ({step})")
+        finally:
+            reporter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reporter
         # Its result is published before the clean-up, which then waits for the host.
         for _ in range(int(WAIT_S)):
             if (await handle.query("status", result_type=JobStatus)).entry_id:
@@ -164,8 +187,8 @@ class Recorder:
             await asyncio.sleep(1)
         else:
             raise SystemExit(f"start_silent_host: no result published within {WAIT_S:g} s")
-        await registry.execute_update(FORGET_UPDATE, HostCommand(host=ghost.host_id), result_type=HostView)
-        await registry.execute_update(UNDRAIN_UPDATE, HostCommand(host=real.host_id), result_type=HostView)
+        await fleet.command(FORGET_UPDATE, ghost.host_id)
+        await fleet.command(UNDRAIN_UPDATE, real.host_id)
         await self.finish("start_silent_host", handle, "docker_unavailable")
 
     async def reconcile(self) -> None:
@@ -190,8 +213,7 @@ class Recorder:
                 await container.start()
                 if cmd:
                     await container.wait()
-        registry = self.client.get_workflow_handle(registry_workflow_id(tq))
-        [view] = await registry.query(HOSTS_QUERY, result_type=list[HostView])
+        [view] = await Fleet(self.client, tq).views()
         host = HostRef(host_id=view.host_id, name=view.name, queue=view.queue)
         handle = await self.client.start_workflow(
             RECONCILE_WORKFLOW,

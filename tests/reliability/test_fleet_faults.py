@@ -33,6 +33,7 @@ from tests.support.fleet import (
     run_jobs,
     send,
     send_games,
+    start_on,
     until_stream_holds,
 )
 
@@ -62,7 +63,7 @@ def inversions(done: list[Done]) -> int:
 
 
 async def fits_the_hosts(fleet: Fleet, runs: list[Run], timeout_s: float) -> dict[str, str]:
-    """The verdict (see the module's docstring); also that the registry counts every engine where it
+    """The verdict (see the module's docstring); also that the hosts count every engine where it
     is. Returns the host of each game left with an engine."""
     done = await one_entry_per_run(fleet, runs, timeout_s)
     state = replay_states(done)
@@ -113,8 +114,8 @@ async def test_a_dead_hosts_games_wait_for_it_and_new_games_go_elsewhere(fleet: 
     fleet.settings.update(RTJOBS_HOST_MAX_ENGINES="10", RTJOBS_HOST_WAIT_S=str(HOST_WAIT_S))
     await fleet.start_workers()
     ids = game_ids(6, "a")
-    every_run, first = await run_jobs(fleet, START, ids, FRESH, HANG_S)
-    engines: dict[str, str | None] = {g: r.container_id for g, r in zip(ids, first, strict=True)}
+    every_run, first = await start_on(fleet, {"h1": ids[:2], "h2": ids[2:4], "h3": ids[4:]}, HANG_S)
+    engines: dict[str, str | None] = {g: r.container_id for g, r in first.items()}
     where = await assert_engines_as(fleet, engines)
     waits, comes_back = [g for g in ids if where[g] == "h2"]
 

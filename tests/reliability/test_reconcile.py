@@ -21,9 +21,7 @@ import pytest
 from temporalio.client import ScheduleActionStartWorkflow, ScheduleOverlapPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.fleet import Fleet as TemporalFleet
 from activities.publish import redis_client
-from contract.hosts import DRAIN_UPDATE, UNDRAIN_UPDATE
 from contract.lock import Turn
 from contract.models import LABEL_GAME_ID, LABEL_MANAGED_BY, MANAGED_BY, container_name
 from contract.reconcile import RECONCILE_WORKFLOW, Action, EngineEvent, FindingKind, ReconcileSummary, schedule_id
@@ -38,8 +36,8 @@ from tests.support.fleet import (
     FleetHost,
     fleet_hosts,
     game_ids,
-    run_jobs,
     send,
+    start_on,
 )
 from tests.support.streams import read_entries_at
 
@@ -90,17 +88,9 @@ async def record_of(fleet: Fleet, game_id: str) -> Turn | None:
 
 
 async def on_host(fleet: Fleet, host: str, ids: list[str]) -> dict[str, str]:
-    """Fresh starts of these games, all placed on `host` (the other host drained meanwhile)."""
-    hosts = TemporalFleet(fleet.client, fleet.task_queue)
-    others = [h for h in fleet.hosts if h != host]
-    for other in others:
-        await hosts.command(DRAIN_UPDATE, other)
-    try:
-        _runs, finished = await run_jobs(fleet, START, ids, FRESH, HANG_S)
-    finally:
-        for other in others:
-            await hosts.command(UNDRAIN_UPDATE, other)
-    return {g: r.container_id for g, r in zip(ids, finished, strict=True)}
+    """Fresh starts of these games, all placed on `host`."""
+    _runs, finished = await start_on(fleet, {host: ids}, HANG_S)
+    return {g: r.container_id for g, r in finished.items()}
 
 
 async def reconcile(fleet: Fleet, *args: str, expect_exit: int = 0) -> dict[str, ReconcileSummary]:

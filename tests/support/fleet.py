@@ -34,7 +34,7 @@ from temporalio.testing import WorkflowEnvironment
 from activities.docker_gateway import DockerGateway
 from activities.fleet import Fleet as TemporalFleet
 from activities.hosts import host_marker
-from contract.hosts import HostView
+from contract.hosts import DRAIN_UPDATE, UNDRAIN_UPDATE, HostView
 from contract.lock import Turn, lock_workflow_id
 from contract.models import LABEL_GAME_ID, LABEL_MANAGED_BY, MANAGED_BY, JobResult
 from contract.policies import PUBLISH_ACTIVITY
@@ -368,6 +368,28 @@ async def run_jobs(
     """One job of `kind` per game, all at once; their results once every one has ended."""
     runs = list(await asyncio.gather(*(send(fleet, kind, g, accepted) for g in ids)))
     return runs, await results(runs, timeout_s)
+
+
+async def start_on(
+    fleet: Fleet, per_host: Mapping[str, list[str]], timeout_s: float
+) -> tuple[list[Run], dict[str, JobResult]]:
+    """Fresh starts of each host's games, started while the fleet's other hosts are drained: placement
+    samples hosts at random, so a test that needs games on a given host puts them there."""
+    hosts = TemporalFleet(fleet.client, fleet.task_queue)
+    runs: list[Run] = []
+    finished: dict[str, JobResult] = {}
+    for host, ids in per_host.items():
+        others = [h for h in fleet.hosts if h != host]
+        for other in others:
+            await hosts.command(DRAIN_UPDATE, other)
+        try:
+            started, ended = await run_jobs(fleet, START, ids, FRESH, timeout_s)
+        finally:
+            for other in others:
+                await hosts.command(UNDRAIN_UPDATE, other)
+        runs += started
+        finished.update(zip(ids, ended, strict=True))
+    return runs, finished
 
 
 async def send_games(fleet: Fleet, plan: Mapping[str, list[str]], accepted: frozenset[tuple[str, str]]) -> list[Run]:
