@@ -523,6 +523,10 @@ def build_worker(client: Client, settings: Settings, redis: RedisClient) -> Work
     )
 
 
+# How long the coordination queue's workflows wait for the worker that cached them (the SDK's default: 10 s).
+STICKY_TIMEOUT = timedelta(seconds=3)
+
+
 def build_coordination_worker(client: Client, settings: Settings) -> Worker:
     """The coordination queue's worker: the per-game and per-host workflows, with a workflow
     task slot pool of their own (`contract.lock.coordination_queue` says why), and the lock's holder check."""
@@ -534,6 +538,9 @@ def build_coordination_worker(client: Client, settings: Settings) -> Worker:
         activities=[LockActivities(client, order_settle_s=settings.order_settle_s).game_lock_holder_running],
         graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_timeout_s),
         max_cached_workflows=settings.max_cached_workflows,
+        # A worker killed while it held a game's or host's workflow in its cache: that workflow's next task
+        # (and every query, such as a placement's probe) waits this long before another worker takes it.
+        sticky_queue_schedule_to_start_timeout=STICKY_TIMEOUT,
         # Long-lived: they move to the current build at their next workflow task, or a rollout would never
         # drain; a change to them therefore still needs `workflow.patched` (README: Changing workflow code).
         deployment_config=deployment(settings, VersioningBehavior.AUTO_UPGRADE),

@@ -45,7 +45,11 @@ T = TypeVar("T")
 HOSTS_FRESH_S = 10.0
 # How many hosts' workflows are asked at once when every host is asked.
 FAN_OUT = 64
-QUERY_TIMEOUT = timedelta(seconds=10)
+# A query waits for a worker of the coordination queue; one whose worker just died waits out the
+# sticky queue's timeout first (`STICKY_TIMEOUT` in worker.py, 3 s), hence well above it.
+QUERY_TIMEOUT = timedelta(seconds=20)
+# A placement's probe gives up sooner: another host is sampled instead.
+PROBE_TIMEOUT = timedelta(seconds=3)
 # A per-game workflow run that ended this way lost its record of the game's engine.
 LOST_ENDS = {
     WorkflowExecutionStatus.TERMINATED,
@@ -120,7 +124,9 @@ class Fleet:
     def _handle(self, host_id: str) -> Any:
         return self.client.get_workflow_handle(host_workflow_id(self.task_queue, host_id))
 
-    async def _query(self, host_id: str, query: str, args: Sequence[Any], result_type: type[T]) -> T | None:
+    async def _query(
+        self, host_id: str, query: str, args: Sequence[Any], result_type: type[T], timeout: timedelta = QUERY_TIMEOUT
+    ) -> T | None:
         """The host's workflow's answer; None when it has none running (never reported, or forgotten:
         a closed workflow still answers queries, with its last state)."""
         try:
@@ -129,7 +135,7 @@ class Fleet:
                 args=args,
                 result_type=result_type,
                 reject_condition=QueryRejectCondition.NOT_OPEN,
-                rpc_timeout=QUERY_TIMEOUT,
+                rpc_timeout=timeout,
             )
         except WorkflowQueryRejectedError:
             return None
@@ -152,7 +158,7 @@ class Fleet:
     async def probe(self, host: HostRef, request: ReserveRequest) -> HostProbe | None:
         """The host's load for a placement; None when its workflow is gone or did not answer."""
         try:
-            return await self._query(host.host_id, PROBE_QUERY, [request], HostProbe)
+            return await self._query(host.host_id, PROBE_QUERY, [request], HostProbe, PROBE_TIMEOUT)
         except RPCError:
             return None
 
