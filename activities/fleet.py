@@ -125,7 +125,12 @@ class Fleet:
         return self.client.get_workflow_handle(host_workflow_id(self.task_queue, host_id))
 
     async def _query(
-        self, host_id: str, query: str, args: Sequence[Any], result_type: type[T], timeout: timedelta = QUERY_TIMEOUT
+        self,
+        host_id: str,
+        query: str,
+        args: Sequence[Any],
+        result_type: type[T],
+        rpc_timeout: timedelta = QUERY_TIMEOUT,
     ) -> T | None:
         """The host's workflow's answer; None when it has none running (never reported, or forgotten:
         a closed workflow still answers queries, with its last state)."""
@@ -135,7 +140,7 @@ class Fleet:
                 args=args,
                 result_type=result_type,
                 reject_condition=QueryRejectCondition.NOT_OPEN,
-                rpc_timeout=timeout,
+                rpc_timeout=rpc_timeout,
             )
         except WorkflowQueryRejectedError:
             return None

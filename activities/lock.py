@@ -34,7 +34,9 @@ log = logging.getLogger("rtjobs.lock")
 
 # How the server refuses an update it will not take now: too many in flight (RESOURCE_EXHAUSTED); and,
 # should a run reach its total (`history.maxTotalUpdates`, which the game's workflow avoids by continuing
-# as new when the server suggests it), FAILED_PRECONDITION. Either way the request is queued by signal.
+# as new when the server suggests it), FAILED_PRECONDITION ("The limit on the total number of distinct
+# updates in this workflow has been reached", seen from the dev server of Temporal 1.32). Either way the
+# request is queued by signal.
 UPDATE_REFUSED = {RPCStatusCode.RESOURCE_EXHAUSTED, RPCStatusCode.FAILED_PRECONDITION}
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -100,13 +101,21 @@ class PlacementActivities:
         for host_id in request.absent_on:
             # The job found no container there: the host's report (if it lists the game) is stale.
             await self._tell(task_queue, EngineChanged(game_id=request.game_id, host_id=host_id, present=False))
-        if request.lost or request.absent_on or await fleet.lock_ended_lost(request.game_id):
-            found = await fleet.find(request.game_id, exclude=request.absent_on)
-            if found or not request.create:
-                return PlaceAnswer(found=found, live_hosts=len(found))
-        elif not request.create:
+        if request.lost or request.absent_on:
+            found = await self._find(fleet, request)
+            return found or await self._choose(fleet, request)
+        if not request.create:
+            if await fleet.lock_ended_lost(request.game_id):
+                return await self._find(fleet, request) or PlaceAnswer()
             return PlaceAnswer()
-        return await self._choose(fleet, request)
+        # Whether the game's previous workflow run lost its record is asked while the first hosts are
+        # probed: nothing is reserved before the answer is in.
+        return await self._choose(fleet, request, lost=fleet.lock_ended_lost(request.game_id))
+
+    async def _find(self, fleet: Fleet, request: PlaceRequest) -> PlaceAnswer | None:
+        """The hosts that have the game, asked one by one; None when none has (or for a start: place it)."""
+        found = await fleet.find(request.game_id, exclude=request.absent_on)
+        return PlaceAnswer(found=found, live_hosts=len(found)) if found or not request.create else None
 
     @activity.defn(name=HOST_LIVENESS_ACTIVITY)
     async def host_liveness(self, host: HostRef) -> HostLiveness:
@@ -124,7 +133,8 @@ class PlacementActivities:
 
     # --- choosing a host -----------------------------------------------------------------------------
 
-    async def _choose(self, fleet: Fleet, request: PlaceRequest) -> PlaceAnswer:
+    async def _choose(self, fleet: Fleet, request: PlaceRequest, *, lost: Awaitable[bool] | None = None) -> PlaceAnswer:
+        """`lost`: whether to look for the game on every host first, awaited with the first probes."""
         hosts = await fleet.hosts()
         if not hosts:
             hosts = await fleet.hosts(fresh=True)
@@ -132,9 +142,21 @@ class PlacementActivities:
         # Drawn from the job: its retry samples the same hosts, and finds its own reservation.
         rng = random.Random(f"{request.job}/{request.game_id}")
         order = rng.sample(range(len(hosts)), min(len(hosts), 2 * PROBE_ROUNDS))
+        if not order and lost is not None and await lost:
+            return await self._find(fleet, request) or await self._choose(fleet, request)
         for start in range(0, len(order), 2):
             pair = [hosts[i] for i in order[start : start + 2]]
-            probes = [p for p in await asyncio.gather(*(fleet.probe(h, ask) for h in pair)) if p is not None]
+            asked = [fleet.probe(h, ask) for h in pair]
+            if lost is not None:
+                *answers, was_lost = await asyncio.gather(*asked, lost)
+                lost = None
+                if was_lost:
+                    found = await self._find(fleet, request)
+                    if found is not None:
+                        return found
+            else:
+                answers = list(await asyncio.gather(*asked))
+            probes = [p for p in answers if isinstance(p, HostProbe)]
             for probe in probes:
                 if probe.has_game:  # the host has the game, though its record said no engine: use it
                     return PlaceAnswer(found=[probe.host], live_hosts=1)
@@ -219,6 +241,8 @@ class PlacementActivities:
             except RPCError as err:
                 if err.status == RPCStatusCode.NOT_FOUND:  # forgotten meanwhile: no place there
                     return [ReserveAnswer(why="the host was forgotten") for _ in requests]
+                if err.status == RPCStatusCode.FAILED_PRECONDITION:  # its run took every update it may
+                    return [ReserveAnswer(why="the host takes no more updates in this run") for _ in requests]
                 if err.status != RPCStatusCode.RESOURCE_EXHAUSTED:
                     raise
             refused += 1
