@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowQueryRejectedError
+from temporalio.client import Client, WorkflowQueryRejectedError
 from temporalio.common import QueryRejectCondition, WorkflowIDReusePolicy
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -37,26 +37,22 @@ from contract.hosts import (
     host_queue,
     host_workflow_id,
 )
-from contract.lock import LOCK_WORKFLOW, coordination_queue, lock_workflow_id
+from contract.lock import coordination_queue
 
 T = TypeVar("T")
 
-# How long a worker trusts its list of the fleet's hosts (a new host is sampled after at most this).
-HOSTS_FRESH_S = 10.0
+# How long a worker trusts its list of the fleet's hosts (a new host is sampled after at most this; a
+# placement that finds no room in its samples lists them afresh). The listing is a visibility call, which
+# the server limits (`frontend.namespaceRPS.visibility`, 10 a second by default): a fleet's workers that
+# place games list about workers / 60 times a second.
+HOSTS_FRESH_S = 60.0
 # How many hosts' workflows are asked at once when every host is asked.
 FAN_OUT = 64
 # A query waits for a worker of the coordination queue; one whose worker just died waits out the
 # sticky queue's timeout first (`STICKY_TIMEOUT` in worker.py, 3 s), hence well above it.
-QUERY_TIMEOUT = timedelta(seconds=20)
+QUERY_TIMEOUT = timedelta(seconds=10)
 # A placement's probe gives up sooner: another host is sampled instead.
 PROBE_TIMEOUT = timedelta(seconds=3)
-# A per-game workflow run that ended this way lost its record of the game's engine.
-LOST_ENDS = {
-    WorkflowExecutionStatus.TERMINATED,
-    WorkflowExecutionStatus.FAILED,
-    WorkflowExecutionStatus.TIMED_OUT,
-    WorkflowExecutionStatus.CANCELED,
-}
 
 
 class UnknownHost(Exception):
@@ -178,19 +174,6 @@ class Fleet:
     async def has_games(self, host: HostRef, game_ids: Sequence[str]) -> list[str]:
         """Which of the games the host's report lists ([] when its workflow is gone)."""
         return await self._query(host.host_id, HAS_GAMES_QUERY, [list(game_ids)], list[str]) or []
-
-    async def lock_ended_lost(self, game_id: str) -> bool:
-        """Whether the game's workflow's last run before the current one ended without its record (an
-        operator terminated it, say): its next start must look for the engine on the hosts."""
-        runs = [
-            w
-            async for w in self.client.list_workflows(
-                f"WorkflowId = '{lock_workflow_id(game_id, self.task_queue)}' AND WorkflowType = '{LOCK_WORKFLOW}'",
-                rpc_timeout=QUERY_TIMEOUT,
-            )
-        ]
-        closed = sorted((w for w in runs if w.status != WorkflowExecutionStatus.RUNNING), key=lambda w: w.start_time)
-        return bool(closed) and closed[-1].status in LOST_ENDS
 
     async def command(self, action: str, name_or_id: str) -> HostView:
         """An operator's drain/undrain/forget, sent to the one host of that name or id."""

@@ -10,6 +10,7 @@ from typing import Any, cast
 from temporalio import activity
 from temporalio.client import Client, WithStartWorkflowOperation, WorkflowExecutionStatus, WorkflowQueryRejectedError
 from temporalio.common import QueryRejectCondition, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.with_start import execute_update_with_start
@@ -38,6 +39,18 @@ log = logging.getLogger("rtjobs.lock")
 # updates in this workflow has been reached", seen from the dev server of Temporal 1.32). Either way the
 # request is queued by signal.
 UPDATE_REFUSED = {RPCStatusCode.RESOURCE_EXHAUSTED, RPCStatusCode.FAILED_PRECONDITION}
+
+# How a game's workflow is started when it has no open run, tried in this order: the server's id reuse
+# policies tell its last run's end apart, with no listing (the server rate-limits visibility calls, 10 a
+# second a namespace by default). No run ever (within the namespace's retention): a new game. A last run
+# that was terminated, failed or timed out: its record of the engine is lost (the next job asks every
+# host). A last run that ended on its own: the game has no engine (a run with one, or that lost track of
+# one, never ends idle).
+FRESH_RUNS = (
+    (WorkflowIDReusePolicy.REJECT_DUPLICATE, False),
+    (WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY, True),
+    (WorkflowIDReusePolicy.ALLOW_DUPLICATE, False),
+)
 
 
 class TurnSignals:
@@ -83,17 +96,8 @@ class LockActivities:
         get the answer stored in a terminated run instead of asking the new one."""
         await self._settle(request)
         task_queue = activity.info().task_queue
-        start = WithStartWorkflowOperation(
-            GameLock.run,
-            LockState(game_id=request.game_id),
-            id=lock_workflow_id(request.game_id, task_queue),
-            task_queue=coordination_queue(task_queue),
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-            static_summary=f"serialises the runtime jobs of game {request.game_id} and remembers its host",
-        )
         try:
-            turn = await execute_update_with_start(self._client, TAKE_TURN_UPDATE, request, start, Turn)
+            turn = await self._update_with_start(request, task_queue)
         except RPCError as err:
             if err.status not in UPDATE_REFUSED:
                 raise
@@ -104,6 +108,23 @@ class LockActivities:
             await self._signal_with_start(request, task_queue, coordination_queue(task_queue))
             turn = Turn(granted=False)
         return turn.model_copy(update={"host_wait_s": self._host_wait_s})
+
+    async def _update_with_start(self, request: LockRequest, task_queue: str) -> Turn:
+        for reuse, lost in FRESH_RUNS:
+            start = WithStartWorkflowOperation(
+                GameLock.run,
+                LockState(game_id=request.game_id, placement_lost=lost),
+                id=lock_workflow_id(request.game_id, task_queue),
+                task_queue=coordination_queue(task_queue),
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                id_reuse_policy=reuse,
+                static_summary=f"serialises the runtime jobs of game {request.game_id} and remembers its host",
+            )
+            try:
+                return await execute_update_with_start(self._client, TAKE_TURN_UPDATE, request, start, Turn)
+            except WorkflowAlreadyStartedError:
+                continue  # a closed run this policy does not start after: the next one does
+        raise RuntimeError(f"the workflow of game {request.game_id} could be neither joined nor started")
 
     @activity.defn(name=TAKE_TURN_AGAIN_ACTIVITY)
     async def take_game_turn_again(self, request: LockRequest) -> Turn:
@@ -129,16 +150,21 @@ class LockActivities:
         return known.model_copy(update={"host_wait_s": self._host_wait_s})
 
     async def _signal_with_start(self, request: LockRequest, task_queue: str, runs_on: str) -> None:
-        await self._client.start_workflow(
-            GameLock.run,
-            LockState(game_id=request.game_id),
-            id=lock_workflow_id(request.game_id, task_queue),
-            task_queue=runs_on,
-            start_signal=ACQUIRE_SIGNAL,
-            start_signal_args=[request],
-            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-            static_summary=f"serialises the runtime jobs of game {request.game_id}",
-        )
+        for reuse, lost in FRESH_RUNS:
+            try:
+                await self._client.start_workflow(
+                    GameLock.run,
+                    LockState(game_id=request.game_id, placement_lost=lost),
+                    id=lock_workflow_id(request.game_id, task_queue),
+                    task_queue=runs_on,
+                    start_signal=ACQUIRE_SIGNAL,
+                    start_signal_args=[request],
+                    id_reuse_policy=reuse,
+                    static_summary=f"serialises the runtime jobs of game {request.game_id}",
+                )
+                return
+            except WorkflowAlreadyStartedError:
+                continue
 
     @activity.defn(name=HOLDER_RUNNING_ACTIVITY)
     async def game_lock_holder_running(self, check: HolderCheck) -> bool:

@@ -11,7 +11,9 @@ same hosts and finds its own reservation ("chosen" again). Only when `PROBE_ROUN
 room is every host asked, to place the game if any host has room or to say truly why none has.
 
 A game without a placement record has no engine (its workflow knows of none), unless the record was
-lost: then, and only then, every host is asked whether it has the game (`Fleet.find`).
+lost (`PlaceRequest.lost`: a job that could not tell what it did, or a game's workflow terminated, told
+apart when its next run starts, `activities/lock.py`): then, and only then, every host is asked
+whether it has the game (`Fleet.find`).
 
 The reservations this worker's starts ask of one host while an update to it is in flight go
 together in the next (`reserve` takes a batch): the server holds at most 10 updates of a workflow
@@ -23,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -105,12 +106,8 @@ class PlacementActivities:
             found = await self._find(fleet, request)
             return found or await self._choose(fleet, request)
         if not request.create:
-            if await fleet.lock_ended_lost(request.game_id):
-                return await self._find(fleet, request) or PlaceAnswer()
-            return PlaceAnswer()
-        # Whether the game's previous workflow run lost its record is asked while the first hosts are
-        # probed: nothing is reserved before the answer is in.
-        return await self._choose(fleet, request, lost=fleet.lock_ended_lost(request.game_id))
+            return PlaceAnswer()  # the game's workflow knows of no engine, and lost none: there is none
+        return await self._choose(fleet, request)
 
     async def _find(self, fleet: Fleet, request: PlaceRequest) -> PlaceAnswer | None:
         """The hosts that have the game, asked one by one; None when none has (or for a start: place it)."""
@@ -133,8 +130,7 @@ class PlacementActivities:
 
     # --- choosing a host -----------------------------------------------------------------------------
 
-    async def _choose(self, fleet: Fleet, request: PlaceRequest, *, lost: Awaitable[bool] | None = None) -> PlaceAnswer:
-        """`lost`: whether to look for the game on every host first, awaited with the first probes."""
+    async def _choose(self, fleet: Fleet, request: PlaceRequest) -> PlaceAnswer:
         hosts = await fleet.hosts()
         if not hosts:
             hosts = await fleet.hosts(fresh=True)
@@ -142,20 +138,9 @@ class PlacementActivities:
         # Drawn from the job: its retry samples the same hosts, and finds its own reservation.
         rng = random.Random(f"{request.job}/{request.game_id}")
         order = rng.sample(range(len(hosts)), min(len(hosts), 2 * PROBE_ROUNDS))
-        if not order and lost is not None and await lost:
-            return await self._find(fleet, request) or await self._choose(fleet, request)
         for start in range(0, len(order), 2):
             pair = [hosts[i] for i in order[start : start + 2]]
-            asked = [fleet.probe(h, ask) for h in pair]
-            if lost is not None:
-                *answers, was_lost = await asyncio.gather(*asked, lost)
-                lost = None
-                if was_lost:
-                    found = await self._find(fleet, request)
-                    if found is not None:
-                        return found
-            else:
-                answers = list(await asyncio.gather(*asked))
+            answers = await asyncio.gather(*(fleet.probe(h, ask) for h in pair))
             probes = [p for p in answers if isinstance(p, HostProbe)]
             for probe in probes:
                 if probe.has_game:  # the host has the game, though its record said no engine: use it

@@ -16,7 +16,6 @@ import redis.asyncio as aioredis
 from temporalio.client import Client, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 
-from activities.fleet import Fleet
 from contract.engine import DOCKER_UNAVAILABLE_TYPE, EngineOutcome
 from contract.lock import Turn, lock_workflow_id
 from contract.models import JobResult
@@ -56,10 +55,10 @@ async def test_a_stop_after_its_games_workflow_was_terminated_finds_the_engine_o
         await lock.terminate(reason="test: the record is lost")
 
         stopped = await run(client, task_queue, "StopRuntimeJob", gid)
-        lost = await Fleet(client, task_queue).lock_ended_lost(gid)
+        record = await lock.query("placement", result_type=Turn)
     assert stopped == JobResult.fresh_success(gid, f"cid-{gid}"), stopped
     assert engine.calls == [f"start:{gid}", f"stop:{gid}"]
-    assert lost  # (what sent the stop to the hosts: the run before the current one was terminated)
+    assert (record.placement_known, record.placement, record.placement_lost) == (True, None, False)
 
 
 async def test_a_job_that_could_not_tell_what_it_did_leaves_the_record_lost_and_the_next_stop_finds_it(
