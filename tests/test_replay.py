@@ -49,12 +49,14 @@ EXPECTED: dict[str, str | None] = {
 LOCK_HISTORIES = {"game_lock", "game_lock_continued"}
 LONG_LIVED = {"reconcile"}
 # Recorded from the version that introduced them...
-INTRODUCED: dict[str, str] = {"host_registry": "1.0", "host": "1.1"}
+INTRODUCED: dict[str, str] = {"host_registry": "1.0", "host": "1.1", "game_lock_lost": "1.1"}
 # ...up to the last version that had them (1.0's fleet-wide registry gave way to one workflow per host).
 RETIRED_AFTER: dict[str, str] = {"host_registry": "1.0"}
 FIRST = "1.0"
 # The patch each version after 1.0 introduced (workflows/patches.py), and the histories that must ask it.
-PATCHED_IN = {"1.1": ("1.1-host-workflows", {"start_fresh", "stop_fresh", "start_together_first", "reconcile"})}
+PATCHED_IN = {
+    "1.1": ("1.1-host-workflows", {"start_fresh", "stop_fresh", "start_together_first", "reconcile", "game_lock_lost"})
+}
 
 
 def version_key(version: str) -> tuple[int, ...]:
@@ -129,6 +131,19 @@ def test_a_later_version_records_its_patch(version: str) -> None:
     patch, names = PATCHED_IN[version]
     for name in sorted(names):
         assert patch in _markers(load(name, version).events), (version, name)
+
+
+def test_a_game_workflow_that_lost_its_record_stays() -> None:
+    """1.1: the silent host's game, its clean-up ended by a forget: its workflow holds that its record
+    is lost and waits for the next job instead of ending when idle (a new run would take the game for one
+    without an engine)."""
+    events = load("game_lock_lost", "1.1").events
+    closing = {
+        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED,
+        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW,
+    }
+    assert not any(e.event_type in closing for e in events)
+    assert not any(e.event_type == EventType.EVENT_TYPE_TIMER_STARTED for e in events[-4:])
 
 
 def test_the_first_shape_carries_no_patch() -> None:

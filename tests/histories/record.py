@@ -40,7 +40,7 @@ from contract.hosts import (
     host_queue,
     host_workflow_id,
 )
-from contract.lock import lock_workflow_id
+from contract.lock import Turn, lock_workflow_id
 from contract.models import LABEL_GAME_ID, LABEL_MANAGED_BY, MANAGED_BY, JobResult, JobStatus, container_name
 from contract.reconcile import RECONCILE_WORKFLOW, ReconcileRequest, ReconcileSummary
 from contract.settings import Settings
@@ -63,11 +63,14 @@ Handle = WorkflowHandle[Any, Any]
 class Recorder:
     """Runs the scenarios on one worker and writes `{name}.json` for each recorded run."""
 
-    def __init__(self, client: Client, engine: DockerEngine, settings: Settings, out: Path) -> None:
+    def __init__(
+        self, client: Client, engine: DockerEngine, settings: Settings, out: Path, only: set[str] | None = None
+    ) -> None:
         self.client = client
         self.engine = engine
         self.settings = settings
         self.out = out
+        self.only = only  # `--add`: the histories to write (every scenario still runs, in its order)
         self.games: list[str] = []
 
     def game(self) -> str:
@@ -75,6 +78,8 @@ class Recorder:
         return self.games[-1]
 
     async def save(self, name: str, handle: Handle) -> None:
+        if self.only is not None and name not in self.only:
+            return
         history = await handle.fetch_history()
         text = json.dumps(json.loads(history.to_json()), indent=1, sort_keys=True) + "\n"
         (self.out / f"{name}.json").write_text(text)
@@ -190,6 +195,13 @@ class Recorder:
         await fleet.command(FORGET_UPDATE, ghost.host_id)
         await fleet.command(UNDRAIN_UPDATE, real.host_id)
         await self.finish("start_silent_host", handle, "docker_unavailable")
+        # (From 1.1.) Its game's workflow: the clean-up ended with the host forgotten, so the record of
+        # the engine is lost, and the workflow stays with that (1.0: it ended when idle).
+        lock = self.client.get_workflow_handle(lock_workflow_id(gid, tq))
+        record = await lock.query("placement", result_type=Turn)
+        if not record.placement_lost:
+            raise SystemExit(f"game_lock_lost: the record is not lost: {record}")
+        await self.save("game_lock_lost", lock)
 
     async def reconcile(self) -> None:
         """(From v4.) A host with a stopped container of ours, a running engine without record and a
@@ -228,7 +240,7 @@ class Recorder:
         await self.save("reconcile", handle)
 
 
-async def lock_continued(engine: DockerEngine, out: Path) -> None:
+async def lock_continued(engine: DockerEngine, out: Path, only: set[str] | None = None) -> None:
     """The game's workflow continuing as new between turns with waiters: on a server that allows a run
     3 updates (`history.maxTotalUpdates`), it is told to continue as new after the first take_turn
     updates; three jobs queued behind a slow start are carried into the next run."""
@@ -240,7 +252,7 @@ async def lock_continued(engine: DockerEngine, out: Path) -> None:
         dev_server_extra_args=dynamic_config_args(["history.maxTotalUpdates=3"]),
     )
     settings = recording_settings(engine)
-    recorder = Recorder(env.client, engine, settings, out)
+    recorder = Recorder(env.client, engine, settings, out, only)
     tq = settings.task_queue
     try:
         async with real_worker(env.client, settings):
@@ -292,7 +304,7 @@ async def cleanup(engine: DockerEngine, recorder: Recorder, settings: Settings) 
     await redis.aclose()
 
 
-async def main(out: Path) -> None:
+async def main(out: Path, only: set[str] | None = None) -> None:
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(temporal_cli()),
         data_converter=pydantic_data_converter,
@@ -301,12 +313,13 @@ async def main(out: Path) -> None:
     )
     engine = await acquire_engine()
     settings = recording_settings(engine)
-    recorder = Recorder(env.client, engine, settings, out)
+    recorder = Recorder(env.client, engine, settings, out, only)
     try:
         async with real_worker(env.client, settings):
             await recorder.run()
         await cleanup(engine, recorder, settings)
-        await lock_continued(engine, out)
+        if only is None or "game_lock_continued" in only:
+            await lock_continued(engine, out, only)
     finally:
         await cleanup(engine, recorder, settings)
         await engine.close()
@@ -318,13 +331,32 @@ def write_checksums(out: Path) -> None:
     (out.parent / f"{out.name}.sha256").write_text("".join(lines))
 
 
+USAGE = """usage: python -m tests.histories.record VERSION [--add NAME ...]
+  VERSION   MAJOR.MINOR, e.g. 1.2: a new version, every history recorded
+  --add     histories a version lacks, added beside its others (which are never rewritten)"""
+
 if __name__ == "__main__":
-    if len(sys.argv) != 2 or not re.fullmatch(r"[1-9][0-9]*\.[0-9]+", sys.argv[1]):
-        raise SystemExit("usage: python -m tests.histories.record VERSION   (MAJOR.MINOR, e.g. 1.1)")
-    target = HERE / sys.argv[1]
-    if target.exists():
+    args = sys.argv[1:]
+    if not args or not re.fullmatch(r"[1-9][0-9]*\.[0-9]+", args[0]) or (len(args) > 1 and args[1] != "--add"):
+        raise SystemExit(USAGE)
+    target = HERE / args[0]
+    add = set(args[2:])
+    if len(args) > 1 and not add:
+        raise SystemExit(USAGE)
+    if add:
+        there = sorted(n for n in add if (target / f"{n}.json").exists())
+        if not target.is_dir() or there:
+            raise SystemExit(f"--add: {target} does not exist, or already has {there}: histories are never replaced")
+        before = {p.name: p.read_bytes() for p in target.glob("*.json")}
+    elif target.exists():
         raise SystemExit(f"{target} exists: released histories are never replaced; record a new version")
-    target.mkdir()
-    asyncio.run(main(target))
+    else:
+        target.mkdir()
+    asyncio.run(main(target, add or None))
+    if add and ({p.name: p.read_bytes() for p in target.glob("*.json") if p.name in before} != before):
+        raise SystemExit("--add rewrote a history that was there: restore it from git")
+    missing = sorted(n for n in add if not (target / f"{n}.json").exists())
+    if missing:
+        raise SystemExit(f"--add: no scenario records {missing}")
     write_checksums(target)
     os._exit(0)  # temporalio's core can abort at interpreter exit (sdk-python issue #300)

@@ -21,6 +21,7 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from activities.docker_gateway import DockerGateway
+from activities.fleet import Fleet as TemporalFleet
 from activities.hosts import (
     HOST_ID_LABEL,
     HOST_VOLUME,
@@ -29,7 +30,6 @@ from activities.hosts import (
     host_marker,
     identify_host,
 )
-from contract.hosts import HostView, registry_workflow_id
 from contract.models import LABEL_GAME_ID, LABEL_MANAGED_BY, MANAGED_BY, ErrorCode
 from contract.settings import Settings
 from tests.support.docker_engine import EngineUnavailable, PrivateDockerd, import_image, rootfs_tar, static_busybox
@@ -46,6 +46,7 @@ from tests.support.fleet import (
     game_ids,
     one_entry_per_run,
     run_jobs,
+    start_on,
 )
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -77,12 +78,6 @@ async def twin_fleet(
         await made.close()
 
 
-async def registry_views(fleet: Fleet) -> list[HostView]:
-    handle = fleet.client.get_workflow_handle(registry_workflow_id(fleet.task_queue))
-    views: list[HostView] = await handle.query("hosts", result_type=list[HostView])
-    return views
-
-
 async def test_two_engines_sharing_a_key_file_and_a_name_are_two_hosts_each_serving_its_own_games(
     twin_fleet: Fleet,
 ) -> None:
@@ -93,14 +88,14 @@ async def test_two_engines_sharing_a_key_file_and_a_name_are_two_hosts_each_serv
     fleet.settings["RTJOBS_HOST_MAX_ENGINES"] = "4"
     await asyncio.gather(*(fleet.start_worker(h, RTJOBS_HOST_NAME=TWIN_NAME) for h in ("a", "b")))
 
-    views = await registry_views(fleet)
+    views = await TemporalFleet(fleet.client, fleet.task_queue).views()
     assert sorted(v.host_id for v in views) == sorted([a.host_id, b.host_id]), views
     assert len({v.queue for v in views}) == 2 and all(v.name == TWIN_NAME for v in views), views
     print(f"\n[shared key {a.engine_id}] host ids: a={a.host_id} b={b.host_id}")
 
     ids = game_ids(4, "twin")
-    start_runs, started = await run_jobs(fleet, START, ids, FRESH, HANG_S)
-    engines = {g: r.container_id for g, r in zip(ids, started, strict=True)}
+    start_runs, started = await start_on(fleet, {"a": ids[:2], "b": ids[2:]}, HANG_S)
+    engines = {g: r.container_id for g, r in started.items()}
     on_host = {e.game_id: e.host for e in await fleet.engines() if e.game_id in engines}
     assert sorted(on_host) == sorted(ids) and set(on_host.values()) == {"a", "b"}, on_host
     for game_id in ids:  # each game's own workflow names the host whose engine runs it
@@ -117,7 +112,7 @@ async def test_two_engines_sharing_a_key_file_and_a_name_are_two_hosts_each_serv
 
 async def test_a_host_whose_marker_was_removed_takes_back_its_id_from_the_games_it_runs(twin_fleet: Fleet) -> None:
     """A pruned marker (or an upgrade from the release keyed by the engine ID): the worker finds its
-    engines' games in the registry and keeps their host's id and queue, so their jobs still reach it."""
+    engines' games on the fleet's hosts and keeps their host's id and queue, so their jobs still reach it."""
     fleet = twin_fleet
     a = fleet.hosts["a"]
     await fleet.start_worker("a")

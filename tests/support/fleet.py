@@ -379,7 +379,7 @@ async def start_on(
     runs: list[Run] = []
     finished: dict[str, JobResult] = {}
     for host, ids in per_host.items():
-        others = [h for h in fleet.hosts if h != host]
+        others = [fleet.hosts[h].host_id for h in fleet.hosts if h != host]  # (ids: names may be shared)
         for other in others:
             await hosts.command(DRAIN_UPDATE, other)
         try:
