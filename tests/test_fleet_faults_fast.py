@@ -19,8 +19,6 @@ from typing import Any
 import redis.asyncio as aioredis
 from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 
 from activities.fleet import Fleet, send_report
 from contract.engine import ENSURE_RUNNING_ACTIVITY, EngineOutcome, EnsureEngineRunning
@@ -34,11 +32,9 @@ from contract.hosts import (
 )
 from contract.lock import GRANT_SIGNAL, Turn, lock_workflow_id
 from contract.models import JobResult, JobStatus
-from tests.support.binaries import temporal_cli
 from tests.support.stand_ins import STAND_IN_HOST, StandInEngine, job_worker
 from tests.support.streams import read_entries
-from worker import dynamic_config_args
-from workflows.search import SEARCH_ATTRIBUTE_KEYS
+from tests.support.temporal_server import start_dev_server
 
 # Not a speed bound: how long a wait may last before the test calls it a hang.
 HANG_S = 180.0
@@ -250,13 +246,7 @@ async def test_the_games_workflow_continues_as_new_before_it_runs_out_of_updates
     """With `history.maxTotalUpdates` at 3 the server suggests continuing as new as a run's updates near
     the limit; the game's workflow does so between turns, so six jobs in a row are all served (each
     take_turn is an update)."""
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=str(temporal_cli()),
-        data_converter=pydantic_data_converter,
-        search_attributes=SEARCH_ATTRIBUTE_KEYS,
-        dev_server_log_level="error",
-        dev_server_extra_args=dynamic_config_args(["history.maxTotalUpdates=3"]),
-    )
+    env = await start_dev_server(["history.maxTotalUpdates=3"])
     task_queue, gid, engine = f"tq-{uuid.uuid4().hex[:8]}", game(), StandInEngine()
     try:
         async with job_worker(env.client, task_queue, redis_url, stream, engine):

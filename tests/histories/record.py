@@ -26,8 +26,6 @@ from typing import Any
 
 import aiodocker
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 
 from activities.fleet import Fleet, send_report
 from activities.publish import redis_client
@@ -45,12 +43,10 @@ from contract.models import LABEL_GAME_ID, LABEL_MANAGED_BY, MANAGED_BY, JobResu
 from contract.reconcile import RECONCILE_WORKFLOW, ReconcileRequest, ReconcileSummary
 from contract.settings import Settings
 from starter import START_WORKFLOW, new_job_id, start_job, start_workflow_id, stop_job
-from tests.support.binaries import temporal_cli
 from tests.support.docker_engine import DockerEngine, acquire_engine
 from tests.support.job_worker import e2e_settings, real_worker, remove_game_containers, until_running_container
 from tests.support.stand_ins import until_listed
-from worker import dynamic_config_args
-from workflows.search import SEARCH_ATTRIBUTE_KEYS
+from tests.support.temporal_server import start_dev_server
 
 HERE = Path(__file__).resolve().parent
 WAIT_S = 120.0
@@ -244,13 +240,7 @@ async def lock_continued(engine: DockerEngine, out: Path, only: set[str] | None 
     """The game's workflow continuing as new between turns with waiters: on a server that allows a run
     3 updates (`history.maxTotalUpdates`), it is told to continue as new after the first take_turn
     updates; three jobs queued behind a slow start are carried into the next run."""
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=str(temporal_cli()),
-        data_converter=pydantic_data_converter,
-        search_attributes=SEARCH_ATTRIBUTE_KEYS,
-        dev_server_log_level="error",
-        dev_server_extra_args=dynamic_config_args(["history.maxTotalUpdates=3"]),
-    )
+    env = await start_dev_server(["history.maxTotalUpdates=3"])
     settings = recording_settings(engine)
     recorder = Recorder(env.client, engine, settings, out, only)
     tq = settings.task_queue
@@ -305,12 +295,7 @@ async def cleanup(engine: DockerEngine, recorder: Recorder, settings: Settings) 
 
 
 async def main(out: Path, only: set[str] | None = None) -> None:
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=str(temporal_cli()),
-        data_converter=pydantic_data_converter,
-        search_attributes=SEARCH_ATTRIBUTE_KEYS,
-        dev_server_log_level="error",
-    )
+    env = await start_dev_server()
     engine = await acquire_engine()
     settings = recording_settings(engine)
     recorder = Recorder(env.client, engine, settings, out, only)

@@ -45,6 +45,7 @@ from tests.support.fleet import (
     fleet_hosts,
     game_ids,
     one_entry_per_run,
+    open_fleet,
     run_jobs,
     start_on,
 )
@@ -69,13 +70,8 @@ async def twin_daemons() -> AsyncIterator[dict[str, FleetHost]]:
 async def twin_fleet(
     twin_daemons: dict[str, FleetHost], temporal_env: WorkflowEnvironment, redis_url: str, task_queue: str, stream: str
 ) -> AsyncIterator[Fleet]:
-    made = Fleet(
-        hosts=twin_daemons, client=temporal_env.client, task_queue=task_queue, stream=stream, redis_url=redis_url
-    )
-    try:
+    async with open_fleet(twin_daemons, temporal_env, redis_url, task_queue, stream) as made:
         yield made
-    finally:
-        await made.close()
 
 
 async def test_two_engines_sharing_a_key_file_and_a_name_are_two_hosts_each_serving_its_own_games(

@@ -308,6 +308,19 @@ async def remove_engines(host: FleetHost) -> None:
                 await container.delete(force=True, v=True)
 
 
+@contextlib.asynccontextmanager
+async def open_fleet(
+    hosts: dict[str, FleetHost], temporal_env: WorkflowEnvironment, redis_url: str, task_queue: str, stream: str
+) -> AsyncIterator[Fleet]:
+    """A fleet on these hosts with no worker yet (the test sets `fleet.settings` first), closed whatever
+    happens: its workers killed and its jobs' containers removed, the daemons left for the next test."""
+    made = Fleet(hosts=hosts, client=temporal_env.client, task_queue=task_queue, stream=stream, redis_url=redis_url)
+    try:
+        yield made
+    finally:
+        await made.close()
+
+
 # --- fixtures (imported by the fleet's test modules) -------------------------------------------------
 
 
@@ -331,13 +344,8 @@ async def fleet_fixture(
 ) -> AsyncIterator[Fleet]:
     """The test's fleet: its own task queue (so its own registry and host queues) and stream; no worker
     yet (the test sets `fleet.settings` first)."""
-    made = Fleet(
-        hosts=fleet_daemons, client=temporal_env.client, task_queue=task_queue, stream=stream, redis_url=redis_url
-    )
-    try:
+    async with open_fleet(fleet_daemons, temporal_env, redis_url, task_queue, stream) as made:
         yield made
-    finally:
-        await made.close()
 
 
 def game_ids(count: int, label: str = "g") -> list[str]:

