@@ -100,17 +100,24 @@ def is_valid_image_ref(value: str) -> bool:
     return len(name) <= MAX_IMAGE_NAME_LENGTH
 
 
+def shown(value: str, limit: int = 80) -> str:
+    """A bad value as an error message quotes it: at most `limit` characters of its repr (one astral
+    character is ten, `\\U000d391f`), so the message still has room to name every other bad field."""
+    quoted = repr(value[:limit])
+    return quoted if len(quoted) <= limit else quoted[: limit - 2] + "…" + quoted[-1]
+
+
 def _check_game_id(value: str) -> str:
     if not is_valid_game_id(value):
         raise ValueError(
-            f"must be 1-51 characters of a-z, 0-9 and '-', neither first nor last a '-' (got {value[:80]!r})"
+            f"must be 1-51 characters of a-z, 0-9 and '-', neither first nor last a '-' (got {shown(value)})"
         )
     return value
 
 
 def _check_image_ref(value: str) -> str:
     if not is_valid_image_ref(value):
-        raise ValueError(f"is not a valid image reference name[:tag][@digest] (got {value[:80]!r})")
+        raise ValueError(f"is not a valid image reference name[:tag][@digest] (got {shown(value)})")
     return value
 
 

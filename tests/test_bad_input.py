@@ -487,6 +487,12 @@ NO_GAME_ID = None  # the run must fail: there is no game to publish for
         (STOP, {"game_id": "g-1", "stop_timeout_s": True}, ("stop_timeout_s",)),
         (STOP, {"game_id": "g-1", "stop_timeout_s": 2.5}, ("stop_timeout_s",)),
         (STOP, {"game_id": "g-1", "extra": "y" * 100_000}, ("extra",)),
+        # A bad value of astral characters is quoted short: the message still names the field after it.
+        (
+            STOP,
+            {"game_id": "\U000d391f" * 100, "extra-field-name-one": 1, "extra-field-name-two": 2, "zz-last": 3},
+            ("game_id", "extra-field-name-one", "extra-field-name-two", "zz-last"),
+        ),
         (START, {}, NO_GAME_ID),
         (START, {"game_id": None}, NO_GAME_ID),
         (START, {"game_id": 7}, NO_GAME_ID),
