@@ -4,21 +4,34 @@
 Writes `tests/histories/VERSION/*.json` and `VERSION.sha256`, and refuses a version that exists:
 a history of a released workflow shape is never replaced (README, "Changing workflow code").
 
+`python -m tests.histories.record VERSION --add NAME` records one scenario a version lacks (one of
+`ADDABLE`, which run alone on a fresh worker) into the existing VERSION: it refuses a NAME already
+recorded, or a version whose files no longer match their checksums, writes only `NAME.json`, and
+rewrites `VERSION.sha256` (the other files, and so their lines, unchanged).
+
 Every history comes from a real run: its own Temporal dev server, Redis (REDIS_URL, default
 127.0.0.1:6379), Docker (DOCKER_HOST when it answers, else a private dockerd, as in the tests) and
-the worker as `worker.serving` runs it. Re-record only on purpose: a workflow change that
-breaks replay of the committed histories would break every run still open in production.
+the worker as `worker.serving` runs it, talking to Docker through a relay (tests/support/docker_relay.py:
+byte for byte, but for the requests a scenario cuts; so Docker must be a unix socket). Re-record only
+on purpose: a workflow change that breaks replay of the committed histories would break every run
+still open in production.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
 import re
 import sys
+import tempfile
+import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -30,6 +43,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.hosts import send_report
 from activities.publish import redis_client
+from contract.engine import DOCKER_UNAVAILABLE_TYPE, ENSURE_RUNNING_ACTIVITY
 from contract.hosts import (
     DRAIN_UPDATE,
     FORGET_UPDATE,
@@ -47,8 +61,10 @@ from contract.models import LABEL_GAME_ID, LABEL_MANAGED_BY, MANAGED_BY, JobResu
 from contract.reconcile import RECONCILE_WORKFLOW, ReconcileRequest, ReconcileSummary
 from contract.settings import Settings
 from starter import START_WORKFLOW, new_job_id, start_job, start_workflow_id, stop_job
+from tests.reliability.runs import activity_runs, pending_attempt
 from tests.support.binaries import temporal_cli
 from tests.support.docker_engine import DockerEngine, acquire_engine
+from tests.support.docker_relay import DockerRelay
 from tests.support.job_worker import e2e_settings, real_worker, remove_game_containers, until_running_container
 from worker import dynamic_config_args
 from workflows.search import SEARCH_ATTRIBUTE_KEYS
@@ -64,11 +80,15 @@ Handle = WorkflowHandle[Any, Any]
 class Recorder:
     """Runs the scenarios on one worker and writes `{name}.json` for each recorded run."""
 
-    def __init__(self, client: Client, engine: DockerEngine, settings: Settings, out: Path) -> None:
+    def __init__(
+        self, client: Client, engine: DockerEngine, settings: Settings, out: Path, relay: DockerRelay | None = None
+    ) -> None:
         self.client = client
         self.engine = engine
         self.settings = settings
         self.out = out
+        # Between the worker and Docker (None: the worker talks to the engine itself).
+        self.relay = relay
         self.games: list[str] = []
 
     def game(self) -> str:
@@ -78,7 +98,8 @@ class Recorder:
     async def save(self, name: str, handle: Handle) -> None:
         history = await handle.fetch_history()
         text = json.dumps(json.loads(history.to_json()), indent=1, sort_keys=True) + "\n"
-        (self.out / f"{name}.json").write_text(text)
+        with (self.out / f"{name}.json").open("x") as f:  # never over a recorded history
+            f.write(text)
         print(f"recorded {name}: {len(history.events)} events of {handle.id}", file=sys.stderr)
 
     async def finish(
@@ -110,6 +131,7 @@ class Recorder:
 
         invalid = await start_job(self.client, self.game(), image="Not A Ref", task_queue=tq)
         await self.finish("start_invalid_request", invalid, "invalid_request")
+        await self.retried_step()
 
         bad = await self.client.start_workflow("StartRuntimeJob", {}, id=f"hist-bad-{uuid.uuid4().hex}", task_queue=tq)
         try:
@@ -130,6 +152,30 @@ class Recorder:
         await self.silent_host()
         await self.save("host_registry", self.client.get_workflow_handle(registry_workflow_id(tq)))
         await self.reconcile()
+
+    async def retried_step(self) -> None:
+        """A start whose Docker step failed its first attempt and succeeded on a retry: Docker is
+        unreachable for the game's requests (the relay cuts them, as a daemon gone away would) until
+        the first attempt has failed (DockerUnavailable, retryable), then answers again."""
+        if self.relay is None:
+            raise SystemExit("start_retried_step: needs the relay in front of a unix-socket Docker engine")
+        gid = self.game()
+        self.relay.cut(gid.encode())  # the step's first call (inspect of the game's container) names it
+        try:
+            handle = await start_job(self.client, gid, task_queue=self.settings.task_queue)
+            deadline = time.monotonic() + WAIT_S
+            while await pending_attempt(handle, ENSURE_RUNNING_ACTIVITY) < 2:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"start_retried_step: the step's first attempt did not fail within {WAIT_S:g} s")
+                await asyncio.sleep(0.1)
+        finally:
+            self.relay.restore()
+        await self.finish("start_retried_step", handle, "", save=False)
+        [step] = await activity_runs(handle, ENSURE_RUNNING_ACTIVITY)
+        if not (step.completed and step.attempt >= 2 and step.last_failure == DOCKER_UNAVAILABLE_TYPE):
+            raise SystemExit(f"start_retried_step: expected a step retried after DockerUnavailable: {step}")
+        await self.save("start_retried_step", handle)
+        print(f"start_retried_step: the step succeeded on attempt {step.attempt}", file=sys.stderr)
 
     async def timeout_refused(self) -> None:
         """A start with a workflow execution timeout: refused at once, published, no turn taken."""
@@ -154,9 +200,26 @@ class Recorder:
         ghost = HostRef(host_id=f"ghost-{uuid.uuid4().hex[:8]}", name="ghost", queue="")
         ghost = ghost.model_copy(update={"queue": host_queue(tq, ghost.host_id)})
         await registry.execute_update(DRAIN_UPDATE, HostCommand(host=real.host_id), result_type=HostView)
-        await send_report(self.client, tq, HostReport(host=ghost, worker="ghost-1", capacity=10, report_every_s=2))
-        gid = self.game()
-        handle = await start_job(self.client, gid, task_queue=tq)
+        # The ghost reports (live for 3 intervals of 2 s) from before the start asks for a host until the
+        # start is placed on it, then falls silent: one report could age out before a loaded machine's
+        # start asks, which then finds no live host with room.
+        report = HostReport(host=ghost, worker="ghost-1", capacity=10, report_every_s=2)
+        await send_report(self.client, tq, report)
+
+        async def reporting() -> None:
+            while True:
+                await asyncio.sleep(1)
+                await send_report(self.client, tq, report)
+
+        reporter = asyncio.create_task(reporting())
+        try:
+            gid = self.game()
+            handle = await start_job(self.client, gid, task_queue=tq)
+            await self.until_placed(handle, f"on host {ghost.name}")
+        finally:
+            reporter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reporter
         # Its result is published before the clean-up, which then waits for the host.
         for _ in range(int(WAIT_S)):
             if (await handle.query("status", result_type=JobStatus)).entry_id:
@@ -167,6 +230,17 @@ class Recorder:
         await registry.execute_update(FORGET_UPDATE, HostCommand(host=ghost.host_id), result_type=HostView)
         await registry.execute_update(UNDRAIN_UPDATE, HostCommand(host=real.host_id), result_type=HostView)
         await self.finish("start_silent_host", handle, "docker_unavailable")
+
+    async def until_placed(self, handle: Handle, where: str) -> None:
+        """Until the job's step names `where` (placed there), or it failed or published without."""
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            status = await handle.query("status", result_type=JobStatus)
+            if where in status.step or status.last_error or status.entry_id:
+                return
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{handle.id}: not placed ({where}) within {WAIT_S:g} s: {status.step}")
+            await asyncio.sleep(0.2)
 
     async def reconcile(self) -> None:
         """(From v4.) A host with a stopped container of ours, a running engine without record and a
@@ -248,9 +322,10 @@ async def lock_continued(engine: DockerEngine, out: Path) -> None:
         await env.shutdown()
 
 
-def recording_settings(engine: DockerEngine) -> Settings:
+def recording_settings(engine: DockerEngine, docker_url: str | None = None) -> Settings:
+    """The recording worker's settings: `docker_url` (a relay in front of the engine) or the engine."""
     return e2e_settings(
-        docker_url=engine.url,
+        docker_url=docker_url or engine.url,
         redis_url=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
         task_queue=f"hist-{uuid.uuid4().hex[:8]}",
         stream=f"hist:job_results:{uuid.uuid4().hex[:8]}",
@@ -270,7 +345,23 @@ async def cleanup(engine: DockerEngine, recorder: Recorder, settings: Settings) 
     await redis.aclose()
 
 
-async def main(out: Path) -> None:
+# Scenarios that run alone on a fresh worker: what `--add` can record into an existing version.
+ADDABLE: dict[str, Callable[[Recorder], Awaitable[None]]] = {"start_retried_step": Recorder.retried_step}
+
+
+@asynccontextmanager
+async def relayed(engine: DockerEngine) -> AsyncIterator[DockerRelay | None]:
+    """A relay in front of a unix-socket engine (None for another kind: its scenarios cannot run)."""
+    if not engine.url.startswith("unix://"):
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="rtjobs-hist-") as tmp:
+        async with DockerRelay(Path(engine.url.removeprefix("unix://")), Path(tmp) / "docker.sock") as relay:
+            yield relay
+
+
+async def main(out: Path, add: list[str] | None = None) -> None:
+    """Record every scenario into the new `out`; or, with `add`, only those (of ADDABLE) into `out`."""
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(temporal_cli()),
         data_converter=pydantic_data_converter,
@@ -278,17 +369,29 @@ async def main(out: Path) -> None:
         dev_server_log_level="error",
     )
     engine = await acquire_engine()
-    settings = recording_settings(engine)
-    recorder = Recorder(env.client, engine, settings, out)
     try:
-        async with real_worker(env.client, settings):
-            await recorder.run()
-        await cleanup(engine, recorder, settings)
-        await lock_continued(engine, out)
+        async with relayed(engine) as relay:
+            settings = recording_settings(engine, relay.url if relay is not None else None)
+            recorder = Recorder(env.client, engine, settings, out, relay)
+            try:
+                async with real_worker(env.client, settings):
+                    if add is None:
+                        await recorder.run()
+                    for name in add or []:
+                        await ADDABLE[name](recorder)
+            finally:
+                await cleanup(engine, recorder, settings)
+        if add is None:
+            await lock_continued(engine, out)
     finally:
-        await cleanup(engine, recorder, settings)
         await engine.close()
         await env.shutdown()
+
+
+def checksums(out: Path) -> dict[str, str]:
+    """The version's checksum file as {file name: sha256}."""
+    listed = (out.parent / f"{out.name}.sha256").read_text().splitlines()
+    return {name: digest for digest, name in (line.split() for line in listed)}
 
 
 def write_checksums(out: Path) -> None:
@@ -296,10 +399,45 @@ def write_checksums(out: Path) -> None:
     (out.parent / f"{out.name}.sha256").write_text("".join(lines))
 
 
+def add_to(target: Path, names: list[str]) -> None:
+    """Record `names` into the existing version `target`; nothing recorded before is touched."""
+    if not target.is_dir():
+        raise SystemExit(f"{target} does not exist: --add records into an existing version")
+    present = [n for n in names if (target / f"{n}.json").exists()]
+    if present:
+        raise SystemExit(f"{present} recorded in {target} already: released histories are never replaced")
+    unknown = [n for n in names if n not in ADDABLE]
+    if unknown:
+        raise SystemExit(f"cannot record {unknown} alone; --add knows {sorted(ADDABLE)}")
+    before = checksums(target)
+    files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in target.glob("*.json")}
+    if files != before:
+        raise SystemExit(f"{target}'s files do not match {target.name}.sha256: restore them first")
+    asyncio.run(main(target, add=names))
+    write_checksums(target)
+    after = checksums(target)
+    if {n: after.get(n) for n in before} != before or set(after) != set(before) | {f"{n}.json" for n in names}:
+        raise SystemExit(f"{target.name}.sha256 changed beyond the added {names}: {after}")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m tests.histories.record", description=__doc__.split("\n")[0])
+    parser.add_argument("version", help="MAJOR.MINOR, e.g. 1.1")
+    parser.add_argument(
+        "--add", action="append", metavar="NAME", help=f"record only NAME into the existing VERSION ({sorted(ADDABLE)})"
+    )
+    args = parser.parse_args(argv)
+    if not re.fullmatch(r"[1-9][0-9]*\.[0-9]+", args.version):
+        parser.error("VERSION is MAJOR.MINOR, e.g. 1.1")
+    return args
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 2 or not re.fullmatch(r"[1-9][0-9]*\.[0-9]+", sys.argv[1]):
-        raise SystemExit("usage: python -m tests.histories.record VERSION   (MAJOR.MINOR, e.g. 1.1)")
-    target = HERE / sys.argv[1]
+    args = parse_args(sys.argv[1:])
+    target = HERE / args.version
+    if args.add:
+        add_to(target, args.add)
+        os._exit(0)  # temporalio's core can abort at interpreter exit (sdk-python issue #300)
     if target.exists():
         raise SystemExit(f"{target} exists: released histories are never replaced; record a new version")
     target.mkdir()
