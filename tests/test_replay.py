@@ -24,6 +24,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 from temporalio.workflow import NondeterminismError
 
+from contract.engine import DOCKER_UNAVAILABLE_TYPE, ENSURE_RUNNING_ACTIVITY
 from contract.models import JobRequest, JobResult
 from contract.reconcile import ReconcileSummary
 from workflows import ALL_WORKFLOWS, GameLock, StartRuntimeJob, StopRuntimeJob
@@ -45,6 +46,7 @@ EXPECTED: dict[str, str | None] = {
     "stop_together_waited": "",
     "start_timeout_refused": "invalid_request",
     "start_silent_host": "docker_unavailable",
+    "start_retried_step": "",
 }
 LOCK_HISTORIES = {"game_lock", "game_lock_continued"}
 LONG_LIVED = {"reconcile"}
@@ -189,6 +191,35 @@ def test_a_silent_hosts_step_is_given_up_and_its_clean_up_waits_for_the_host() -
     assert kinds.count(EventType.EVENT_TYPE_ACTIVITY_TASK_CANCELED) == 2
     assert kinds.count(EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED) == 1  # the publish's: no worker took the others
     assert kinds.count(EventType.EVENT_TYPE_MARKER_RECORDED) >= 3  # the turn, the placement, liveness checks
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_retried_docker_step_is_replayed(version: str) -> None:
+    """Replay covers a step that succeeded on a retry: Temporal records a retried activity's earlier
+    attempts only in its last attempt's started event, so that is where the first attempt's
+    DockerUnavailable must show (else the history is just another fresh start)."""
+    events = load("start_retried_step", version).events
+    [scheduled] = [
+        e.event_id
+        for e in events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        and e.activity_task_scheduled_event_attributes.activity_type.name == ENSURE_RUNNING_ACTIVITY
+    ]
+    [started] = [
+        e.activity_task_started_event_attributes
+        for e in events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
+        and e.activity_task_started_event_attributes.scheduled_event_id == scheduled
+    ]
+    assert started.attempt >= 2
+    assert started.last_failure.application_failure_info.type == DOCKER_UNAVAILABLE_TYPE
+    completed = [
+        e
+        for e in events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED
+        and e.activity_task_completed_event_attributes.scheduled_event_id == scheduled
+    ]
+    assert len(completed) == 1
 
 
 def test_a_failed_start_removes_what_it_left_before_its_turn_ends() -> None:

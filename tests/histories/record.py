@@ -6,8 +6,10 @@ a history of a released workflow shape is never replaced (README, "Changing work
 
 Every history comes from a real run: its own Temporal dev server, Redis (REDIS_URL, default
 127.0.0.1:6379), Docker (DOCKER_HOST when it answers, else a private dockerd, as in the tests) and
-the worker as `worker.serving` runs it. Re-record only on purpose: a workflow change that
-breaks replay of the committed histories would break every run still open in production.
+the worker as `worker.serving` runs it, talking to Docker through a relay (tests/support/docker_relay.py:
+byte for byte, but for the requests a scenario cuts; so Docker must be a unix socket). Re-record only
+on purpose: a workflow change that breaks replay of the committed histories would break every run
+still open in production.
 """
 
 from __future__ import annotations
@@ -19,7 +21,11 @@ import json
 import os
 import re
 import sys
+import tempfile
+import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -29,6 +35,7 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureEr
 
 from activities.fleet import Fleet, send_report
 from activities.publish import redis_client
+from contract.engine import DOCKER_UNAVAILABLE_TYPE, ENSURE_RUNNING_ACTIVITY
 from contract.hosts import (
     DRAIN_UPDATE,
     FORGET_UPDATE,
@@ -43,7 +50,9 @@ from contract.models import LABEL_GAME_ID, LABEL_MANAGED_BY, MANAGED_BY, JobResu
 from contract.reconcile import RECONCILE_WORKFLOW, ReconcileRequest, ReconcileSummary
 from contract.settings import Settings
 from starter import START_WORKFLOW, new_job_id, start_job, start_workflow_id, stop_job
+from tests.reliability.runs import activity_runs, pending_attempt
 from tests.support.docker_engine import DockerEngine, acquire_engine
+from tests.support.docker_relay import DockerRelay
 from tests.support.job_worker import e2e_settings, real_worker, remove_game_containers, until_running_container
 from tests.support.stand_ins import until_listed
 from tests.support.temporal_server import start_dev_server
@@ -60,12 +69,20 @@ class Recorder:
     """Runs the scenarios on one worker and writes `{name}.json` for each recorded run."""
 
     def __init__(
-        self, client: Client, engine: DockerEngine, settings: Settings, out: Path, only: set[str] | None = None
+        self,
+        client: Client,
+        engine: DockerEngine,
+        settings: Settings,
+        out: Path,
+        only: set[str] | None = None,
+        relay: DockerRelay | None = None,
     ) -> None:
         self.client = client
         self.engine = engine
         self.settings = settings
         self.out = out
+        # Between the worker and Docker (None: the worker talks to the engine itself).
+        self.relay = relay
         self.only = only  # `--add`: the histories to write (every scenario still runs, in its order)
         self.games: list[str] = []
 
@@ -78,7 +95,8 @@ class Recorder:
             return
         history = await handle.fetch_history()
         text = json.dumps(json.loads(history.to_json()), indent=1, sort_keys=True) + "\n"
-        (self.out / f"{name}.json").write_text(text)
+        with (self.out / f"{name}.json").open("x") as f:  # never over a recorded history
+            f.write(text)
         print(f"recorded {name}: {len(history.events)} events of {handle.id}", file=sys.stderr)
 
     async def finish(
@@ -110,6 +128,7 @@ class Recorder:
 
         invalid = await start_job(self.client, self.game(), image="Not A Ref", task_queue=tq)
         await self.finish("start_invalid_request", invalid, "invalid_request")
+        await self.retried_step()
 
         bad = await self.client.start_workflow("StartRuntimeJob", {}, id=f"hist-bad-{uuid.uuid4().hex}", task_queue=tq)
         try:
@@ -132,6 +151,29 @@ class Recorder:
         [real] = await Fleet(self.client, tq).views()
         await self.save("host", self.client.get_workflow_handle(host_workflow_id(tq, real.host_id)))
         await self.reconcile()
+
+    async def retried_step(self) -> None:
+        """A start whose Docker step failed its first attempt and succeeded on a retry: Docker is
+        unreachable for the game's requests (the relay cuts them, as a daemon gone away would) until
+        the first attempt has failed (DockerUnavailable, retryable), then answers again."""
+        if self.relay is None:
+            raise SystemExit("start_retried_step: needs the relay in front of a unix-socket Docker engine")
+        gid = self.game()
+        self.relay.cut(gid.encode())  # the step's first call (inspect of the game's container) names it
+        try:
+            handle = await start_job(self.client, gid, task_queue=self.settings.task_queue)
+            deadline = time.monotonic() + WAIT_S
+            while await pending_attempt(handle, ENSURE_RUNNING_ACTIVITY) < 2:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"start_retried_step: the step's first attempt did not fail within {WAIT_S:g} s")
+                await asyncio.sleep(0.1)
+        finally:
+            self.relay.restore()
+        await self.finish("start_retried_step", handle, "", save=False)
+        [step] = await activity_runs(handle, ENSURE_RUNNING_ACTIVITY)
+        if not (step.completed and step.attempt >= 2 and step.last_failure == DOCKER_UNAVAILABLE_TYPE):
+            raise SystemExit(f"start_retried_step: expected a step retried after DockerUnavailable: {step}")
+        await self.save("start_retried_step", handle)
 
     async def timeout_refused(self) -> None:
         """A start with a workflow execution timeout: refused at once, published, no turn taken."""
@@ -272,9 +314,10 @@ async def lock_continued(engine: DockerEngine, out: Path, only: set[str] | None 
         await env.shutdown()
 
 
-def recording_settings(engine: DockerEngine) -> Settings:
+def recording_settings(engine: DockerEngine, docker_url: str | None = None) -> Settings:
+    """The recording worker's settings: `docker_url` (a relay in front of the engine) or the engine."""
     return e2e_settings(
-        docker_url=engine.url,
+        docker_url=docker_url or engine.url,
         redis_url=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
         task_queue=f"hist-{uuid.uuid4().hex[:8]}",
         stream=f"hist:job_results:{uuid.uuid4().hex[:8]}",
@@ -294,19 +337,32 @@ async def cleanup(engine: DockerEngine, recorder: Recorder, settings: Settings) 
     await redis.aclose()
 
 
+@asynccontextmanager
+async def relayed(engine: DockerEngine) -> AsyncIterator[DockerRelay | None]:
+    """A relay in front of a unix-socket engine (None for another kind: its scenarios cannot run)."""
+    if not engine.url.startswith("unix://"):
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="rtjobs-hist-") as tmp:
+        async with DockerRelay(Path(engine.url.removeprefix("unix://")), Path(tmp) / "docker.sock") as relay:
+            yield relay
+
+
 async def main(out: Path, only: set[str] | None = None) -> None:
     env = await start_dev_server()
     engine = await acquire_engine()
-    settings = recording_settings(engine)
-    recorder = Recorder(env.client, engine, settings, out, only)
     try:
-        async with real_worker(env.client, settings):
-            await recorder.run()
-        await cleanup(engine, recorder, settings)
+        async with relayed(engine) as relay:
+            settings = recording_settings(engine, relay.url if relay is not None else None)
+            recorder = Recorder(env.client, engine, settings, out, only, relay)
+            try:
+                async with real_worker(env.client, settings):
+                    await recorder.run()
+            finally:
+                await cleanup(engine, recorder, settings)
         if only is None or "game_lock_continued" in only:
             await lock_continued(engine, out, only)
     finally:
-        await cleanup(engine, recorder, settings)
         await engine.close()
         await env.shutdown()
 

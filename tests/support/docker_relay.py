@@ -6,6 +6,9 @@ one thing it adds: `before(marker, hook)` runs `hook` (in a thread) the first ti
 bytes contain `marker` comes, and forwards those bytes only once the hook has returned. With
 `RestartableDockerd.freeze` as the hook, the daemon hangs at the exact moment that request reaches it
 (it is queued, and served when the daemon is thawed), which no polling from outside could time.
+And `cut(marker)`: until `restore()`, every request whose bytes contain `marker` is not forwarded and
+its connection is closed on both sides, as a daemon gone away would leave it (the client sees the
+server disconnect; aiohttp's one retry of an idempotent request on a new connection is cut too).
 
 It also records each request's method and target (`requests`), read from the client's byte stream
 (keep-alive connections, Content-Length and chunked bodies): the socket proxy's allowlist is derived
@@ -85,6 +88,8 @@ class DockerRelay:
         self.path = path
         self._marker = b""
         self._hook: Callable[[], None] | None = None
+        self._cut = b""
+        self.cuts = 0  # requests cut so far
         self.fired = asyncio.Event()
         self.hook_error: BaseException | None = None
         self._server: asyncio.Server | None = None
@@ -100,6 +105,13 @@ class DockerRelay:
         """Run `hook` once, before the first request containing `marker` is forwarded."""
         self._marker, self._hook = marker, hook
         self.fired.clear()
+
+    def cut(self, marker: bytes) -> None:
+        """Until `restore()`, cut every request containing `marker` (the daemon unreachable for it)."""
+        self._cut = marker
+
+    def restore(self) -> None:
+        self._cut = b""
 
     async def __aenter__(self) -> DockerRelay:
         self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
@@ -129,6 +141,9 @@ class DockerRelay:
 
         async def client_to_upstream() -> None:
             while data := await client_r.read(65536):
+                if self._cut and self._cut in data:
+                    self.cuts += 1
+                    return  # not forwarded; both sides are closed below
                 log.feed(data)
                 hook = self._hook
                 if hook is not None and self._marker in data:
