@@ -94,14 +94,31 @@ class Fleet:
         self.client = client
         self.task_queue = task_queue
         self._listed: _Listed | None = None
+        self._listing: asyncio.Task[_Listed] | None = None
         self._prefix = host_workflow_id(task_queue, "")
 
     async def hosts(self, *, fresh: bool = False) -> list[HostRef]:
-        """Every host with a workflow (live or silent), as listed at most HOSTS_FRESH_S ago (`fresh`: now)."""
+        """Every host with a workflow (live or silent), as listed at most HOSTS_FRESH_S ago (`fresh`: now).
+
+        The placements that find the list stale at one moment wait for one listing together: one each
+        would ask the server's visibility store for the whole fleet as many times as placements are in
+        flight, every HOSTS_FRESH_S (a `fresh` caller lists anew, and the others may join it)."""
         listed = self._listed
-        if listed is None or fresh or time.monotonic() - listed.at > HOSTS_FRESH_S:
-            listed = self._listed = _Listed(hosts=await self._list(), at=time.monotonic())
-        return listed.hosts
+        if not fresh and listed is not None and time.monotonic() - listed.at <= HOSTS_FRESH_S:
+            return listed.hosts
+        listing = self._listing
+        if fresh or listing is None or listing.done():
+            listing = self._listing = asyncio.create_task(self._relist())
+            # (Its failure is each waiting caller's; one left with no caller is not logged as unretrieved.)
+            listing.add_done_callback(lambda t: t.cancelled() or t.exception())
+        # Shielded: a caller cancelled meanwhile (its activity timed out) leaves the listing to the others.
+        return (await asyncio.shield(listing)).hosts
+
+    async def _relist(self) -> _Listed:
+        listed = _Listed(hosts=await self._list(), at=time.monotonic())
+        if self._listed is None or self._listed.at < listed.at:
+            self._listed = listed
+        return listed
 
     async def _list(self) -> list[HostRef]:
         query = (

@@ -61,6 +61,10 @@ PROBE_ROUNDS = 3
 # a pause drawn from [0, min(cap, first * 2**n)]: "full jitter", so refused callers spread out.
 REFUSED_FIRST_PAUSE_S = 0.05
 REFUSED_PAUSE_CAP_S = 2.0
+# How long a host's reservations wait for its workflow's answer: less than a placement's attempt (the
+# local activity's 15 s), so that a host's workflow too busy to answer fails the attempts waiting on it
+# (retried) and not every later reservation of this worker there, queued behind an update that never ends.
+RESERVE_WAIT_S = 10.0
 # The silence of a host whose workflow holds no report (a JSON number: infinity has no JSON form).
 NEVER_HEARD_S = 1e9
 # At most this many hosts named in a "no host has room" answer.
@@ -202,8 +206,11 @@ class PlacementActivities:
             if not batch:
                 continue
             try:
-                answers = await self._update(workflow_id, [r for r, _ in batch])
+                async with asyncio.timeout(RESERVE_WAIT_S):
+                    answers = await self._update(workflow_id, [r for r, _ in batch])
             except Exception as err:  # every caller's activity fails with it and is retried by its policy
+                if isinstance(err, TimeoutError):  # (it may still land: the retry probes the host, finds it its own)
+                    err = RuntimeError(f"the workflow {workflow_id} did not answer within {RESERVE_WAIT_S:g} s")
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(err)

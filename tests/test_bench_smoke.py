@@ -1,5 +1,5 @@
 """The fleet scale benchmark's quick mode runs end to end on the real parts (dev server, `python worker.py`,
-the real registry and placement activity) and prints its figures: a benchmark that broke would otherwise
+the hosts' real workflows and placement activity) and prints its figures: a benchmark that broke would otherwise
 only be noticed when someone needs the numbers. The figures are checked for presence and consistency
 (every placement answered with a host), never for speed."""
 
@@ -39,3 +39,4 @@ def test_fleet_scale_quick_mode_prints_every_figure_of_every_point() -> None:
     assert f"p99 {points[-1][0]} hosts / {points[0][0]} hosts:" in text
     assert "largest workflow task:" in text
     assert "largest history event or payload:" in text
+    assert "largest state carried across continue-as-new:" in text
