@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
 import sys
 import sysconfig
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -499,28 +500,44 @@ def build_worker(client: Client, settings: Settings, redis: RedisClient) -> Work
         wait_timeout_ms=settings.redis_wait_timeout_ms,
         signals=TurnSignals(client).send,
     )
-    return Worker(
-        client,
-        task_queue=settings.task_queue,
-        workflows=ALL_WORKFLOWS,
-        workflow_runner=workflow_runner(),
-        activities=activity_methods(
-            publisher,
-            LockActivities(client, order_settle_s=settings.order_settle_s, host_wait_s=settings.host_wait_s),
-            PlacementActivities(client),
-            EngineEventPublisher(redis, settings),
-        ),
-        graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_timeout_s),
-        # Heartbeats are otherwise throttled to 0.8 x the heartbeat timeout (16 s): a cancelled job
-        # would learn of it that late, and its start could finish instead of being cancelled.
-        max_cached_workflows=settings.max_cached_workflows,
-        max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
-        default_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
-        interceptors=[ActivityMetrics(host=settings.host_name or "")],
-        # The jobs finish on the build that started them: a new build never replays a job begun by the old
-        # one.
-        deployment_config=deployment(settings, VersioningBehavior.PINNED),
-    )
+    with collector_paused():
+        return Worker(
+            client,
+            task_queue=settings.task_queue,
+            workflows=ALL_WORKFLOWS,
+            workflow_runner=workflow_runner(),
+            activities=activity_methods(
+                publisher,
+                LockActivities(client, order_settle_s=settings.order_settle_s, host_wait_s=settings.host_wait_s),
+                PlacementActivities(client),
+                EngineEventPublisher(redis, settings),
+            ),
+            graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_timeout_s),
+            # Heartbeats are otherwise throttled to 0.8 x the heartbeat timeout (16 s): a cancelled job
+            # would learn of it that late, and its start could finish instead of being cancelled.
+            max_cached_workflows=settings.max_cached_workflows,
+            max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
+            default_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
+            interceptors=[ActivityMetrics(host=settings.host_name or "")],
+            # The jobs finish on the build that started them: a new build never replays a job begun by the old
+            # one.
+            deployment_config=deployment(settings, VersioningBehavior.PINNED),
+        )
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a Worker validates its workflows in the sandbox: on Python 3.10
+    and 3.11 a collector's finalizer that imports inside the sandbox's (non-re-entrant) module lock fails
+    the validation with `KeyError: <thread id>` (CPython issue 91351, temporalio/sdk-python#585); seen
+    once in a CI run as "Failed validating workflow RuntimeHost"."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 # How long the coordination queue's workflows wait for the worker that cached them (the SDK's default: 10 s).
@@ -530,21 +547,22 @@ STICKY_TIMEOUT = timedelta(seconds=3)
 def build_coordination_worker(client: Client, settings: Settings) -> Worker:
     """The coordination queue's worker: the per-game and per-host workflows, with a workflow
     task slot pool of their own (`contract.lock.coordination_queue` says why), and the lock's holder check."""
-    return Worker(
-        client,
-        task_queue=coordination_queue(settings.task_queue),
-        workflows=[GameLock, RuntimeHost],
-        workflow_runner=workflow_runner(),
-        activities=[LockActivities(client, order_settle_s=settings.order_settle_s).game_lock_holder_running],
-        graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_timeout_s),
-        max_cached_workflows=settings.max_cached_workflows,
-        # A worker killed while it held a game's or host's workflow in its cache: that workflow's next task
-        # (and every query, such as a placement's probe) waits this long before another worker takes it.
-        sticky_queue_schedule_to_start_timeout=STICKY_TIMEOUT,
-        # Long-lived: they move to the current build at their next workflow task, or a rollout would never
-        # drain; a change to them therefore still needs `workflow.patched` (README: Changing workflow code).
-        deployment_config=deployment(settings, VersioningBehavior.AUTO_UPGRADE),
-    )
+    with collector_paused():
+        return Worker(
+            client,
+            task_queue=coordination_queue(settings.task_queue),
+            workflows=[GameLock, RuntimeHost],
+            workflow_runner=workflow_runner(),
+            activities=[LockActivities(client, order_settle_s=settings.order_settle_s).game_lock_holder_running],
+            graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_timeout_s),
+            max_cached_workflows=settings.max_cached_workflows,
+            # A worker killed while it held a game's or host's workflow in its cache: that workflow's next task
+            # (and every query, such as a placement's probe) waits this long before another worker takes it.
+            sticky_queue_schedule_to_start_timeout=STICKY_TIMEOUT,
+            # Long-lived: they move to the current build at their next workflow task, or a rollout would never
+            # drain; a change to them therefore still needs `workflow.patched` (README: Changing workflow code).
+            deployment_config=deployment(settings, VersioningBehavior.AUTO_UPGRADE),
+        )
 
 
 def host_docker_concurrency(settings: Settings, facts: HostFacts) -> int:

@@ -35,6 +35,7 @@ from contract.hosts import HOST_LIVENESS_ACTIVITY, PLACE_ACTIVITY, HostRef, Host
 from contract.lock import HOLDER_RUNNING_ACTIVITY, TAKE_TURN_ACTIVITY, TAKE_TURN_AGAIN_ACTIVITY, coordination_queue
 from contract.policies import PUBLISH_ACTIVITY
 from contract.settings import Settings
+from worker import collector_paused
 from workflows import ALL_WORKFLOWS, GameLock, RuntimeHost
 
 Behaviour = Callable[[str], Any]
@@ -149,6 +150,14 @@ async def job_worker(
         (docker if name in docker else activities)[name] = replacement
     host = HostRef(host_id=STAND_IN_HOST, name=STAND_IN_HOST, queue=host_queue(task_queue, STAND_IN_HOST))
     await send_report(client, task_queue, HostReport(host=host, worker="stand-in", capacity=1000, report_every_s=3600))
+    with collector_paused():  # (worker.collector_paused says why)
+        coordination = Worker(
+            client,
+            task_queue=coordination_queue(task_queue),
+            workflows=[GameLock, RuntimeHost],
+            activities=[activities[HOLDER_RUNNING_ACTIVITY]],
+        )
+        shared = Worker(client, task_queue=task_queue, workflows=ALL_WORKFLOWS, activities=list(activities.values()))
     try:
         async with (
             Worker(
@@ -157,13 +166,8 @@ async def job_worker(
                 activities=list(docker.values()),
                 max_concurrent_activities=host_concurrency,
             ),
-            Worker(
-                client,
-                task_queue=coordination_queue(task_queue),
-                workflows=[GameLock, RuntimeHost],
-                activities=[activities[HOLDER_RUNNING_ACTIVITY]],
-            ),
-            Worker(client, task_queue=task_queue, workflows=ALL_WORKFLOWS, activities=list(activities.values())),
+            coordination,
+            shared,
         ):
             await until_listed(client, task_queue, [STAND_IN_HOST])
             yield
