@@ -119,7 +119,11 @@ async def fleet_hosts(
         pytest.skip(f"no private dockerd: {err}")
     try:
         try:
-            await asyncio.gather(*(asyncio.to_thread(d.start) for d in daemons))
+            first = 1 if key_path is not None else 0
+            # The first daemon makes the shared key file; started together, two could each write one.
+            for daemon in daemons[:first]:
+                await asyncio.to_thread(daemon.start)
+            await asyncio.gather(*(asyncio.to_thread(d.start) for d in daemons[first:]))
         except EngineUnavailable as err:
             pytest.skip(f"no private dockerd: {err}")
         rootfs = rootfs_tar()
