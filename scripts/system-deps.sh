@@ -9,6 +9,7 @@
 # worker image's build test, tests/reliability/test_image.py).
 # `system-deps.sh run`: only what `make run`'s dev stack uses (devstack.py): redis-server, dockerd and
 # busybox-static (the demo engine image), iproute2 (to free a stopped dockerd's bridges).
+# Exits 1 with one line naming the missing packages and the install command when it cannot install them.
 set -euo pipefail
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
@@ -26,8 +27,9 @@ if [ "${1:-}" != run ]; then
 fi
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then
-  echo "missing system packages: ${need[*]} (run as root, or install them: apt-get install ${need[*]})" >&2
-  exit 0
+  # Not root: nothing can be installed here, and what follows would fail later with a less clear error.
+  echo "missing system packages: ${need[*]}; install them as root: apt-get install -y ${need[*]}" >&2
+  exit 1
 fi
 echo "installing system packages: ${need[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
