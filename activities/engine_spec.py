@@ -15,9 +15,11 @@ Inspect = dict[str, Any]
 
 
 # Where a read-only engine may write: a tmpfs (memory, counted against the engine's memory limit),
-# never executable, no set-uid, no devices.
+# never executable, no set-uid, no devices, writable by everyone (sticky). runc (1.1, Docker 20.10's)
+# then sets the mount's mode to the image's own /tmp's, so an image whose /tmp is root's 0755 would
+# leave the engine no scratch: the tmpfs is also owned by the engine's numeric user (`scratch_options`).
 SCRATCH_DIR = "/tmp"
-SCRATCH_OPTIONS = "rw,noexec,nosuid,nodev"
+SCRATCH_OPTIONS = "rw,noexec,nosuid,nodev,mode=1777"
 
 
 class UnsafeEngineConfig(ValueError):
@@ -52,7 +54,7 @@ def container_config(settings: Settings, game_id: str, image: str, network: str,
         "ReadonlyRootfs": settings.engine_read_only,
     }
     if settings.engine_read_only:
-        host["Tmpfs"] = {SCRATCH_DIR: f"{SCRATCH_OPTIONS},size={settings.engine_tmpfs_bytes}"}
+        host["Tmpfs"] = {SCRATCH_DIR: scratch_options(settings)}
     config: dict[str, Any] = {
         "Image": image,
         "Labels": labels,
@@ -67,6 +69,18 @@ def container_config(settings: Settings, game_id: str, image: str, network: str,
 
 _LOOSENING_SECURITY_OPTS = ("seccomp", "apparmor=unconfined", "apparmor:unconfined", "label=disable", "label:disable")
 _HOST_MODES = ("NetworkMode", "PidMode", "IpcMode", "UTSMode", "UsernsMode", "CgroupnsMode")
+
+
+def scratch_options(settings: Settings) -> str:
+    """The scratch tmpfs's options: owned by the engine's user when it is numeric (`uid[:gid]`), so it can
+    write there whatever mode the image's /tmp gives the mount; a named user relies on the mode alone."""
+    options = SCRATCH_OPTIONS
+    uid, _, gid = settings.engine_user.partition(":")
+    if uid.isdigit():
+        options += f",uid={uid}"
+        if gid.isdigit():
+            options += f",gid={gid}"
+    return f"{options},size={settings.engine_tmpfs_bytes}"
 
 
 def check_locked_down(config: dict[str, Any]) -> None:

@@ -53,6 +53,8 @@ ABSENT_REPO = "127.0.0.1:9/rtjobs-test/absent"
 ABSENT_IMAGE = f"{ABSENT_REPO}:1"
 
 MakeActivities = Callable[..., EngineActivities]
+# The scratch tmpfs's options for the default engine user (before its size).
+SCRATCH = "rw,noexec,nosuid,nodev,mode=1777,uid=65534,gid=65534"
 
 
 def settings_for(url: str, **overrides: Any) -> Settings:
@@ -171,7 +173,7 @@ async def test_fresh_start_runs_hardened_labelled_engine_reachable_by_name_on_ga
         assert host["SecurityOpt"] == ["no-new-privileges"]  # no seccomp option: Docker's default profile
         # Locked down by default: read-only root, a bounded noexec tmpfs at /tmp, uid/gid 65534, no mounts.
         assert host["ReadonlyRootfs"] is True
-        assert host["Tmpfs"] == {"/tmp": f"rw,noexec,nosuid,nodev,size={64 * 1024 * 1024}"}
+        assert host["Tmpfs"] == {"/tmp": f"{SCRATCH},size={64 * 1024 * 1024}"}
         assert info["Config"]["User"] == "65534:65534"
         assert not host.get("Binds") and not host.get("Mounts") and not info.get("Mounts")
         assert host["Memory"] == 64 * 1024 * 1024
@@ -1037,12 +1039,12 @@ def test_create_body_is_locked_down_and_configurable() -> None:
     locked = container_config(settings_for("unix:///x.sock"), "g-1", image_ref("healthy"), "net")
     host = locked["HostConfig"]
     assert host["ReadonlyRootfs"] is True and locked["User"] == "65534:65534"
-    assert host["Tmpfs"] == {"/tmp": f"rw,noexec,nosuid,nodev,size={64 * 1024 * 1024}"}
+    assert host["Tmpfs"] == {"/tmp": f"{SCRATCH},size={64 * 1024 * 1024}"}
     assert host["SecurityOpt"] == ["no-new-privileges"]
     assert not any(key in host for key in ("Binds", "Mounts", "Devices", "VolumesFrom")) and "Volumes" not in locked
 
     sized = container_config(settings_for("unix:///x.sock", engine_tmpfs_bytes=8 << 20), "g-1", "x", "net")
-    assert sized["HostConfig"]["Tmpfs"] == {"/tmp": f"rw,noexec,nosuid,nodev,size={8 << 20}"}
+    assert sized["HostConfig"]["Tmpfs"] == {"/tmp": f"{SCRATCH},size={8 << 20}"}
     # Opting out: the image's writable layer (no tmpfs) and the image's own USER.
     loose = container_config(settings_for("unix:///x.sock", engine_read_only=False, engine_user=""), "g-1", "x", "net")
     assert loose["HostConfig"]["ReadonlyRootfs"] is False and "Tmpfs" not in loose["HostConfig"]

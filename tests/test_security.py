@@ -360,8 +360,9 @@ async def test_engine_container_runs_hardened_as_the_contract_says(
         # Locked down by default: read-only root, a bounded noexec tmpfs for scratch, uid/gid 65534, and
         # Docker's default seccomp profile (no seccomp option at all, so never `unconfined`).
         assert host["ReadonlyRootfs"] is True
-        assert host["Tmpfs"] == {"/tmp": f"rw,noexec,nosuid,nodev,size={settings.engine_tmpfs_bytes}"}
-        uid = (user or "65534:65534").split(":")[0]
+        uid, _, gid = (user or "65534:65534").partition(":")
+        options = f"rw,noexec,nosuid,nodev,mode=1777,uid={uid},gid={gid},size={settings.engine_tmpfs_bytes}"
+        assert host["Tmpfs"] == {"/tmp": options}
         assert info["Config"]["User"] == (user or "65534:65534")
         assert not any("seccomp" in opt or "unconfined" in opt for opt in host["SecurityOpt"])
 
