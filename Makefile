@@ -1,11 +1,12 @@
 # `make run`: the worker with an embedded Temporal dev server and web UI, and (devstack.py) Redis, a
 # Docker engine and a demo engine image where none is configured or answering.
 # `make test`: lint, type-check and the whole test suite. Both set everything up on a fresh machine.
+# `make docs`: docs/configuration.md and the JSON Schemas in api/, generated from the code.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint bench system-deps run-deps clean
+.PHONY: run test lint docs bench system-deps run-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -31,6 +32,9 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy .
+
+docs: $(STAMP)
+	$(PY) scripts/gen_docs.py
 
 test: $(STAMP) system-deps lint
 	$(BYTECODE)

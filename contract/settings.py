@@ -26,132 +26,282 @@ _HOST_PORT = r"^(?:(?:[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5})?$"
 
 
 class Settings(BaseSettings):
+    """Every `RTJOBS_*` variable (and the aliases below); docs/configuration.md is generated from the
+    descriptions here (`make docs`)."""
+
     model_config = SettingsConfigDict(env_prefix="RTJOBS_", extra="ignore", frozen=True)
 
-    task_queue: str = Field(default="runtime-jobs", min_length=1)
-    results_stream: str = Field(default="runtime:job_results", min_length=1)
-    engine_image: str = Field(default="galaxy/engine:latest", min_length=1)
-    game_network: str = Field(default="galaxy-games", min_length=1)
-    start_timeout_s: float = Field(default=120.0, gt=0, le=MAX_START_TIMEOUT_S)
-    stop_timeout_s: int = Field(default=30, ge=0, le=3600)
-
-    # Publish: how long a job run's idempotency key is kept (a retry later than this could append
-    # twice), and optional approximate trimming of the stream (0 = never trim). MAXLEN is unsafe: it
-    # drops entries whether or not a consumer group has read them.
-    publish_dedup_ttl_s: int = Field(default=24 * 3600, ge=60)
-    results_maxlen: int = Field(default=0, ge=0)
-    # Safe retention (activities/retention.py): entries older than this AND acknowledged by every
-    # consumer group are trimmed, once a minute. Unset (or empty) = off. `7d`, `12h`, `30m`, `1d12h`.
-    results_retention: timedelta | None = None
-    # Replication-safe acknowledgement: a publish succeeds only once this many replicas acknowledged
-    # the entry (`WAIT`), else it fails retryably and is retried (the idempotency key makes that safe).
-    # 0 = the primary's acknowledgement is enough (a failover can lose the newest entries). The wait is
-    # bounded below the client's 3 s socket timeout, so a slow replica is never taken for a dead server.
-    redis_min_replicas: int = Field(default=0, ge=0, le=100)
-    redis_wait_timeout_ms: int = Field(default=1000, ge=1, le=2500)
-    # The worker refuses to start when a Redis primary may evict the stream or the idempotency keys
-    # (worker.check_eviction), and also when it cannot read the policy at all. True = the operator has
-    # checked that every node runs `noeviction` or `maxmemory 0` (for servers that hide INFO and CONFIG):
-    # an unreadable policy is then one warning; a readable unsafe one still refuses.
-    redis_assume_noeviction: bool = False
-
-    # Engine container limits and hardening.
-    engine_memory_bytes: int = Field(default=512 * 1024 * 1024, ge=6 * 1024 * 1024)
-    engine_nano_cpus: int = Field(default=1_000_000_000, ge=10_000_000)
-    engine_pids_limit: int = Field(default=256, ge=16)
-    engine_cap_add: list[str] = Field(default_factory=list)
-    # Read-only root file system; the engine's scratch space is then a tmpfs at /tmp of this size
-    # (noexec, nosuid, nodev; its pages count against the memory limit). False = the image's writable
-    # layer, no tmpfs.
-    engine_read_only: bool = True
-    engine_tmpfs_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024)
-    # The user the engine runs as (`uid[:gid]` or names the image knows); "" = the image's own USER.
-    engine_user: str = Field(
-        default="65534:65534", pattern=r"^(?:[A-Za-z0-9_][A-Za-z0-9_.-]*(?::[A-Za-z0-9_][A-Za-z0-9_.-]*)?)?$"
+    task_queue: str = Field(
+        default="runtime-jobs",
+        min_length=1,
+        description="The fleet's shared task queue (the job workflows); each host's Docker activities run on "
+        "`{task queue}@host-{host id}`, the coordination workflows on `{task queue}-coordination`.",
+    )
+    results_stream: str = Field(
+        default="runtime:job_results", min_length=1, description="The Redis stream the job results go to."
+    )
+    engine_image: str = Field(
+        default="galaxy/engine:latest", min_length=1, description="The image of a start job that names none."
+    )
+    game_network: str = Field(
+        default="galaxy-games",
+        min_length=1,
+        description="The Docker network of the engines (a local bridge is created if missing; a fleet needs an "
+        "attachable overlay).",
+    )
+    start_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        le=MAX_START_TIMEOUT_S,
+        description="Seconds a started engine has to become healthy, counted after the pull.",
+    )
+    stop_timeout_s: int = Field(
+        default=30, ge=0, le=3600, description="The grace period (seconds) of a stop job that gives none."
     )
 
-    # Which images may run (contract/image_policy.py): comma-separated patterns; unset = the
-    # repository of RTJOBS_ENGINE_IMAGE, any tag or digest. With require_digest only references
-    # pinned by digest (`name@sha256:…`) run.
-    image_allow: str | None = None
-    image_require_digest: bool = False
+    publish_dedup_ttl_s: int = Field(
+        default=24 * 3600,
+        ge=60,
+        description="Seconds a job run's publish idempotency key is kept; a publish retried later than this "
+        "could append a second entry.",
+    )
+    results_maxlen: int = Field(
+        default=0,
+        ge=0,
+        description="Approximate `MAXLEN ~` trimming of the stream at each publish; 0 = off. Unsafe: it drops "
+        "entries whether or not a consumer group has read them; use RTJOBS_RESULTS_RETENTION.",
+    )
+    results_retention: timedelta | None = Field(
+        default=None,
+        description="Safe retention, a duration (`7d`, `12h`, `30m`, `45s`, `1d12h`): once a minute entries "
+        "older than this and acknowledged by every consumer group are trimmed; a stream without groups is "
+        "never trimmed. Unset or empty = off; a bare number is an error.",
+    )
+    redis_min_replicas: int = Field(
+        default=0,
+        ge=0,
+        le=100,
+        description="A publish succeeds only once this many replicas acknowledged the entry (`WAIT`), else it "
+        "fails retryably (`ResultNotReplicated`) and is retried. 0 = the primary's acknowledgement is enough "
+        "(a failover can lose the newest entries). Needs `+wait` in the ACL.",
+    )
+    redis_wait_timeout_ms: int = Field(
+        default=1000,
+        ge=1,
+        le=2500,
+        description="How long one publish attempt waits for those replicas (below the client's 3 s socket "
+        "timeout, so a slow replica is never taken for a dead server).",
+    )
+    redis_assume_noeviction: bool = Field(
+        default=False,
+        description="The worker refuses a Redis primary that may evict the stream or the idempotency keys, "
+        "and one whose policy it cannot read. True = the operator checked that every node runs `noeviction` "
+        "or `maxmemory 0`: an unreadable policy is then one warning; a readable unsafe one still refuses.",
+    )
 
-    # Docker: client-side deadline of each Engine API call (bounded, so that the activities' own
-    # start-to-close timeouts in contract.policies can exceed every configurable attempt).
-    docker_call_timeout_s: float = Field(default=30.0, gt=0, le=MAX_DOCKER_CALL_TIMEOUT_S)
+    engine_memory_bytes: int = Field(
+        default=512 * 1024 * 1024, ge=6 * 1024 * 1024, description="The engine's memory limit (no swap)."
+    )
+    engine_nano_cpus: int = Field(
+        default=1_000_000_000, ge=10_000_000, description="The engine's CPU limit (1e9 = one CPU)."
+    )
+    engine_pids_limit: int = Field(default=256, ge=16, description="The engine's process limit.")
+    engine_cap_add: list[str] = Field(
+        default_factory=list,
+        description="Capabilities added back after dropping all (a JSON list); only a root engine can use "
+        "them (a non-root user holds none: no ambient capabilities, `no-new-privileges`).",
+    )
+    engine_read_only: bool = Field(
+        default=True,
+        description="Read-only root file system; the engine's scratch space is then a tmpfs at /tmp "
+        "(noexec, nosuid, nodev). False = the image's writable layer, no tmpfs.",
+    )
+    engine_tmpfs_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="The size of that /tmp tmpfs; its pages count against RTJOBS_ENGINE_MEMORY_BYTES.",
+    )
+    engine_user: str = Field(
+        default="65534:65534",
+        pattern=r"^(?:[A-Za-z0-9_][A-Za-z0-9_.-]*(?::[A-Za-z0-9_][A-Za-z0-9_.-]*)?)?$",
+        description="The user the engine runs as (`uid[:gid]` or names the image knows); empty = the image's own USER.",
+    )
 
-    # Readiness of an image without HEALTHCHECK: it must have been running this long (counted from
-    # its State.StartedAt), so that an engine crashing at start is reported `container_exited`, not a
-    # success. Every fresh start of such an image takes at least this long; 0 = ready once running.
-    engine_min_running_s: float = Field(default=1.0, ge=0, le=600)
+    image_allow: str | None = Field(
+        default=None,
+        description="Which images a start may name: comma-separated patterns (docs/engines.md); any other "
+        "image is `invalid_request`, never pulled. Unset = the repository of RTJOBS_ENGINE_IMAGE, any tag or "
+        "digest.",
+    )
+    image_require_digest: bool = Field(
+        default=False,
+        description="Only references pinned by digest (`name@sha256:…`) run; a tag is `invalid_request`, and "
+        "RTJOBS_ENGINE_IMAGE must be pinned too.",
+    )
 
-    # The fleet (README "Running a fleet"). The host's name for operators (default: the Docker engine's
-    # own Name); how many engines it takes (default: the engine's `rtjobs.max-engines` label, else its
-    # memory / RTJOBS_ENGINE_MEMORY_BYTES); how often its workers report it to the registry (a host
-    # whose workers were all silent for 3 reports is not live); how long a job of a game whose host
-    # has no live worker waits for one before it reports docker_unavailable; how many Docker steps a
-    # worker runs at once on its host's queue (default `host_docker_concurrency_for(capacity)`).
-    host_name: str | None = Field(default=None, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    host_max_engines: int | None = Field(default=None, ge=0)
-    host_report_every_s: float = Field(default=10.0, ge=0.2, le=300)
-    host_wait_s: float = Field(default=60.0, ge=1, le=3600)
-    host_docker_concurrency: int | None = Field(default=None, ge=1, le=1000)
+    docker_call_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=MAX_DOCKER_CALL_TIMEOUT_S,
+        description="The client-side deadline (seconds) of each Docker Engine API call (bounded, so that the "
+        "activities' start-to-close timeouts exceed every attempt).",
+    )
 
-    # Reconciliation (README "Drift and reconciliation"): how often each host's `RuntimeReconcile` runs
-    # (its Schedule, created or updated by the worker at start-up; empty = no schedule, and an existing
-    # one is deleted); how long a container of ours that does not run is left alone (a start or a
-    # clean-up may still be about it; 0 = removed at once); whether a running engine that no record
-    # names is removed (default: adopted into its game's record, never killed).
-    reconcile_every: timedelta | None = timedelta(minutes=5)
-    reconcile_grace_s: float = Field(default=300.0, ge=0)
-    reconcile_remove_unknown: bool = False
-    # Where reconciliation tells the Lobby of engines that died or were removed outside any job
-    # (contract.reconcile.EngineEvent); empty = not published.
-    engine_events_stream: str = "runtime:engine_events"
+    engine_min_running_s: float = Field(
+        default=1.0,
+        ge=0,
+        le=600,
+        description="An engine without HEALTHCHECK is ready once it has run this long (from its StartedAt), "
+        "so one crashing at start is `container_exited`, not a success; every such start takes at least this "
+        "long. 0 = ready once running; below RTJOBS_START_TIMEOUT_S.",
+    )
 
-    graceful_shutdown_timeout_s: float = Field(default=30.0, ge=0)
-    # Workflows kept in the worker's memory between tasks (each holds a sandbox of ~200 KB); jobs
-    # waiting on a long activity are evicted and cheaply replayed from history when they resume.
-    max_cached_workflows: int = Field(default=100, ge=0)
+    host_name: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="The host's name in `rtjobs hosts`, the `RuntimeHost` search attribute and job messages; "
+        "unique in the fleet. Unset = the Docker engine's Name.",
+    )
+    host_max_engines: int | None = Field(
+        default=None,
+        ge=0,
+        description="How many engines placement puts on this host. Unset = the engine's `rtjobs.max-engines` "
+        "daemon label, else its memory / RTJOBS_ENGINE_MEMORY_BYTES.",
+    )
+    host_report_every_s: float = Field(
+        default=10.0,
+        ge=0.2,
+        le=300,
+        description="How often (seconds) each worker reports its host and the games with a container there; "
+        "a host is live while one of its workers reported within 3 intervals.",
+    )
+    host_wait_s: float = Field(
+        default=60.0,
+        ge=1,
+        le=3600,
+        description="How long (seconds) a job whose game lives on a host with no live worker waits for one "
+        "before it reports `docker_unavailable`; a new game waits as long for any live host.",
+    )
+    host_docker_concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description="How many Docker steps one worker runs at once on its host's queue; more wait on the "
+        "server. Unset = the host's capacity + 2, at least 4, at most 100.",
+    )
 
-    # Per-game order: a job asks for its turn no earlier than this after it was started, so that a
-    # job of the same game started just before it, whose first workflow task ran later, still goes
-    # first. 0 asks at once (lower latency, order as the first workflow tasks ran).
-    order_settle_s: float = Field(default=0.25, ge=0, le=5)
-    state_dir: Path = DEFAULT_STATE_DIR
+    reconcile_every: timedelta | None = Field(
+        default=timedelta(minutes=5),
+        description="How often each host's `RuntimeReconcile` runs (its Temporal Schedule, created or updated "
+        "by the host's workers at start-up), a duration (`5m`, `30s`, `1h`); empty = no schedule (an existing "
+        "one is deleted).",
+    )
+    reconcile_grace_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="How long (seconds) a container of ours that does not run is left alone before "
+        "reconciliation removes it (a start or a clean-up may still be about it); 0 = at once.",
+    )
+    reconcile_remove_unknown: bool = Field(
+        default=False,
+        description="Remove a running engine that no record names (and publish `engine_removed`) instead of "
+        "adopting it into its game's record.",
+    )
+    engine_events_stream: str = Field(
+        default="runtime:engine_events",
+        description="Where reconciliation tells the Lobby of engines that died or were removed outside any "
+        "job (`engine_lost`, `engine_removed`); empty = not published.",
+    )
+
+    graceful_shutdown_timeout_s: float = Field(
+        default=30.0, ge=0, description="On SIGTERM/SIGINT, how long (seconds) running activities may finish."
+    )
+    max_cached_workflows: int = Field(
+        default=100,
+        ge=0,
+        description="Workflows kept in worker memory between tasks (each holds a sandbox of ~200 KB); the "
+        "others are replayed from history when they resume.",
+    )
+
+    order_settle_s: float = Field(
+        default=0.25,
+        ge=0,
+        le=5,
+        description="A job asks for its game's lock no earlier than this (seconds) after it was started, so "
+        "that a job of the same game started just before, whose first workflow task ran later, still goes "
+        "first. 0 = at once (with one task-queue partition, order holds without it).",
+    )
+    state_dir: Path = Field(
+        default=DEFAULT_STATE_DIR,
+        description="Where `--dev` keeps the dev server's database and the data of the Redis and Docker engine "
+        "it starts.",
+    )
 
     redis_url: str = Field(
-        default="redis://127.0.0.1:6379/0", validation_alias=AliasChoices("REDIS_URL", "RTJOBS_REDIS_URL")
+        default="redis://127.0.0.1:6379/0",
+        validation_alias=AliasChoices("REDIS_URL", "RTJOBS_REDIS_URL"),
+        description="The Redis of the streams: `redis://`/`rediss://` (standalone), `redis+cluster://`, "
+        "`redis+sentinel://` (docs/redis.md), with ACL user and password; never logged unmasked.",
     )
-    docker_host: str | None = Field(default=None, validation_alias=AliasChoices("DOCKER_HOST", "RTJOBS_DOCKER_HOST"))
+    docker_host: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DOCKER_HOST", "RTJOBS_DOCKER_HOST"),
+        description="The Docker engine: the worker's host in the fleet. Unset = `unix:///var/run/docker.sock`.",
+    )
 
-    # Docker: upper bound of an image pull (a registry that trickles must not hang a start), and how
-    # often a starting engine's state is polled.
-    docker_pull_timeout_s: float = Field(default=600.0, gt=0, le=MAX_PULL_TIMEOUT_S)
-    docker_poll_interval_s: float = Field(default=0.2, gt=0, le=10)
+    docker_pull_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        le=MAX_PULL_TIMEOUT_S,
+        description="The upper bound (seconds) of an image pull: a registry that trickles must not hang a start.",
+    )
+    docker_poll_interval_s: float = Field(
+        default=0.2, gt=0, le=10, description="How often (seconds) a starting engine's state is polled."
+    )
 
-    # Worker process: log level, and the fixed ports of the embedded dev server (`worker.py --dev`),
-    # so operators can point TEMPORAL_ADDRESS and a browser at them across restarts.
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    dev_port: int = Field(default=7233, ge=1, le=65535)
-    dev_ui_port: int = Field(default=8233, ge=1, le=65535)
-    # `--dev` with REDIS_URL unset: the Redis on this port of 127.0.0.1, or a redis-server it starts
-    # there (devstack.py), so that starters' default REDIS_URL (port 6379) finds it.
-    dev_redis_port: int = Field(default=6379, ge=1, le=65535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="The log level; DEBUG adds tracebacks."
+    )
+    dev_port: int = Field(
+        default=7233, ge=1, le=65535, description="`--dev`: the port of the embedded Temporal dev server."
+    )
+    dev_ui_port: int = Field(default=8233, ge=1, le=65535, description="`--dev`: the port of its web UI.")
+    dev_redis_port: int = Field(
+        default=6379,
+        ge=1,
+        le=65535,
+        description="`--dev` with REDIS_URL unset: the Redis on this port of 127.0.0.1 is used, else a "
+        "redis-server is started there.",
+    )
 
-    # Operating in a cluster (README): the Prometheus endpoint (`host:port`, serving /metrics; unset =
-    # off, except under --dev where it is DEV_METRICS_ADDRESS; empty = off even there), and the health
-    # endpoints (`host:port`, serving /healthz and /readyz; unset or empty = off).
-    # Worker Versioning (README "Safe deploys"): the variables the temporal-worker-controller injects; both
-    # set = the worker registers as that deployment version (job workflows pinned to it), neither = unversioned.
     deployment_name: str | None = Field(
-        default=None, min_length=1, validation_alias=AliasChoices("TEMPORAL_DEPLOYMENT_NAME", "RTJOBS_DEPLOYMENT_NAME")
+        default=None,
+        min_length=1,
+        validation_alias=AliasChoices("TEMPORAL_DEPLOYMENT_NAME", "RTJOBS_DEPLOYMENT_NAME"),
+        description="Worker Versioning (docs/operations.md): with TEMPORAL_WORKER_BUILD_ID, every Worker of "
+        "the process registers as that Worker Deployment Version; one without the other is an error. Unset = "
+        "unversioned.",
     )
     worker_build_id: str | None = Field(
-        default=None, min_length=1, validation_alias=AliasChoices("TEMPORAL_WORKER_BUILD_ID", "RTJOBS_WORKER_BUILD_ID")
+        default=None,
+        min_length=1,
+        validation_alias=AliasChoices("TEMPORAL_WORKER_BUILD_ID", "RTJOBS_WORKER_BUILD_ID"),
+        description="The build id of that Worker Deployment Version (set with TEMPORAL_DEPLOYMENT_NAME).",
     )
-    metrics_address: str | None = Field(default=None, pattern=_HOST_PORT)
-    health_address: str | None = Field(default=None, pattern=_HOST_PORT)
+    metrics_address: str | None = Field(
+        default=None,
+        pattern=_HOST_PORT,
+        description="`host:port` of the Prometheus endpoint `/metrics`. Unset = off, except under `--dev` "
+        f"({DEV_METRICS_ADDRESS}); empty = off there too.",
+    )
+    health_address: str | None = Field(
+        default=None,
+        pattern=_HOST_PORT,
+        description="`host:port` of `GET /healthz` and `GET /readyz` (the image sets 0.0.0.0:8081). Unset or "
+        "empty = off.",
+    )
 
     @model_validator(mode="after")
     def _window_fits_the_start_timeout(self) -> Settings:

@@ -32,10 +32,20 @@ def payload_schema(spec: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
+# The channels each version of the description added: a new channel is a new minor version.
+CHANNELS_ADDED = {"1.0.0": {"jobResults"}, "1.1.0": {"engineEvents"}}
+
+
 def test_channel_address_is_the_contract_stream() -> None:
     spec = load_spec()
     assert spec["asyncapi"].startswith("3.")
     assert spec["channels"]["jobResults"]["address"] == "runtime:job_results"
+
+
+def test_info_version_is_the_version_that_added_the_newest_channel() -> None:
+    spec = load_spec()
+    assert spec["info"]["version"] == list(CHANNELS_ADDED)[-1]
+    assert set(spec["channels"]) == set().union(*CHANNELS_ADDED.values())
 
 
 def test_model_and_asyncapi_payload_agree_field_by_field() -> None:
