@@ -82,6 +82,15 @@ async def send_report(client: Client, task_queue: str, report: HostReport) -> No
 
 
 @dataclass
+class Survey:
+    """Every host's view that answered, and the hosts that did not (busy past the query's deadline, or
+    their workflow failing its tasks): one host's silence does not hide the rest of the fleet."""
+
+    views: list[HostView]
+    unanswered: dict[str, str]  # host name → why
+
+
+@dataclass
 class _Listed:
     hosts: list[HostRef]
     at: float
@@ -168,10 +177,27 @@ class Fleet:
         return await self._query(host_id, VIEW_QUERY, [], HostView)
 
     async def views(self) -> list[HostView]:
-        """Every host's view (`rtjobs hosts`), by name; a host that ended meanwhile is left out."""
+        """Every host's view, by name; a host that ended meanwhile is left out, one that did not answer fails
+        the call (for callers that need the whole fleet; `survey` gives what answered)."""
+        survey = await self.survey()
+        if survey.unanswered:
+            name, why = next(iter(survey.unanswered.items()))
+            raise RuntimeError(f"host {name} did not answer: {why}")
+        return survey.views
+
+    async def survey(self) -> Survey:
+        """Every host's view that answered (`rtjobs hosts`, placement's last resort), and which did not."""
         hosts = await self.hosts(fresh=True)
-        views = await fan_out(hosts, lambda h: self.view(h.host_id))
-        return [v for v in views if v is not None]
+        answers = await fan_out(hosts, self._answer)
+        views = [a for a in answers if isinstance(a, HostView)]
+        unanswered = {h.name: a for h, a in zip(hosts, answers, strict=True) if isinstance(a, str)}
+        return Survey(views=views, unanswered=unanswered)
+
+    async def _answer(self, host: HostRef) -> HostView | str | None:
+        try:
+            return await self.view(host.host_id)
+        except RPCError as err:
+            return f"{err.status.name if err.status else 'error'}: {err.message}"
 
     async def probe(self, host: HostRef, request: ReserveRequest) -> HostProbe | None:
         """The host's load for a placement; None when its workflow is gone or did not answer."""

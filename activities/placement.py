@@ -162,7 +162,8 @@ class PlacementActivities:
         """The samples found no room: every host is asked, so the answer is true for the whole fleet
         (asked once more when the hosts that had room were taken meanwhile by other placements)."""
         for _ in range(2):
-            views = await fleet.views()
+            survey = await fleet.survey()
+            views = survey.views
             live = [v for v in views if v.live]
             open_hosts = sorted(
                 (v for v in live if not v.draining and v.engines + v.reserved < v.capacity),
@@ -174,6 +175,9 @@ class PlacementActivities:
                 answer = await self._claim(fleet.task_queue, _ref(view), ask)
                 if answer is not None:
                     return answer.model_copy(update={"live_hosts": len(live)})
+        if survey.unanswered:
+            # "No host has room" would be false for the hosts that did not answer: the attempt fails, retried.
+            raise RuntimeError(_why_unanswered(views, live, survey.unanswered))
         return PlaceAnswer(why=_why_no_host(views, live), live_hosts=len(live))
 
     async def _claim(self, task_queue: str, host: HostRef, ask: ReserveRequest) -> PlaceAnswer | None:
@@ -263,6 +267,13 @@ def _fullness(probe: HostProbe) -> float:
 
 def _ref(view: HostView) -> HostRef:
     return HostRef(host_id=view.host_id, name=view.name, queue=view.queue)
+
+
+def _why_unanswered(views: list[HostView], live: list[HostView], unanswered: dict[str, str]) -> str:
+    named = ", ".join(f"{name} ({why})" for name, why in list(unanswered.items())[:WHY_HOSTS_NAMED])
+    more = f" and {len(unanswered) - WHY_HOSTS_NAMED} more" if len(unanswered) > WHY_HOSTS_NAMED else ""
+    heard = _why_no_host(views, live) if views else "no host answered"
+    return f"{heard}; {len(unanswered)} did not answer: {named}{more}"
 
 
 def _why_no_host(views: list[HostView], live: list[HostView]) -> str:
