@@ -3,6 +3,7 @@ parsing and matching as the Docker CLI does, then pulls from a loopback registry
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import dataclasses
@@ -20,6 +21,7 @@ from typing import Any
 import aiodocker
 import pytest
 from aiodocker.exceptions import DockerError
+from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
@@ -39,12 +41,15 @@ from activities.registry_auth import (
 from contract.engine import EngineOutcome, EnsureEngineRunning, PullProgress, pull_progress_of
 from contract.models import ErrorCode
 from contract.settings import Settings
-from tests.support.docker_engine import DockerEngine, EngineImages, rootfs_tar
+from starter import pull_progress, start_job
+from tests.support.docker_engine import TEST_REPO, DockerEngine, EngineImages, rootfs_tar
+from tests.support.job_worker import MakeSettings, real_worker
 from tests.support.tiny_registry import TinyRegistry
 
 USER = "rtjobs-puller"
 PASSWORD = "pw-" + uuid.uuid4().hex  # never to be seen in a message or a log
 HELPER = "rtjobstest"
+RESULT_WAIT_S = 120.0  # stops a hang only
 
 
 def auth_of(user: str, password: str) -> str:
@@ -54,6 +59,11 @@ def auth_of(user: str, password: str) -> str:
 def write_config(path: Path, config: dict[str, Any]) -> Path:
     path.write_text(json.dumps(config))
     return path
+
+
+def write_login(directory: Path, key: str, password: str = PASSWORD) -> Path:
+    """A config.json whose `auths` entry `key` logs USER in with `password`."""
+    return write_config(directory / "config.json", {"auths": {key: {"auth": auth_of(USER, password)}}})
 
 
 def header_json(credentials: RegistryCredentials) -> dict[str, Any]:
@@ -363,9 +373,7 @@ async def test_a_pull_without_or_with_wrong_credentials_is_refused_saying_so(
     assert f"no credentials in {tmp_path / 'config.json'}" in message
     refused_before = private_image.registry.refused
 
-    write_config(
-        tmp_path / "config.json", {"auths": {private_image.host: {"auth": auth_of(USER, "wrong-" + PASSWORD)}}}
-    )
+    write_login(tmp_path, private_image.host, "wrong-" + PASSWORD)
     message = await refused(engine_activities, game_id, caplog)
     assert f"authentication failed for registry {private_image.host}" in message, message
     assert "credentials from `auths` entry" in message and "wrong-" not in message
@@ -385,9 +393,7 @@ async def test_a_pull_with_the_right_credentials_starts_the_engine_and_reports_i
     docker: aiodocker.Docker,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    write_config(
-        tmp_path / "config.json", {"auths": {f"https://{private_image.host}/v2/": {"auth": auth_of(USER, PASSWORD)}}}
-    )
+    write_login(tmp_path, f"https://{private_image.host}/v2/")
     private_image.registry.trickle_s = 3 * PROGRESS_EVERY_S  # each blob takes that long: progress between
     heartbeats: list[tuple[Any, ...]] = []
     with caplog.at_level(logging.DEBUG):
@@ -423,3 +429,32 @@ async def test_a_pull_with_credentials_from_a_helper_on_the_path(
     asked = helper_on_path(helper_answer(USER, PASSWORD))
     await expect_running(engine_activities, game_id, docker)
     assert asked.read_text() == f"{private_image.host}\n"
+
+
+@pytest.mark.docker
+async def test_a_start_job_shows_its_pull_progress_in_a_describe(
+    client: Client,
+    make_settings: MakeSettings,
+    private_image: PrivateImage,
+    tmp_path: Path,
+    game_id: str,
+) -> None:
+    """The route a starter (the CLI) takes: the pending Docker step's heartbeat details, via describe."""
+    auth_file = write_login(tmp_path, private_image.host)
+    private_image.registry.trickle_s = 4 * PROGRESS_EVERY_S
+    settings = make_settings(
+        image_allow=f"{TEST_REPO},{private_image.host}/rtjobs-test/*", registry_auth_file=auth_file
+    )
+    seen: list[PullProgress] = []
+    async with real_worker(client, settings):
+        handle = await start_job(client, game_id, image=private_image.ref, task_queue=settings.task_queue)
+        async with asyncio.timeout(RESULT_WAIT_S):
+            while not seen or seen[-1].done is False:
+                progress = await pull_progress(client, handle)
+                if progress is not None and progress not in seen:
+                    seen.append(progress)
+                await asyncio.sleep(0.2)
+            result = await handle.result()
+    assert result.outcome == "success", result
+    assert any(not p.done and p.layers_total == 3 for p in seen), seen
+    assert seen[-1].done and seen[-1].layers_done == 3, seen
