@@ -20,6 +20,7 @@ from temporalio.envconfig import ClientConfigProfile, ClientConnectConfig
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.runtime import Runtime
 
+from contract.engine import ENSURE_RUNNING_ACTIVITY, PullProgress, pull_progress_of
 from contract.models import JobKind, JobResult, StartRuntimeJobInput, StopRuntimeJobInput
 from contract.settings import Settings
 
@@ -71,6 +72,17 @@ async def connect(
         runtime=runtime,
         plugins=plugins,
     )
+
+
+async def pull_progress(client: Client, handle: WorkflowHandle[Any, Any]) -> PullProgress | None:
+    """How far the image pull of a running start job got, from its pending Docker step's last
+    heartbeat (docs/registries.md); None when it is not pulling and has not pulled."""
+    description = await handle.describe()
+    for pending in description.raw_description.pending_activities:
+        if pending.activity_type.name == ENSURE_RUNNING_ACTIVITY and pending.heartbeat_details.payloads:
+            details = await client.data_converter.decode(list(pending.heartbeat_details.payloads))
+            return pull_progress_of(details)
+    return None
 
 
 def new_job_id() -> str:

@@ -29,7 +29,7 @@ from activities.engine_spec import (
     normalize_image_ref,
 )
 from activities.game_network import GameNetwork
-from activities.heartbeat import heartbeating, job_run, recorded_container_id
+from activities.heartbeat import Heartbeat, heartbeating, job_run, recorded_container_id
 from activities.readiness import Readiness
 from contract.engine import (
     ENSURE_REMOVED_ACTIVITY,
@@ -113,7 +113,7 @@ class EngineActivities:
                 # Not here after all (a stale placement): the job looks elsewhere before anything is made.
                 return EngineOutcome(container_id="", replay=False, absent=True)
 
-            container_id, adopted, deadline = await self._create(name, game_id, image)
+            container_id, adopted, deadline = await self._create(name, game_id, image, hb)
             if adopted:
                 await self._readiness.until_ready(container_id, name, deadline)
                 return EngineOutcome(container_id=container_id, replay=True)
@@ -212,8 +212,9 @@ class EngineActivities:
         configured = str((info.get("Config") or {}).get("Image", ""))
         return normalize_image_ref(configured) == normalize_image_ref(image)
 
-    async def _create(self, name: str, game_id: str, image: str) -> tuple[str, bool, float]:
-        """Create the container, pulling the image only if create says it is absent.
+    async def _create(self, name: str, game_id: str, image: str, hb: Heartbeat) -> tuple[str, bool, float]:
+        """Create the container, pulling the image only if create says it is absent (its progress in
+        the heartbeat).
 
         Returns (container id, adopted, readiness deadline). `adopted` is a container a concurrent
         creator made (ours, same image) found after a 409 name conflict.
@@ -236,7 +237,7 @@ class EngineActivities:
             except DockerError as err:
                 if err.status == 404 and "image" in err.message.lower() and not pulled:
                     activity.logger.info("pulling engine image %s", image)
-                    await self.gateway.pull(image)
+                    await self.gateway.pull(image, hb.pulling)
                     pulled = True
                     deadline = self._readiness_deadline()  # the readiness clock starts after the pull
                     continue

@@ -15,9 +15,13 @@ from typing import Any, TypeVar
 import aiodocker
 import aiohttp
 from aiodocker.exceptions import DockerError, DockerStreamError
+from aiodocker.jsonstream import json_stream_stream
+from aiodocker.types import SENTINEL
 from temporalio.exceptions import ApplicationError
 
-from contract.engine import DOCKER_UNAVAILABLE_TYPE
+from activities.pull_progress import PullTracker
+from activities.registry_auth import RegistryAuthError, RegistryCredentials, credentials_for, registry_of
+from contract.engine import DOCKER_UNAVAILABLE_TYPE, PullProgress
 from contract.models import ErrorCode, one_line
 from contract.settings import Settings
 
@@ -29,6 +33,8 @@ DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 # aiodocker reports a refused/reset/missing socket as status 900; a proxy in front of a TCP DOCKER_HOST
 # answers 502/503/504 when the daemon behind it is away.
 _CONNECTION_STATUSES = frozenset({900, 502, 503, 504})
+# How a daemon reports a registry's 401 in a pull's answer or stream.
+_LOGIN_REFUSED = ("unauthorized", "authentication required", "no basic auth credentials")
 
 
 def permanent(code: ErrorCode, message: str) -> ApplicationError:
@@ -199,17 +205,37 @@ class DockerGateway:
                 raise permanent(code, f"container {container_id[:12]} was still being removed")
             await asyncio.sleep(self._settings.docker_poll_interval_s)
 
-    async def pull(self, image: str) -> None:
-        """Pull a locally absent image: bounded by RTJOBS_DOCKER_PULL_TIMEOUT_S, errors in its stream count."""
+    async def pull(self, image: str, progress: Callable[[PullProgress], None] | None = None) -> None:
+        """Pull a locally absent image with the registry's credentials (activities.registry_auth, read
+        now): bounded by RTJOBS_DOCKER_PULL_TIMEOUT_S, errors in its stream count, a refused login says
+        so; `progress` gets the pull's progress (activities.pull_progress) as it goes."""
         what = f"pull of {image}"
+        registry = registry_of(image)
+        auth_file = self._settings.registry_auth_path
+        try:
+            credentials = await credentials_for(image, auth_file, self._settings.docker_call_timeout_s)
+        except RegistryAuthError as err:
+            raise permanent(ErrorCode.IMAGE_PULL_FAILED, f"{what}: {err}") from None
+        tracker = PullTracker(image, progress or (lambda _: None))
 
         async def consume() -> None:
-            stream: AsyncIterator[Any] = self.client.images.pull(image, stream=True)
-            async for message in stream:
-                if isinstance(message, dict) and (message.get("error") or message.get("errorDetail")):
-                    detail = message.get("errorDetail") or {}
-                    reason = message.get("error") or detail.get("message") or str(detail)
-                    raise DockerStreamError(str(reason), error_detail=detail)
+            try:
+                async for message in self._pull_stream(image, credentials):
+                    if not isinstance(message, dict):
+                        continue
+                    if message.get("error") or message.get("errorDetail"):
+                        detail = message.get("errorDetail") or {}
+                        reason = message.get("error") or detail.get("message") or str(detail)
+                        raise DockerStreamError(str(reason), error_detail=detail)
+                    tracker.update(message)
+            except DockerError as err:
+                if login_refused(err):
+                    used = f"credentials from {credentials.source}" if credentials else f"no credentials in {auth_file}"
+                    raise permanent(
+                        ErrorCode.IMAGE_PULL_FAILED,
+                        f"{what}: authentication failed for registry {registry} ({used}): {err.message}",
+                    ) from None
+                raise
 
         await self.call(
             what,
@@ -219,5 +245,37 @@ class DockerGateway:
             timeout_s=self._settings.docker_pull_timeout_s,
             overrun_code=ErrorCode.IMAGE_PULL_FAILED,
         )
+        tracker.finish()
         if await self.image_id(image) is None:
             raise permanent(ErrorCode.IMAGE_PULL_FAILED, f"{what} ended without the image")
+
+    def _pull_stream(self, image: str, credentials: RegistryCredentials | None) -> AsyncIterator[Any]:
+        """`POST /images/create`'s JSON stream, with our own `X-Registry-Auth`: aiodocker's `images.pull`
+        replaces the header's server address by the reference's first component and refuses a reference
+        without one (`ubuntu`), which a Docker Hub login must be able to pull."""
+        name, _, digest = image.partition("@")
+        params = {"fromImage": image}
+        if not digest and ":" not in name.rsplit("/", 1)[-1]:
+            params["tag"] = "latest"  # an empty tag would pull every tag of the repository
+        headers = {"X-Registry-Auth": credentials.header()} if credentials else {}
+        docker = self.client
+        query = docker._query(
+            "images/create",
+            "POST",
+            params=params,
+            headers=headers,
+            timeout=docker._resolve_long_running_timeout(SENTINEL),  # bounded by `call`'s deadline
+        )
+
+        async def stream() -> AsyncIterator[Any]:
+            async with query as response:
+                async for item in json_stream_stream(response):
+                    yield item
+
+        return stream()
+
+
+def login_refused(err: DockerError) -> bool:
+    """Whether the daemon's error is the registry refusing the login (or asking for one)."""
+    message = err.message.lower()
+    return err.status == 401 or any(sign in message for sign in _LOGIN_REFUSED)

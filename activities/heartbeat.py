@@ -3,7 +3,7 @@
 Two records: the heartbeat details (the container id, once created) and the `galaxy.job-run` label the
 create writes (so the container is known even when the worker died before a heartbeat carried its id).
 The heartbeat also keeps the attempt alive for Temporal while it waits on a pull, a readiness wait or a
-long stop.
+long stop, and once a pull began its second detail is the pull's progress (`contract.engine.PullProgress`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from temporalio import activity
+
+from contract.engine import PullProgress
 
 HEARTBEAT_EVERY_S = 1.0
 
@@ -32,16 +34,25 @@ def recorded_container_id() -> str:
 
 
 class Heartbeat:
-    """Beats every second from a side task, carrying the id of the container this job created."""
+    """Beats every second from a side task, carrying the id of the container this job created and,
+    once a pull began, its progress."""
 
     def __init__(self, container_id: str) -> None:
         self.container_id = container_id
+        self.pull: PullProgress | None = None
 
     def beat(self) -> None:
-        if self.container_id:
+        if self.pull is not None:
+            activity.heartbeat(self.container_id, self.pull.model_dump(mode="json"))
+        elif self.container_id:
             activity.heartbeat(self.container_id)
         else:
             activity.heartbeat()
+
+    def pulling(self, progress: PullProgress) -> None:
+        """Beat at once with the pull's newest progress (the pull reports it at most every 2 s)."""
+        self.pull = progress
+        self.beat()
 
     def record(self, container_id: str) -> None:
         """Beat at once with the new id: a worker dying right after the create must not lose it."""

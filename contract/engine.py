@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 ENSURE_RUNNING_ACTIVITY = "ensure_engine_running"
 ENSURE_REMOVED_ACTIVITY = "ensure_engine_removed"
@@ -72,3 +75,40 @@ class FailedStartRemoved(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     removed: list[str]
+
+
+class PullProgress(BaseModel):
+    """How far the pull of an engine image got: the second heartbeat detail of `ensure_engine_running`
+    while and after it pulls (the first is the container id, "" until one is made).
+
+    Layers count once Docker reports them ("Pulling fs layer", "Waiting", "Already exists"); a layer is
+    done when pulled or already present. Bytes are the downloads Docker reported sizes for (None: none yet).
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    kind: Literal["pull"] = "pull"
+    image: str
+    layers_done: int = 0
+    layers_total: int = 0
+    bytes_done: int | None = None
+    bytes_total: int | None = None
+    done: bool = False
+
+    def line(self) -> str:
+        """One line for people: `pulling IMAGE: 2/5 layers, 12.0/40.5 MB`."""
+        what = f"{'pulled' if self.done else 'pulling'} {self.image}: {self.layers_done}/{self.layers_total} layers"
+        if self.bytes_total:
+            what += f", {(self.bytes_done or 0) / 1e6:.1f}/{self.bytes_total / 1e6:.1f} MB"
+        return what
+
+
+def pull_progress_of(details: Sequence[Any]) -> PullProgress | None:
+    """The pull progress in the heartbeat details of a pending `ensure_engine_running` (decoded
+    payloads, as a describe of the job's workflow gives them), or None when it carries none."""
+    if len(details) < 2 or not isinstance(details[1], dict) or details[1].get("kind") != "pull":
+        return None
+    try:
+        return PullProgress.model_validate(details[1])
+    except ValidationError:
+        return None

@@ -6,6 +6,7 @@ variables (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TLS, API key), read in `worker.
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import timedelta
 from pathlib import Path
@@ -260,6 +261,14 @@ class Settings(BaseSettings):
     docker_poll_interval_s: float = Field(
         default=0.2, gt=0, le=10, description="How often (seconds) a starting engine's state is polled."
     )
+    registry_auth_file: Path | None = Field(
+        default=None,
+        description=(
+            "The Docker config.json whose `auths`, `credHelpers` and `credsStore` give the credentials of "
+            "image pulls, read afresh for each pull (docs/registries.md). Unset: $DOCKER_CONFIG/config.json "
+            "when DOCKER_CONFIG is set, else ~/.docker/config.json. A missing file means no credentials."
+        ),
+    )
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="The log level; DEBUG adds tracebacks."
@@ -346,6 +355,16 @@ class Settings(BaseSettings):
             return default_allow(self.engine_image)
         return parse_allow(self.image_allow)
 
+    @property
+    def registry_auth_path(self) -> Path:
+        """RTJOBS_REGISTRY_AUTH_FILE, or where the Docker CLI keeps its config."""
+        if self.registry_auth_file is not None:
+            return self.registry_auth_file
+        config_dir = os.environ.get("DOCKER_CONFIG")
+        if config_dir:
+            return Path(config_dir) / "config.json"
+        return Path(os.path.expanduser("~")) / ".docker" / "config.json"
+
     def image_refusal(self, image: str) -> str | None:
         """Why the image policy refuses `image` (one line), or None when it may run."""
         return refusal(image, self.image_allow_patterns, require_digest=self.image_require_digest)
@@ -359,6 +378,11 @@ class Settings(BaseSettings):
             return parse_duration(value)
         except ValueError as err:
             raise ValueError(f"RTJOBS_{str(info.field_name).upper()}: {err}") from None
+
+    @field_validator("registry_auth_file", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("log_level", mode="before")
     @classmethod

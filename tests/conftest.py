@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import uuid
@@ -11,9 +12,11 @@ from typing import Any
 import aiodocker
 import pytest
 import redis.asyncio as aioredis
+from aiodocker.exceptions import DockerError
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
+from contract.models import container_name
 from contract.settings import Settings
 from tests.support.docker_engine import TEST_IMAGES, DockerEngine, EngineImages, EngineUnavailable, acquire_engine
 from tests.support.job_worker import MakeSettings, e2e_settings
@@ -192,3 +195,12 @@ async def docker(docker_engine: DockerEngine) -> AsyncIterator[aiodocker.Docker]
     client = aiodocker.Docker(url=docker_engine.url)
     yield client
     await client.close()
+
+
+@pytest.fixture
+async def game_id(docker: aiodocker.Docker) -> AsyncIterator[str]:
+    """A game of the test's own; its container is removed afterwards whatever happened."""
+    gid = f"t-{uuid.uuid4().hex[:10]}"
+    yield gid
+    with contextlib.suppress(DockerError):
+        await docker.containers.container(container_name(gid)).delete(force=True, v=True)

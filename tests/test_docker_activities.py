@@ -88,15 +88,6 @@ async def make_activities(docker_engine: DockerEngine) -> AsyncIterator[MakeActi
         await acts.close()
 
 
-@pytest.fixture
-async def game_id(docker: aiodocker.Docker) -> AsyncIterator[str]:
-    """A game of the test's own; its container is removed afterwards whatever happened."""
-    gid = f"t-{uuid.uuid4().hex[:10]}"
-    yield gid
-    with contextlib.suppress(DockerError):
-        await docker.containers.container(container_name(gid)).delete(force=True, v=True)
-
-
 def job_env() -> ActivityEnvironment:
     """An activity environment as a fresh job run sees it: its own workflow id and run id."""
     env = ActivityEnvironment()
@@ -849,9 +840,9 @@ class CallCounter:
             self.calls.append(what)
             return await real_call(what, *args, **kwargs)
 
-        async def pull(image: str) -> None:
+        async def pull(image: str, *args: Any) -> None:
             self.calls.append(f"pull {image}")
-            await real_pull(image)
+            await real_pull(image, *args)
 
         monkeypatch.setattr(acts.gateway, "call", call)
         monkeypatch.setattr(acts.gateway, "pull", pull)

@@ -15,7 +15,6 @@ from activities.docker import EngineActivities
 from activities.engine_spec import SCRATCH_DIR, scratch_options
 from contract.engine import EnsureEngineRunning
 from tests.support.docker_engine import DockerEngine, import_image, rootfs_tar
-from tests.test_docker_activities import game_id as game_id
 from tests.test_docker_activities import job_env, settings_for
 
 IMAGE = "rtjobs-test/engine:root-only-tmp"
