@@ -1,16 +1,17 @@
-# `make run`: the worker with an embedded Temporal dev server and web UI, and (devstack.py) Redis, a
+# `make run`: the worker with an embedded Temporal dev server and web UI, and (rtjobs/dev/stack.py) Redis, a
 # Docker engine and a demo engine image where none is configured or answering.
 # `make test`: lint, type-check and the whole test suite. Both set everything up on a fresh machine.
+# `make format`: format and fix what ruff can (`make lint` checks; .pre-commit-config.yaml runs the same).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint bench system-deps run-deps clean
+.PHONY: run test lint format bench system-deps run-deps clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 system-deps:
@@ -21,7 +22,7 @@ run-deps:
 
 # Byte-compiled once here: the workflow sandbox imports the workflow modules afresh for every workflow
 # run, and where PYTHONDONTWRITEBYTECODE is set nothing else writes their .pyc (each run would compile).
-BYTECODE := $(PY) -m compileall -q contract workflows activities
+BYTECODE := $(PY) -m compileall -q contract workflows activities rtjobs
 
 run: $(STAMP) run-deps
 	$(BYTECODE)
@@ -31,6 +32,10 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy .
+
+format: $(STAMP)
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
 
 test: $(STAMP) system-deps lint
 	$(BYTECODE)

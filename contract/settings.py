@@ -1,7 +1,7 @@
 """Worker configuration from the environment (contract section 5).
 
 The Temporal connection itself is not here: it follows the SDK's own `temporalio.envconfig`
-variables (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TLS, API key), read in `worker.py`.
+variables (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TLS, API key), read in `rtjobs/client.py`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from contract.image_policy import ImagePattern, ImagePolicyError, default_allow,
 from contract.models import is_valid_image_ref
 from contract.policies import MAX_DOCKER_CALL_TIMEOUT_S, MAX_PULL_TIMEOUT_S, MAX_START_TIMEOUT_S
 
-DEFAULT_STATE_DIR = Path(__file__).resolve().parent.parent / ".state"
 DEV_METRICS_ADDRESS = "127.0.0.1:9464"
 # `host:port` of a listening socket (host: a name, an IPv4 address or a bracketed IPv6 one), or empty.
 _HOST_PORT = r"^(?:(?:[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5})?$"
@@ -50,7 +49,7 @@ class Settings(BaseSettings):
     redis_min_replicas: int = Field(default=0, ge=0, le=100)
     redis_wait_timeout_ms: int = Field(default=1000, ge=1, le=2500)
     # The worker refuses to start when a Redis primary may evict the stream or the idempotency keys
-    # (worker.check_eviction), and also when it cannot read the policy at all. True = the operator has
+    # (rtjobs.startup.check_eviction), and also when it cannot read the policy at all. True = the operator has
     # checked that every node runs `noeviction` or `maxmemory 0` (for servers that hide INFO and CONFIG):
     # an unreadable policy is then one warning; a readable unsafe one still refuses.
     redis_assume_noeviction: bool = False
@@ -118,7 +117,9 @@ class Settings(BaseSettings):
     # job of the same game started just before it, whose first workflow task ran later, still goes
     # first. 0 asks at once (lower latency, order as the first workflow tasks ran).
     order_settle_s: float = Field(default=0.25, ge=0, le=5)
-    state_dir: Path = DEFAULT_STATE_DIR
+    # Where `--dev` keeps the dev server's database and the data of the Redis and Docker engine it starts
+    # (RTJOBS_STATE_DIR): `.state` in the working directory unless set (never next to the installed code).
+    state_dir: Path = Field(default_factory=lambda: Path.cwd() / ".state")
 
     redis_url: str = Field(
         default="redis://127.0.0.1:6379/0", validation_alias=AliasChoices("REDIS_URL", "RTJOBS_REDIS_URL")
@@ -136,7 +137,7 @@ class Settings(BaseSettings):
     dev_port: int = Field(default=7233, ge=1, le=65535)
     dev_ui_port: int = Field(default=8233, ge=1, le=65535)
     # `--dev` with REDIS_URL unset: the Redis on this port of 127.0.0.1, or a redis-server it starts
-    # there (devstack.py), so that starters' default REDIS_URL (port 6379) finds it.
+    # there (rtjobs/dev/stack.py), so that starters' default REDIS_URL (port 6379) finds it.
     dev_redis_port: int = Field(default=6379, ge=1, le=65535)
 
     # Operating in a cluster (README): the Prometheus endpoint (`host:port`, serving /metrics; unset =
