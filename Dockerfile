@@ -15,10 +15,12 @@ FROM ${BASE_IMAGE} AS build
 ARG PIP_OPTIONS=""
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 COPY . /src
-# The project without its dev extra: only the runtime dependencies reach the final image. pip compiles the
-# bytecode here, so a read-only root file system costs nothing at run time.
-RUN python3 -m venv /opt/rtjobs \
-    && /opt/rtjobs/bin/pip install --no-compile $PIP_OPTIONS /src \
+# The project without its dev extra and without its development stack (rtjobs/dev: `--dev` then fails with one
+# line), the runtime dependencies at the releases of constraints.txt: only those reach the final image. pip
+# compiles the bytecode here, so a read-only root file system costs nothing at run time.
+RUN rm -rf /src/rtjobs/dev \
+    && python3 -m venv /opt/rtjobs \
+    && /opt/rtjobs/bin/pip install --no-compile $PIP_OPTIONS -c /src/constraints.txt /src \
     && /opt/rtjobs/bin/python -m compileall -q /opt/rtjobs/lib
 
 FROM ${BASE_IMAGE}

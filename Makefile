@@ -1,17 +1,18 @@
-# `make run`: the worker with an embedded Temporal dev server and web UI, and (devstack.py) Redis, a
+# `make run`: the worker with an embedded Temporal dev server and web UI, and (rtjobs/dev/stack.py) Redis, a
 # Docker engine and a demo engine image where none is configured or answering.
 # `make test`: lint, type-check and the whole test suite. Both set everything up on a fresh machine.
 # `make docs`: docs/configuration.md and the JSON Schemas in api/, generated from the code.
+# `make format`: format and fix what ruff can (`make lint` checks; .pre-commit-config.yaml runs the same).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint docs bench system-deps run-deps clean
+.PHONY: run test lint format docs bench system-deps run-deps clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 system-deps:
@@ -22,7 +23,7 @@ run-deps:
 
 # Byte-compiled once here: the workflow sandbox imports the workflow modules afresh for every workflow
 # run, and where PYTHONDONTWRITEBYTECODE is set nothing else writes their .pyc (each run would compile).
-BYTECODE := $(PY) -m compileall -q contract workflows activities
+BYTECODE := $(PY) -m compileall -q contract workflows activities rtjobs
 
 run: $(STAMP) run-deps
 	$(BYTECODE)
@@ -35,6 +36,10 @@ lint: $(STAMP)
 
 docs: $(STAMP)
 	$(PY) scripts/gen_docs.py
+
+format: $(STAMP)
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
 
 test: $(STAMP) system-deps lint
 	$(BYTECODE)

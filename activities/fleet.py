@@ -49,7 +49,7 @@ HOSTS_FRESH_S = 60.0
 # How many hosts' workflows are asked at once when every host is asked.
 FAN_OUT = 64
 # A query waits for a worker of the coordination queue; one whose worker just died waits out the
-# sticky queue's timeout first (`STICKY_TIMEOUT` in worker.py, 3 s), hence well above it.
+# sticky queue's timeout first (`STICKY_TIMEOUT` in rtjobs/workers.py, 3 s), hence well above it.
 QUERY_TIMEOUT = timedelta(seconds=10)
 # A placement's probe gives up sooner: another host is sampled instead.
 PROBE_TIMEOUT = timedelta(seconds=3)

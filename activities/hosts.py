@@ -30,7 +30,7 @@ from activities.fleet import Fleet, send_report
 from contract.hosts import HostRef, HostReport, host_queue
 from contract.models import LABEL_GAME_ID, ErrorCode
 from contract.settings import Settings
-from metrics import record_engines
+from rtjobs.ops.metrics import record_engines
 
 log = logging.getLogger("rtjobs.hosts")
 

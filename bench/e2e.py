@@ -49,9 +49,10 @@ from bench.profile import summarize
 from contract.lock import lock_workflow_id
 from contract.models import LABEL_GAME_ID, LABEL_MANAGED_BY, MANAGED_BY
 from contract.settings import Settings
+from rtjobs.dev.server import EAGER_ACTIVITIES, dynamic_config_args
+from rtjobs.hosting import serving
 from tests.support.binaries import temporal_cli
 from tests.support.docker_engine import acquire_engine
-from worker import EAGER_ACTIVITIES, dynamic_config_args, serving
 from workflows.search import SEARCH_ATTRIBUTE_KEYS
 
 Starter = Callable[[str], Awaitable[Any]]

@@ -81,10 +81,10 @@ from contract.hosts import HostRef, PlaceAnswer, PlaceRequest, ReserveRequest, h
 from contract.lock import coordination_queue
 from contract.models import LABEL_GAME_ID
 from contract.settings import Settings
+from rtjobs.dev.server import DEV_SERVER_CONFIG, dynamic_config_args
 from tests.support.proc_stats import read_sample
 from tests.support.processes import DEAD_DOCKER, Process, process_env, start_ready_worker
 from tests.support.temporal_server import TemporalDevServer
-from worker import DEV_SERVER_CONFIG, dynamic_config_args
 from workflows.turns import LOCK_ACTIVITY_TIMEOUT, LOCK_RETRY_POLICY
 
 GAMES_PER_HOST = 100

@@ -6,7 +6,7 @@ is a flake. The figures are measured here instead, on the real parts (dev server
 
 - `cancel`: a start job of the never-healthy test engine, cancelled once its container runs; the time
   from the cancel request to the job's result (Docker activity cancelled, container removed, the
-  `cancelled` entry published), through the real worker (`worker.build_worker`) in this process;
+  `cancelled` entry published), through the real worker (`rtjobs.workers.build_worker`) in this process;
 - `idle shutdown`: a real `python worker.py` that polls an empty task queue; the time from SIGTERM to
   its exit (status 0), with a 30 s grace period that an idle worker must not wait out.
 
@@ -33,7 +33,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from contract.settings import Settings
-from starter import start_job
+from rtjobs.client import start_job
 from tests.support.binaries import temporal_cli
 from tests.support.docker_engine import DockerEngine, acquire_engine
 from tests.support.job_worker import e2e_settings, real_worker, remove_game_containers, until_running_container

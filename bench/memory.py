@@ -41,7 +41,7 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from starter import start_job
+from rtjobs.client import start_job
 from tests.support.binaries import temporal_cli
 from tests.support.docker_engine import acquire_engine, import_image, rootfs_tar
 from tests.support.proc_stats import ProcSampler, read_sample

@@ -35,9 +35,9 @@ from activities.docker import EngineActivities
 from activities.publish import redis_client
 from bench.e2e import server_args
 from contract.settings import Settings
+from rtjobs.hosting import serving
 from tests.support.docker_engine import acquire_engine
 from tests.support.temporal_server import TemporalDevServer
-from worker import serving
 
 
 @dataclass

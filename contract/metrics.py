@@ -1,7 +1,7 @@
 """The module's own metric names and labels (README "Operating in a cluster" → Metrics).
 
 Shared by the workflows (which record job outcomes through the replay-safe workflow meter), the
-worker's activity interceptor and host reporter (`metrics.py`), the alert rules and the dashboard.
+worker's activity interceptor and host reporter (`rtjobs/ops/metrics.py`), the alert rules and the dashboard.
 Names are given without suffixes: the Prometheus exporter appends `_total` to counters and
 `_seconds` to durations (`PrometheusConfig(counters_total_suffix=True, unit_suffix=True,
 durations_as_seconds=True)`), so `rtjobs_jobs` is scraped as `rtjobs_jobs_total`.

@@ -1,7 +1,7 @@
 """Worker configuration from the environment (contract section 5).
 
 The Temporal connection itself is not here: it follows the SDK's own `temporalio.envconfig`
-variables (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TLS, API key), read in `worker.py`.
+variables (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TLS, API key), read in `rtjobs/client.py`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from contract.image_policy import ImagePattern, ImagePolicyError, default_allow,
 from contract.models import is_valid_image_ref
 from contract.policies import MAX_DOCKER_CALL_TIMEOUT_S, MAX_PULL_TIMEOUT_S, MAX_START_TIMEOUT_S
 
-DEFAULT_STATE_DIR = Path(__file__).resolve().parent.parent / ".state"
 DEV_METRICS_ADDRESS = "127.0.0.1:9464"
 # `host:port` of a listening socket (host: a name, an IPv4 address or a bracketed IPv6 one), or empty.
 _HOST_PORT = r"^(?:(?:[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5})?$"
@@ -235,9 +234,9 @@ class Settings(BaseSettings):
         "first. 0 = at once (with one task-queue partition, order holds without it).",
     )
     state_dir: Path = Field(
-        default=DEFAULT_STATE_DIR,
+        default_factory=lambda: Path.cwd() / ".state",
         description="Where `--dev` keeps the dev server's database and the data of the Redis and Docker engine "
-        "it starts.",
+        "it starts: `.state` in the working directory unless set (never next to the installed code).",
     )
 
     redis_url: str = Field(

@@ -7,7 +7,7 @@
 # UI test, tests/reliability/test_dev_stack.py), prometheus (promtool: the alert rules and dashboard
 # queries of deploy/, tests/test_deploy_manifests.py) and mmdebstrap (the Debian base image of the
 # worker image's build test, tests/reliability/test_image.py).
-# `system-deps.sh run`: only what `make run`'s dev stack uses (devstack.py): redis-server, dockerd and
+# `system-deps.sh run`: only what `make run`'s dev stack uses (rtjobs/dev/stack.py): redis-server, dockerd and
 # busybox-static (the demo engine image), iproute2 (to free a stopped dockerd's bridges).
 # Exits 1 with one line naming the missing packages and the install command when it cannot install them.
 set -euo pipefail

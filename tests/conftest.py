@@ -18,12 +18,12 @@ from temporalio.testing import WorkflowEnvironment
 
 from contract.models import container_name
 from contract.settings import Settings
+from rtjobs.dev.server import ORDERED_DISPATCH
 from tests.support.docker_engine import TEST_IMAGES, DockerEngine, EngineImages, EngineUnavailable, acquire_engine
 from tests.support.job_worker import MakeSettings, e2e_settings
 from tests.support.processes import DEAD_DOCKER, Process, process_env
 from tests.support.redis_server import RedisServer, port_answers
 from tests.support.temporal_server import start_dev_server
-from worker import ORDERED_DISPATCH
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 

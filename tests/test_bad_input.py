@@ -47,8 +47,8 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.common import RawValue
 from temporalio.testing import WorkflowEnvironment
 
-import cli
 from contract.models import IMAGE_REF_PATTERN, MAX_STOP_TIMEOUT_S, ImageRef, JobResult
+from rtjobs.cli import build_parser
 from tests.support.docker_engine import DockerEngine
 from tests.support.stand_ins import StandInEngine, job_worker
 
@@ -610,7 +610,7 @@ async def test_every_reference_the_model_accepts_is_one_docker_accepts(docker: a
 def _parse(argv: list[str]) -> tuple[int | str | None, str]:
     err = io.StringIO()
     with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exited:
-        cli.build_parser().parse_args(argv)
+        build_parser().parse_args(argv)
     return exited.value.code, err.getvalue()
 
 
@@ -652,5 +652,5 @@ def test_cli_rejects_bad_arguments_with_exit_2_and_one_line(argv: list[str]) -> 
 @settings(max_examples=100, deadline=None, database=None)
 @given(game=_valid_game_ids, timeout=st.integers(0, MAX_STOP_TIMEOUT_S))
 def test_cli_accepts_what_the_contract_accepts(game: str, timeout: int) -> None:
-    args = cli.build_parser().parse_args(["stop", game, "--timeout", str(timeout)])
+    args = build_parser().parse_args(["stop", game, "--timeout", str(timeout)])
     assert (args.game, args.timeout) == (game, timeout)

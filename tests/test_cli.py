@@ -1,4 +1,4 @@
-"""`rtjobs` as operators run it: a real `python cli.py` process, real Redis, real dev server and worker."""
+"""`rtjobs` as operators run it: a real `python -m rtjobs.cli` process, real Redis, real dev server and worker."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from activities.placement import PlacementActivities
 from contract.hosts import HostRef, HostReport, PlaceAnswer, PlaceRequest
 from contract.lock import Turn, coordination_queue, lock_workflow_id
 from contract.models import JobResult, engine_endpoint
-from starter import start_job
+from rtjobs.client import start_job
 from tests.support.docker_engine import DockerEngine
 from tests.support.processes import ROOT, Process, process_env, start_ready_worker
 from tests.support.redis_server import free_port
@@ -41,7 +41,7 @@ def rtjobs(
     *args: str, env: Mapping[str, str] | None = None, timeout_s: float = HANG_S
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "cli.py", *args],
+        [sys.executable, "-m", "rtjobs.cli", *args],
         cwd=ROOT,
         env=dict(env if env is not None else process_env()),
         capture_output=True,
@@ -130,7 +130,7 @@ async def test_results_follow_prints_new_entries_of_the_game(
 ) -> None:
     await redis.xadd(stream, _entry("g-a", code="old"))
     follower = Process(
-        ["cli.py", "results", "--follow", "--json", "--game", "g-a"],
+        ["-m", "rtjobs.cli", "results", "--follow", "--json", "--game", "g-a"],
         process_env(REDIS_URL=redis_url, RTJOBS_RESULTS_STREAM=stream, PYTHONUNBUFFERED="1"),
     )
     processes.append(follower)

@@ -1,6 +1,6 @@
 """`rtjobs results --group G --consumer C`: the Game Lobby's way to read the stream, at least once.
 
-Real `python cli.py` processes against a real Redis; a consumer is "killed mid-work" by giving it a 4 KB
+Real `python -m rtjobs.cli` processes against a real Redis; a consumer is "killed mid-work" by giving it a 4 KB
 stdout pipe that nobody reads: it blocks printing an entry it has been delivered but not acknowledged,
 and is then SIGKILLed, as a crashed Lobby instance would be.
 """
@@ -33,7 +33,7 @@ FIELDS = {"game_id", "outcome", "container_id", "engine_endpoint", "error_code",
 
 def rtjobs(*args: str, env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "cli.py", *args],
+        [sys.executable, "-m", "rtjobs.cli", *args],
         cwd=ROOT,
         env=dict(env),
         capture_output=True,
@@ -133,7 +133,7 @@ async def test_two_followers_of_one_group_print_each_entry_once(
 ) -> None:
     followers = []
     for name in ("c1", "c2"):
-        proc = Process(["cli.py", "results", "--group", GROUP, "--consumer", name, "--follow", "--json"], env)
+        proc = Process(["-m", "rtjobs.cli", "results", "--group", GROUP, "--consumer", name, "--follow", "--json"], env)
         processes.append(proc)
         followers.append(proc)
     deadline = time.monotonic() + HANG_S
@@ -206,7 +206,7 @@ def start_stuck_consumer(started: list[StuckConsumer], env: Mapping[str, str], n
     fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, 4096)
     try:
         proc = subprocess.Popen(
-            [sys.executable, "cli.py", "results", "--group", GROUP, "--consumer", name, "--follow", "--json"],
+            [sys.executable, "-m", "rtjobs.cli", "results", "--group", GROUP, "--consumer", name, "--follow", "--json"],
             cwd=ROOT,
             env=dict(env),
             stdin=subprocess.DEVNULL,

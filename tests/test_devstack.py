@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-import devstack
 from contract.settings import Settings
-from devstack import (
+from rtjobs.dev import stack as dev_stack
+from rtjobs.dev.stack import (
     DEFAULT_DOCKER_SOCKET,
     EngineUnavailable,
     PrivateDockerd,
@@ -55,10 +55,10 @@ async def test_a_killed_runs_redis_server_and_dockerd_are_adopted_and_stopped_wi
     try:
         settings = Settings(state_dir=tmp_path, dev_redis_port=port)
         async with contextlib.AsyncExitStack() as stack:
-            used = await devstack.start(settings, stack)
+            used = await dev_stack.start(settings, stack)
             assert used.redis_url == f"redis://127.0.0.1:{port}/0"
             assert used.docker_host == daemon.url
-            assert used.engine_image == devstack.DEMO_IMAGE
+            assert used.engine_image == dev_stack.DEMO_IMAGE
             assert running(redis.pid) and running(dockerd_pid)
         lines = capsys.readouterr().err
         assert f"Redis: adopted the redis-server (pid {redis.pid})" in lines, lines

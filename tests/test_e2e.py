@@ -1,4 +1,4 @@
-"""End to end: the real dev server, real Redis, real Docker and the real worker (`worker.build_worker`).
+"""End to end: the real dev server, real Redis, real Docker and the real worker (`rtjobs.workers.build_worker`).
 
 Each test has its own task queue, result stream and game ids, and removes its games' containers.
 What a test claims is checked on the real outputs: the stream entries, Docker's own view of the
@@ -26,7 +26,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from contract.models import LABEL_GAME_ID, LABEL_MANAGED_BY, JobResult, JobStatus
 from contract.settings import Settings
-from starter import start_job, stop_job
+from rtjobs.client import start_job, stop_job
 from tests.support.binaries import temporal_cli
 from tests.support.docker_engine import EngineImages
 from tests.support.job_worker import (

@@ -18,12 +18,12 @@ from temporalio.client import Client
 from activities.docker import EngineActivities
 from activities.publish import redis_client
 from contract.lock import coordination_queue
-from health import Health, serving_health
+from rtjobs.hosting import serving
+from rtjobs.ops.health import Health, serving_health
 from tests.support.job_worker import MakeSettings
 from tests.support.processes import Process, start_ready_worker
 from tests.support.redis_server import RedisServer, free_port
 from tests.support.restartable_dockerd import RestartableDockerd, own_dockerd
-from worker import serving
 
 pytestmark = pytest.mark.docker
 

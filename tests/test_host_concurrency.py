@@ -11,7 +11,7 @@ from activities.docker import EngineActivities
 from activities.hosts import HostFacts
 from contract.hosts import HostRef
 from contract.settings import Settings, host_docker_concurrency_for
-from worker import build_host_worker
+from rtjobs.workers import build_host_worker
 
 
 def facts(capacity: int, queue: str = "q@host-id-1") -> HostFacts:

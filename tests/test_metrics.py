@@ -19,7 +19,7 @@ from prometheus_client.samples import Sample
 from temporalio.client import Client, WorkflowHandle
 
 from contract.models import JobResult
-from starter import start_job, stop_job
+from rtjobs.client import start_job, stop_job
 from tests.support.docker_engine import TEST_REPO, DockerEngine
 from tests.support.job_worker import E2E_NETWORK, remove_game_containers
 from tests.support.processes import Process, start_ready_worker

@@ -35,7 +35,7 @@ from contract.reconcile import (
     SurveyRequest,
     survey,
 )
-from metrics import prometheus_runtime
+from rtjobs.ops.metrics import prometheus_runtime
 from tests.support.redis_server import free_port
 from workflows.reconcile import RuntimeReconcile
 

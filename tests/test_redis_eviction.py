@@ -11,9 +11,9 @@ from contextlib import contextmanager
 
 import pytest
 
-import worker
 from activities.redis_topology import STREAM_AND_KEYS, MemoryPolicy, PolicyUnreadable, memory_policies, redis_client
 from contract.settings import Settings
+from rtjobs.startup import StartupError, check_eviction
 from tests.support.processes import STARTUP_S, WORKER_READY, Process, start_ready_worker, start_worker
 from tests.support.redis_server import RedisServer
 from tests.support.redis_topologies import LocalCluster, LocalSentinel
@@ -181,8 +181,8 @@ async def test_cluster_check_reads_every_primary_and_names_the_one_that_may_evic
         assert sorted(p.node for p in policies) == sorted(f"127.0.0.1:{n.port}" for n in primaries)
         assert [p.node for p in policies if p.at_risk()] == [f"127.0.0.1:{other.port}"]
         settings = Settings(REDIS_URL=cluster.url(), results_stream=stream)
-        with pytest.raises(worker.StartupError) as refused:
-            await worker.check_eviction(client, settings, "the cluster")
+        with pytest.raises(StartupError) as refused:
+            await check_eviction(client, settings, "the cluster")
         assert f"runs maxmemory-policy volatile-lru with maxmemory 2mb on 127.0.0.1:{other.port}:" in str(refused.value)
     finally:
         await client.aclose()

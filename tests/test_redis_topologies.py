@@ -154,7 +154,7 @@ def test_passwords_are_masked_in_every_form() -> None:
 async def publishing_worker(
     client: Client, task_queue: str, url: str, *, min_replicas: int = 1
 ) -> AsyncIterator[RedisClient]:
-    """A real worker running the publish activity exactly as `worker.build_worker` configures it."""
+    """A real worker running the publish activity exactly as `rtjobs.workers.build_worker` configures it."""
     redis = redis_client(url)
     publisher = ResultPublisher(
         redis, stream=STREAM, dedup_ttl_s=3600, min_replicas=min_replicas, wait_timeout_ms=WAIT_TIMEOUT_MS
@@ -293,7 +293,7 @@ async def test_cluster_failover_mid_run_every_result_exactly_once(
 
         # The operator CLI reads the stream through the Cluster as the same user.
         cli = Process(
-            ["cli.py", "results", "--json", "--count", "100"],
+            ["-m", "rtjobs.cli", "results", "--json", "--count", "100"],
             {**worker_env, "REDIS_URL": url, "RTJOBS_RESULTS_STREAM": STREAM},
         )
         processes.append(cli)

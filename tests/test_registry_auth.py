@@ -41,7 +41,7 @@ from activities.registry_auth import (
 from contract.engine import EngineOutcome, EnsureEngineRunning, PullProgress, pull_progress_of
 from contract.models import ErrorCode
 from contract.settings import Settings
-from starter import pull_progress, start_job
+from rtjobs.client import pull_progress, start_job
 from tests.support.docker_engine import TEST_REPO, DockerEngine, EngineImages, rootfs_tar
 from tests.support.job_worker import MakeSettings, real_worker
 from tests.support.tiny_registry import TinyRegistry

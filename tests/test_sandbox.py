@@ -1,4 +1,4 @@
-"""The workers' sandbox (sandbox.py) against the real sandbox and dev server: runs share the compiled
+"""The workers' sandbox (rtjobs/sandbox.py) against the real sandbox and dev server: runs share the compiled
 code of workflow modules, never their module state, and every restriction still applies."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
-from sandbox import SharedCodeFinder, SharedCodeLoader, share_workflow_code, workflow_runner
+from rtjobs.sandbox import SharedCodeFinder, SharedCodeLoader, share_workflow_code, workflow_runner
 
 PROBE = "tests.sandbox_probe"
 
@@ -53,7 +53,7 @@ async def test_restrictions_still_apply(client: Client, task_queue: str, probe_w
 
 
 def test_the_workers_share_the_product_workflow_code() -> None:
-    from worker import build_coordination_worker  # noqa: F401 (worker.py wires the runner in)
+    from rtjobs.workers import build_coordination_worker  # noqa: F401 (rtjobs/workers.py wires the runner in)
 
     workflow_runner()
     assert any(isinstance(f, SharedCodeFinder) and f.packages == ("workflows",) for f in sys.meta_path)

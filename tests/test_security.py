@@ -31,7 +31,7 @@ from activities.docker import EngineActivities
 from contract.engine import EnsureEngineRemoved, EnsureEngineRunning
 from contract.models import LABEL_GAME_ID, LABEL_MANAGED_BY, MANAGED_BY, container_name
 from contract.settings import Settings
-from starter import stop_job
+from rtjobs.client import stop_job
 from tests.support.docker_engine import DockerEngine
 from tests.support.processes import ROOT, STARTUP_S, Process, start_ready_worker, start_worker
 from tests.support.redis_server import RedisServer, free_port
@@ -194,7 +194,7 @@ async def test_job_publishes_over_verified_tls_as_the_least_privilege_acl_user(
 
     # The operator CLI reads (XREVRANGE) and follows (XREAD) the stream as the same user.
     follower = Process(
-        ["cli.py", "results", "--follow", "--json", "--game", game_id],
+        ["-m", "rtjobs.cli", "results", "--follow", "--json", "--game", game_id],
         {**env, "PYTHONUNBUFFERED": "1"},
     )
     processes.append(follower)

@@ -36,7 +36,9 @@ from activities.hosts import HOST_VOLUME
 from activities.publish import redis_client
 from contract.models import LABEL_GAME_ID, LABEL_MANAGED_BY, MANAGED_BY, JobResult
 from contract.settings import Settings
-from starter import start_job, stop_job
+from rtjobs.client import start_job, stop_job
+from rtjobs.hosting import serving
+from rtjobs.startup import check_docker
 from tests.support.docker_engine import DockerEngine
 from tests.support.docker_relay import DockerRelay
 from tests.support.job_worker import e2e_settings, remove_game_containers
@@ -49,7 +51,6 @@ from tests.support.socket_proxy import (
     raw_request,
     rendered_block,
 )
-from worker import check_docker, serving
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 

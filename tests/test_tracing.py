@@ -1,4 +1,4 @@
-"""Tracing: the real worker with the SDK's OpenTelemetry interceptor (`tracing.interceptor`) exporting to an
+"""Tracing: the real worker with the SDK's OpenTelemetry interceptor (`rtjobs.ops.tracing`) exporting to an
 in-memory exporter; a start job begun by a starter without tracing (as the Go Runtime Manager and the CLI
 begin them) gives its workflow span, Docker step span and publish span, in one trace."""
 
@@ -23,8 +23,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from temporalio.client import Client
 from temporalio.contrib.opentelemetry import create_tracer_provider
 
-import tracing
-from starter import start_job, stop_job
+from rtjobs.client import start_job, stop_job
+from rtjobs.ops import tracing
 from tests.support.job_worker import MakeSettings, real_worker, remove_game_containers
 from tests.support.processes import Process, start_ready_worker
 

@@ -21,7 +21,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 from contract.models import JobResult
 from contract.settings import Settings
-from starter import start_job
+from rtjobs.client import start_job
 from tests.support.binaries import temporal_cli
 from tests.support.docker_engine import TEST_REPO
 from tests.support.job_worker import MakeSettings, real_worker, remove_game_containers

@@ -22,7 +22,7 @@ from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from contract.models import JobResult
-from starter import start_job, stop_job
+from rtjobs.client import start_job, stop_job
 from tests.support.binaries import temporal_cli
 from tests.support.docker_engine import DockerEngine
 from tests.support.processes import STARTUP_S, WORKER_READY, Process, start_ready_worker, start_worker

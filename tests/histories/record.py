@@ -6,7 +6,7 @@ a history of a released workflow shape is never replaced (README, "Changing work
 
 Every history comes from a real run: its own Temporal dev server, Redis (REDIS_URL, default
 127.0.0.1:6379), Docker (DOCKER_HOST when it answers, else a private dockerd, as in the tests) and
-the worker as `worker.serving` runs it, talking to Docker through a relay (tests/support/docker_relay.py:
+the worker as `rtjobs.hosting.serving` runs it, talking to Docker through a relay (tests/support/docker_relay.py:
 byte for byte, but for the requests a scenario cuts; so Docker must be a unix socket). Re-record only
 on purpose: a workflow change that breaks replay of the committed histories would break every run
 still open in production.
@@ -49,7 +49,7 @@ from contract.lock import Turn, lock_workflow_id
 from contract.models import LABEL_GAME_ID, LABEL_MANAGED_BY, MANAGED_BY, JobResult, JobStatus, container_name
 from contract.reconcile import RECONCILE_WORKFLOW, ReconcileRequest, ReconcileSummary
 from contract.settings import Settings
-from starter import START_WORKFLOW, new_job_id, start_job, start_workflow_id, stop_job
+from rtjobs.client import START_WORKFLOW, new_job_id, start_job, start_workflow_id, stop_job
 from tests.reliability.runs import activity_runs, pending_attempt
 from tests.support.docker_engine import DockerEngine, acquire_engine
 from tests.support.docker_relay import DockerRelay

@@ -18,7 +18,7 @@ import aiodocker
 from temporalio.client import Client, WorkflowHandle
 
 from contract.models import LABEL_GAME_ID, JobResult, JobStatus
-from starter import start_job, stop_job
+from rtjobs.client import start_job, stop_job
 from tests.support.streams import Entry, read_entries_at
 
 Handle = WorkflowHandle[Any, JobResult]

@@ -7,7 +7,7 @@ RTJOBS_DEV_REDIS_PORT (nothing answers there: it must start its own redis-server
 answers at the default socket here (checked first), so it must start its own dockerd. The clone uses
 this test run's virtualenv (`make run VENV=...`, its install stamp taken as up to date: building a
 virtualenv per test is too slow); everything else is the clone's own code. The CLI is the clone's
-`cli.py`, run as the README's quick start runs `rtjobs`.
+`rtjobs.cli`, run as the README's quick start runs `rtjobs`.
 
 With UPDATE_DOCS=1 the screenshots and the terminal transcript are written into docs/ (what the
 README shows); otherwise into the test's temp dir.
@@ -39,7 +39,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.wait import WebDriverWait
 from temporalio.client import Client, WorkflowExecutionStatus
 
-from devstack import (
+from rtjobs.dev.stack import (
     DEFAULT_DOCKER_SOCKET,
     DEMO_IMAGE,
     SERVE_HTTP,
@@ -99,7 +99,7 @@ class DevStack:
         and its output go into the transcript (stderr first: its progress lines come before the table)."""
         cli_env = process_env(TEMPORAL_ADDRESS=f"127.0.0.1:{self.temporal_port}", **(env or {}))
         done = subprocess.run(
-            [sys.executable, "-c", "from cli import main; main()", *args],
+            [sys.executable, "-c", "from rtjobs.cli import main; main()", *args],
             cwd=self.clone,
             env=cli_env,
             capture_output=True,

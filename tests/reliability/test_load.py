@@ -37,7 +37,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from contract.models import LABEL_GAME_ID, JobResult, JobStatus
 from contract.settings import Settings
-from starter import start_job, stop_job
+from rtjobs.client import start_job, stop_job
 from tests.reliability.conftest import WorkerEnv
 from tests.reliability.runs import Run
 from tests.support.docker_engine import DockerEngine

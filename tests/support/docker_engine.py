@@ -17,12 +17,12 @@ import aiodocker
 from aiodocker.networks import DockerNetwork
 
 # The product's dev stack builds its demo image and its private daemon with the same code.
-from devstack import HTTP_ENGINE_CHANGES, SERVE_HTTP, engine_answers, shell_cmd
-from devstack import EngineUnavailable as EngineUnavailable
-from devstack import PrivateDockerd as PrivateDockerd
-from devstack import import_image as import_image
-from devstack import rootfs_tar as rootfs_tar
-from devstack import static_busybox as static_busybox
+from rtjobs.dev.stack import HTTP_ENGINE_CHANGES, SERVE_HTTP, engine_answers, shell_cmd
+from rtjobs.dev.stack import EngineUnavailable as EngineUnavailable
+from rtjobs.dev.stack import PrivateDockerd as PrivateDockerd
+from rtjobs.dev.stack import import_image as import_image
+from rtjobs.dev.stack import rootfs_tar as rootfs_tar
+from rtjobs.dev.stack import static_busybox as static_busybox
 
 TEST_REPO = "rtjobs-test/engine"
 

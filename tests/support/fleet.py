@@ -40,7 +40,7 @@ from contract.models import LABEL_GAME_ID, LABEL_MANAGED_BY, MANAGED_BY, JobResu
 from contract.policies import PUBLISH_ACTIVITY
 from contract.reconcile import schedule_id
 from contract.settings import Settings
-from starter import start_job, stop_job
+from rtjobs.client import start_job, stop_job
 from tests.reliability.runs import Run, activity_runs, results
 from tests.support.docker_engine import (
     IMAGE_CHANGES,
@@ -267,10 +267,10 @@ class Fleet:
         return by_game
 
     async def cli(self, *args: str, host: str = HOST_NAMES[0]) -> subprocess.CompletedProcess[str]:
-        """`python cli.py ARGS` with the environment of `host`'s workers."""
+        """`python -m rtjobs.cli ARGS` with the environment of `host`'s workers."""
         return await asyncio.to_thread(
             subprocess.run,
-            [sys.executable, "cli.py", *args],
+            [sys.executable, "-m", "rtjobs.cli", *args],
             cwd=ROOT,
             env=self.env(host),
             stdin=subprocess.DEVNULL,

@@ -1,6 +1,6 @@
 """The real worker in-process, for the end-to-end tests and the history recorder.
 
-The worker comes from `worker.serving`, exactly as `python worker.py` runs it (real publish,
+The worker comes from `rtjobs.hosting.serving`, exactly as `python worker.py` runs it (real publish,
 Docker and lock activities), so these runs exercise the production wiring, not a test copy of it.
 """
 
@@ -22,7 +22,7 @@ from activities.docker import EngineActivities
 from activities.publish import redis_client
 from contract.models import LABEL_GAME_ID
 from contract.settings import Settings
-from worker import serving
+from rtjobs.hosting import serving
 
 # Network of the end-to-end engines: apart from the Docker activity tests' own.
 E2E_NETWORK = "rtjobs-e2e-games"
@@ -56,7 +56,7 @@ def e2e_settings(*, docker_url: str, redis_url: str, task_queue: str, stream: st
 
 @contextlib.asynccontextmanager
 async def real_worker(client: Client, settings: Settings) -> AsyncIterator[None]:
-    """`worker.serving` (the shared queue's and the host queue's workers, the host's reports) until
+    """`rtjobs.hosting.serving` (the shared queue's and the host queue's workers, the host's reports) until
     the block ends; clients closed after."""
     redis = redis_client(settings.redis_url)
     engine = EngineActivities(settings)

@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from devstack import stop_process as stop_process  # (helper servers: tests/support/*)
+from rtjobs.dev.stack import stop_process as stop_process  # (helper servers: tests/support/*)
 
 ROOT = Path(__file__).resolve().parents[2]
 STARTUP_S = 30.0

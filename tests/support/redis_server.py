@@ -8,8 +8,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from devstack import port_answers as port_answers
-from devstack import start_redis_server, stop_process
+from rtjobs.dev.stack import port_answers as port_answers
+from rtjobs.dev.stack import start_redis_server, stop_process
 
 
 def free_port() -> int:

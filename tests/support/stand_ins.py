@@ -35,7 +35,7 @@ from contract.hosts import HOST_LIVENESS_ACTIVITY, PLACE_ACTIVITY, HostRef, Host
 from contract.lock import HOLDER_RUNNING_ACTIVITY, TAKE_TURN_ACTIVITY, TAKE_TURN_AGAIN_ACTIVITY, coordination_queue
 from contract.policies import PUBLISH_ACTIVITY
 from contract.settings import Settings
-from worker import collector_paused
+from rtjobs.workers import collector_paused
 from workflows import ALL_WORKFLOWS, GameLock, RuntimeHost
 
 Behaviour = Callable[[str], Any]
@@ -150,7 +150,7 @@ async def job_worker(
         (docker if name in docker else activities)[name] = replacement
     host = HostRef(host_id=STAND_IN_HOST, name=STAND_IN_HOST, queue=host_queue(task_queue, STAND_IN_HOST))
     await send_report(client, task_queue, HostReport(host=host, worker="stand-in", capacity=1000, report_every_s=3600))
-    with collector_paused():  # (worker.collector_paused says why)
+    with collector_paused():  # (rtjobs.workers.collector_paused says why)
         coordination = Worker(
             client,
             task_queue=coordination_queue(task_queue),

@@ -16,9 +16,9 @@ from pathlib import Path
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from rtjobs.dev.server import dynamic_config_args
 from tests.support.binaries import temporal_cli
 from tests.support.redis_server import free_port, port_answers
-from worker import dynamic_config_args
 from workflows.search import SEARCH_ATTRIBUTE_KEYS
 
 

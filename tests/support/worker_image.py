@@ -43,6 +43,7 @@ MMDEBSTRAP_OPTIONS = (
 )
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 OFFLINE_PIP = "--no-index --find-links=/src/wheels"
+CONSTRAINTS = "constraints.txt"
 
 
 def debian_mirror() -> str:
@@ -98,17 +99,19 @@ def stage_sources(into: Path) -> Path:
     """A copy of what the build needs from the repository (pyproject.toml names the project's packages and
     modules), so that pip's in-tree build leaves nothing in the checkout."""
     setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    names = ["Dockerfile", "pyproject.toml", "README.md", *(f"{m}.py" for m in setuptools["py-modules"])]
+    names = ["Dockerfile", "pyproject.toml", "README.md", CONSTRAINTS, *(f"{m}.py" for m in setuptools["py-modules"])]
     into.mkdir(parents=True)
     for name in names:
         shutil.copy2(ROOT / name, into / name)
-    for package in setuptools["packages"]:
-        shutil.copytree(ROOT / package, into / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for package in setuptools["packages"]["find"]["include"]:
+        if "." not in package:  # (a top-level package, with its subpackages)
+            shutil.copytree(ROOT / package, into / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     return into
 
 
 def pip_wheel(into: Path, *requirements: str) -> None:
-    cmd = [sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(into), *requirements]
+    constraints = ["-c", str(ROOT / CONSTRAINTS)]  # (the versions the Dockerfile installs)
+    cmd = [sys.executable, "-m", "pip", "wheel", "-q", *constraints, "--wheel-dir", str(into), *requirements]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"pip wheel {' '.join(requirements)} failed: {done.stderr[-3000:]}")

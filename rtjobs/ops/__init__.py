@@ -1,0 +1,1 @@
+"""Operations: logs, metrics, health endpoints and tracing of the worker process."""
