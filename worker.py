@@ -43,7 +43,7 @@ import tracing
 from activities.docker import EngineActivities
 from activities.fleet import Fleet
 from activities.hosts import HOST_VOLUME, HostFacts, HostReporter, adopt_from_fleet, identify_host
-from activities.lock import LockActivities, TurnSignals
+from activities.lock import FollowUpSignals, LockActivities
 from activities.placement import PlacementActivities
 from activities.publish import ResultPublisher
 from activities.reconcile import (
@@ -72,7 +72,7 @@ from health import Health, serving_health
 from metrics import ActivityMetrics, prometheus_runtime
 from sandbox import workflow_runner
 from starter import connect, connect_config, describe
-from workflows import ALL_WORKFLOWS, GameLock, RuntimeHost
+from workflows import ALL_WORKFLOWS, RuntimeGameLock, RuntimeHost
 from workflows.search import SEARCH_ATTRIBUTE_KEYS
 
 log = logging.getLogger("rtjobs.worker")
@@ -498,7 +498,7 @@ def build_worker(client: Client, settings: Settings, redis: RedisClient) -> Work
         maxlen=settings.results_maxlen,
         min_replicas=settings.redis_min_replicas,
         wait_timeout_ms=settings.redis_wait_timeout_ms,
-        signals=TurnSignals(client).send,
+        signals=FollowUpSignals(client).send,
     )
     with collector_paused():
         return Worker(
@@ -551,7 +551,7 @@ def build_coordination_worker(client: Client, settings: Settings) -> Worker:
         return Worker(
             client,
             task_queue=coordination_queue(settings.task_queue),
-            workflows=[GameLock, RuntimeHost],
+            workflows=[RuntimeGameLock, RuntimeHost],
             workflow_runner=workflow_runner(),
             activities=[LockActivities(client, order_settle_s=settings.order_settle_s).game_lock_holder_running],
             graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_timeout_s),

@@ -1,4 +1,4 @@
-"""Update-with-start as the turn (`activities/lock.py`) and placement (`activities/placement.py`) activities
+"""Update-with-start as the lock (`activities/lock.py`) and placement (`activities/placement.py`) activities
 send it: the SDK's call, plus one thing it leaves to the caller.
 
 When the call fails (refused, timed out, or the activity cancelled), the SDK sets the error on the

@@ -36,8 +36,8 @@ ACTIONS_METRIC = RECONCILE_ACTIONS  # scraped as rtjobs_reconcile_actions_total
 NOT_RUNNING_STATES = frozenset({"created", "exited", "dead"})
 RUNNING_STATE = "running"
 
-# One run acts on at most this many games (each costs ~10 history events: a turn, an inspect, a
-# removal, a release); the rest is reported as deferred and found again by the next run.
+# One run acts on at most this many games (each costs a few history events: the lock acquired, an
+# inspect, a removal, the release); the rest is reported as deferred and found again by the next run.
 MAX_GAMES_PER_RUN = 100
 
 # The listing a run works from carries only the games where something is off (SURVEY_ACTIVITY compares the

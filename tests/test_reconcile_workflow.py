@@ -17,7 +17,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from contract.hosts import HostRef, Placement
-from contract.lock import TAKE_TURN_ACTIVITY, LockRequest, Turn
+from contract.lock import ACQUIRE_ACTIVITY, LockGrant, LockRequest
 from contract.reconcile import (
     ACTIONS_METRIC,
     GAME_CONTAINERS_ACTIVITY,
@@ -63,14 +63,14 @@ class StandIns:
         records = [RecordSeen(game_id="lost", container_id="c-lost"), RecordSeen(game_id="fine", container_id="c-fine")]
         return survey([*self.containers.values(), self.fine], records, request.start)
 
-    @activity.defn(name=TAKE_TURN_ACTIVITY)
-    async def take_turn(self, request: LockRequest) -> Turn:
+    @activity.defn(name=ACQUIRE_ACTIVITY)
+    async def take_turn(self, request: LockRequest) -> LockGrant:
         self.calls.append(f"turn {request.game_id}")
         whose = {"game_id": request.game_id, "holder": request.first_run_id or request.run_id}
         if request.game_id == "lost":
             placement = Placement(host=self.host, container_id="c-lost")
-            return Turn(granted=True, placement_known=True, placement=placement, **whose)
-        return Turn(granted=True, **whose)
+            return LockGrant(granted=True, placement_known=True, placement=placement, **whose)
+        return LockGrant(granted=True, **whose)
 
     @activity.defn(name=GAME_CONTAINERS_ACTIVITY)
     async def game_containers(self, request: GameContainers) -> list[ContainerSeen]:

@@ -27,7 +27,7 @@ from temporalio.workflow import NondeterminismError
 from contract.engine import DOCKER_UNAVAILABLE_TYPE, ENSURE_RUNNING_ACTIVITY
 from contract.models import JobRequest, JobResult
 from contract.reconcile import ReconcileSummary
-from workflows import ALL_WORKFLOWS, GameLock, StartRuntimeJob, StopRuntimeJob
+from workflows import ALL_WORKFLOWS, RuntimeGameLock, StartRuntimeJob, StopRuntimeJob
 from workflows.jobs import FAILURE_TYPES
 
 HISTORIES = Path(__file__).resolve().parent / "histories"
@@ -309,6 +309,6 @@ class StartRuntimeJobWithExtraTimer(StartRuntimeJob):
 
 @pytest.mark.parametrize(("version", "name"), [(v, n) for v in VERSIONS for n in ("start_fresh", "start_cancelled")])
 async def test_a_non_deterministic_change_fails_replay(version: str, name: str) -> None:
-    workflows: list[type[Any]] = [StartRuntimeJobWithExtraTimer, StopRuntimeJob, GameLock]
+    workflows: list[type[Any]] = [StartRuntimeJobWithExtraTimer, StopRuntimeJob, RuntimeGameLock]
     with pytest.raises(NondeterminismError):
         await replayer(workflows).replay_workflow(load(name, version))

@@ -123,7 +123,7 @@ class RuntimeHost:
             return ReserveAnswer(why=f"host {record.host.name} is draining")
         if self._load() >= record.capacity:
             return ReserveAnswer(why=f"host {record.host.name} is full ({self._load()}/{record.capacity})")
-        # (Another job's reservation of this game is stale: a game's jobs take turns, so it ended.)
+        # (Another job's reservation of this game is stale: a game's jobs hold its lock one at a time, so it ended.)
         self._state.reservations[request.game_id] = Reservation(host_id=record.host.host_id, at=now, job=request.job)
         return ReserveAnswer(reserved=True)
 

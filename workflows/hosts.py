@@ -57,7 +57,7 @@ UNKNOWN_HOST_TYPE = "UnknownHost"
 
 
 @workflow.defn(name=HOST_REGISTRY_WORKFLOW)
-class HostRegistry:
+class RuntimeHostRegistry:
     @workflow.init
     def __init__(self, state: RegistryState) -> None:
         # Restored here, not in run(): a report in the run's first activation is handled before run().

@@ -45,7 +45,7 @@ from contract.hosts import (
     host_queue,
     host_workflow_id,
 )
-from contract.lock import Turn, lock_workflow_id
+from contract.lock import LockGrant, lock_workflow_id
 from contract.models import LABEL_GAME_ID, LABEL_MANAGED_BY, MANAGED_BY, JobResult, JobStatus, container_name
 from contract.reconcile import RECONCILE_WORKFLOW, ReconcileRequest, ReconcileSummary
 from contract.settings import Settings
@@ -236,7 +236,7 @@ class Recorder:
         # (From 1.1.) Its game's workflow: the clean-up ended with the host forgotten, so the record of
         # the engine is lost, and the workflow stays with that (1.0: it ended when idle).
         lock = self.client.get_workflow_handle(lock_workflow_id(gid, tq))
-        record = await lock.query("placement", result_type=Turn)
+        record = await lock.query("placement", result_type=LockGrant)
         if not record.placement_lost:
             raise SystemExit(f"game_lock_lost: the record is not lost: {record}")
         await self.save("game_lock_lost", lock)
