@@ -1,10 +1,9 @@
-"""The I/O of reconciliation (see `workflows/reconcile.py`): the containers of ours on this worker's Docker
-host, the placement records that name a host, and the worker's Schedule of reconcile runs.
+"""The I/O of reconciliation (`workflows/reconcile.py`): the containers of ours on this worker's Docker
+host, the locks' engine records that name the host, and the worker's Schedule of reconcile runs.
 
-The Docker activities run on the host's own task queue (a host's containers are only visible from its
-engine). The survey runs there too and also reads the records (the Temporal client): it compares both
-there, so that only the games that are off reach the run's history, not every container and record of a
-host with thousands of games. The separate record listing (shared queue) serves runs begun before that.
+The survey runs on the host's own queue (its containers are visible only from its engine) and compares
+containers and records there, so that only the games that are off reach the run's history. The record
+listing on the shared queue serves runs begun before the survey existed.
 """
 
 from __future__ import annotations

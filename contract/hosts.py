@@ -1,10 +1,9 @@
 """The fleet: Docker hosts, their task queues, and where a game's engine lives (no I/O).
 
-A host is one Docker engine, identified by the id in its marker volume (`activities/hosts.py`; not the
-engine's `ID` from `GET /info`, which cloned machines share). The Docker
-activities of a host run on its own task queue (`host_queue`), polled only by workers whose
-`DOCKER_HOST` is that engine; the job workflows, the per-game workflows and the host registry stay on
-the shared queue (`RTJOBS_TASK_QUEUE`). See the README's "Running a fleet".
+A host is one Docker engine, identified by the id in its marker volume (`activities/hosts.py`), not by
+the engine's `ID`, which cloned machines share. A host's Docker activities run on its own task queue
+(`host_queue`), polled only by the workers on that engine; the workflows run on the fleet's shared
+queues (README "Running a fleet").
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
-"""Reconciliation of one Docker host (see `workflows/reconcile.py`): what it sees, what it finds, what it
+"""Reconciliation of one Docker host (`workflows/reconcile.py`): what it sees, what it finds, what it
 does, and what it reports (no I/O).
 
-The world drifts from what the jobs left: an engine OOM-killed after it became healthy, a container left
-by a cancellation, a container removed or started by hand, a placement record lost. `RuntimeReconcile`
-compares the containers of ours on a host with the placement records of the games (their per-game
-workflows) and repairs the difference, each game under its own turn, so it never races a job.
+The world drifts from what the jobs left (an engine OOM-killed, a container left by a cancellation or
+started by hand, an engine record lost); `RuntimeReconcile` compares a host's containers of ours with
+the games' engine records and repairs the difference, each game under its lock, never racing a job.
 """
 
 from __future__ import annotations
@@ -44,8 +43,7 @@ MAX_GAMES_PER_RUN = 100
 # host's containers with the records), and of those at most MAX_GAMES_LISTED, in at most LISTING_BUDGET
 # bytes of JSON: its payload (in the run's history, as is the summary made from it) stays below
 # Temporal's 256 KiB warning and 2 MiB limit whatever the number of games. The games left out are counted
-# (`unlisted`) and listed by a later run. (Listing every container and record instead takes 180-220 and
-# 110-150 bytes a game, short to longest game ids: over 256 KiB from some 1,200-1,500 games on a host.)
+# (`unlisted`) and listed by a later run.
 MAX_GAMES_LISTED = 500
 LISTING_BUDGET = 128 * 1024
 
