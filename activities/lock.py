@@ -36,16 +36,16 @@ from workflows.lock import RuntimeGameLock
 log = logging.getLogger("rtjobs.lock")
 
 # How the server refuses an update it will not take now: too many in flight (RESOURCE_EXHAUSTED); and,
-# should a run reach its total (`history.maxTotalUpdates`, which the game's workflow avoids by continuing
+# should a run reach its total (`history.maxTotalUpdates`, which the game's lock avoids by continuing
 # as new when the server suggests it), FAILED_PRECONDITION ("The limit on the total number of distinct
 # updates in this workflow has been reached", seen from the dev server of Temporal 1.32). Either way the
 # request is queued by signal.
 UPDATE_REFUSED = {RPCStatusCode.RESOURCE_EXHAUSTED, RPCStatusCode.FAILED_PRECONDITION}
 
-# How a game's workflow is started when it has no open run, tried in this order: the server's id reuse
+# How a game's lock is started when it has no open run, tried in this order: the server's id reuse
 # policies tell its last run's end apart, with no listing (the server rate-limits visibility calls, 10 a
 # second a namespace by default). No run ever (within the namespace's retention): a new game. A last run
-# that was terminated, failed or timed out: its record of the engine is lost (the next job asks every
+# that was terminated, failed or timed out: its engine record is lost (the next job asks every
 # host). A last run that ended on its own: the game has no engine (a run with one, or that lost track of
 # one, never ends idle).
 FRESH_RUNS = (
@@ -69,8 +69,8 @@ class FollowUpSignals:
         except RPCError as err:
             if err.status != RPCStatusCode.NOT_FOUND:
                 raise  # the activity is retried: the entry is found, not appended again, and this sent again
-            # The game's workflow (or the registry) is gone (terminated): nothing to release or tell;
-            # the next request starts a new run, the host's next report tells the registry.
+            # The game's lock (or the host's workflow) is gone (terminated): nothing to release or tell;
+            # the next request starts a new run, the host's next report tells its workflow.
             log.warning("%s not sent: workflow %s is gone", follow_up.signal, follow_up.workflow_id)
 
 

@@ -98,7 +98,7 @@ class PlacementActivities:
             found = await self._find(fleet, request)
             return found or await self._choose(fleet, request)
         if not request.create:
-            return PlaceAnswer()  # the game's workflow knows of no engine, and lost none: there is none
+            return PlaceAnswer()  # the game's lock knows of no engine, and lost none: there is none
         return await self._choose(fleet, request)
 
     async def _find(self, fleet: Fleet, request: PlaceRequest) -> PlaceAnswer | None:

@@ -161,7 +161,7 @@ class ReconcileDockerActivities:
 
 
 async def placement_records(client: Client, host: HostRef, task_queue: str) -> list[RecordSeen]:
-    """The games of the fleet on `task_queue` whose per-game workflow places their engine on the host.
+    """The games of the fleet on `task_queue` whose lock's engine record places their engine on the host.
 
     Found by their `RuntimeHost` search attribute (the host's name), each confirmed by its own `placement`
     query: visibility lags, the workflow's answer does not. A game whose record a listing missed is still

@@ -37,7 +37,7 @@ PLACE_ACTIVITY = "place_game_engine"
 # How long a host's workers have been silent, asked while a job's Docker step waits on its queue: a
 # busy host (every slot taken, reporting) is waited for; a silent one, RTJOBS_HOST_WAIT_S, no longer.
 HOST_LIVENESS_ACTIVITY = "host_liveness"
-# Sent by `rtjobs host forget` to every per-game workflow whose engine was placed on the host.
+# Sent by `rtjobs host forget` to every game's lock whose engine record names the host.
 FORGET_HOST_SIGNAL = "forget_host"
 
 # A host is live while one of its workers reported within this many of its report intervals.
@@ -104,7 +104,7 @@ class Placement(BaseModel):
 
 
 class PlacementNote(BaseModel):
-    """What a job learnt about its game's engine, carried back to the per-game workflow.
+    """What a job learnt about its game's engine, carried back to the game's lock.
 
     `known` False: the job cannot tell (a failed Docker step); the next job asks the registry.
     `known` True with `placement` None: the game has no engine anywhere (a stop removed it).
@@ -145,9 +145,9 @@ class PlaceRequest(BaseModel):
     """Find a game's engine in the fleet and, when `create` and there is none, choose a host for it.
 
     `absent_on`: hosts a job just found without the game's container (their inventory is corrected
-    before the answer, so a stale report cannot send the job back there). `lost`: the game's workflow
+    before the answer, so a stale report cannot send the job back there). `lost`: the game's lock
     lost track of its engine (a job that ended without saying what it did): the hosts are asked for
-    it. Otherwise a game without a placement has no engine, and a start only chooses a host.
+    it. Otherwise a game without an engine record has no engine, and a start only chooses a host.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)

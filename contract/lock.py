@@ -40,12 +40,12 @@ REQUEST_AGAIN_EVERY = timedelta(seconds=60)
 
 
 def coordination_queue(task_queue: str) -> str:
-    """The task queue of the fleet's coordinating workflows (per-game workflows, the host registry).
+    """The task queue of the fleet's coordinating workflows (the games' locks, the hosts' workflows).
 
     Polled by every worker, like the shared queue, but by a Worker of its own: a job's synchronous
-    call to its game's workflow (an update, which waits for that workflow's task) holds the job's
+    call to its game's lock (an update, which waits for that workflow's task) holds the job's
     workflow task meanwhile, and on one queue a burst of jobs could hold every workflow-task slot
-    the game workflows need to answer them.
+    the locks need to answer them.
     """
     return f"{task_queue}-coordination"
 

@@ -84,7 +84,7 @@ class RecordSeen(BaseModel):
 
 
 class SurveyRequest(BaseModel):
-    """The host, the fleet's queue (its per-game workflows hold the records), and where in the games that
+    """The host, the fleet's queue (its games' locks hold the engine records), and where in the games that
     are off the listing starts when not all fit (a fraction of their number, drawn by the run): a later run
     starts elsewhere, so games that are off for good but only reported never keep the others out."""
 

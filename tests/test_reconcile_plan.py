@@ -37,9 +37,9 @@ def container(
 
 
 def decided(
-    containers: list[ContainerSeen], turn: LockGrant, request: ReconcileRequest = REQUEST
+    containers: list[ContainerSeen], record: LockGrant, request: ReconcileRequest = REQUEST
 ) -> list[tuple[str, list[Action]]]:
-    return [(f.kind.value, f.actions) for f in plan("g", containers, turn, HERE, NOW, request).findings]
+    return [(f.kind.value, f.actions) for f in plan("g", containers, record, HERE, NOW, request).findings]
 
 
 def test_a_running_engine_as_its_record_says_is_left_alone() -> None:

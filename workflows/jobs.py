@@ -121,7 +121,7 @@ class _RuntimeJob(LockHolder):
         # step's own end (it may time out on a dead worker rather than acknowledge the cancellation).
         self._cancelled = False
         # The host of the Docker step, whether it was chosen for a new engine, and what the
-        # job learnt about the engine (for the game's workflow; None: nothing changed).
+        # job learnt about the engine (for the game's lock; None: nothing changed).
         self._host: HostRef | None = None
         self._new_placement = False
         self._after: PlacementNote | None = None
@@ -521,7 +521,7 @@ class StopRuntimeJob(_RuntimeJob):
         remove = EnsureEngineRemoved(game_id=job.game_id, stop_timeout_s=job.stop_timeout_s)
         summary = f"stop engine for game {job.game_id}"
         if self._grant.placement_known and self._grant.placement is None:
-            # The game's workflow saw its engine removed and nothing made since: nothing to stop.
+            # The game's lock saw its engine removed and nothing made since: nothing to stop.
             self._after = PlacementNote(known=True)
             return JobResult.replay(job.game_id)
         host = self._recorded_host()
