@@ -2,8 +2,8 @@
 (`workflows/host.py`).
 
 A host is keyed (and its task queue named) by the id in its marker volume `rtjobs-host`, not by the
-engine's own `ID`, which cloned machines and daemons sharing a key file report alike (README "Running
-a fleet"). A marker copied with a daemon's data root is told from the labels it carries and warned of.
+engine's own `ID`, which cloned machines and daemons sharing a key file report alike (docs/fleet.md).
+A marker copied with a daemon's data root is told from the labels it carries and warned of.
 `RTJOBS_HOST_NAME` (default the engine's `Name`) is what operators read and type.
 """
 

@@ -1,6 +1,6 @@
 """Redis as operators run it: `REDIS_URL` names a standalone server (`redis://`, `unix://`), a Cluster
 (`redis+cluster://`) or a Sentinel-watched primary (`redis+sentinel://`); `rediss…` turns TLS on for
-every connection. README "Redis: topologies and failover" gives the URL forms and options.
+every connection. docs/redis.md, "Topologies and failover", gives the URL forms and options.
 
 Every topology gets the same bounded waits and one immediate retry after a connection error, by
 redis-py's own machinery for it; anything longer is left to Temporal's activity retries (the publish

@@ -3,8 +3,8 @@
 Once a minute the worker trims (`XTRIM MINID`) the entries both older than the retention and
 acknowledged by every consumer group; a stream without a group is never trimmed. The bound comes from
 separate reads, and that is safe: consumers only move their bounds forward, so a bound safe when read
-stays safe, and several workers trimming at once are harmless (README "Retention that never drops
-an unread result").
+stays safe, and several workers trimming at once are harmless (docs/results.md, "Retention
+that never drops an unread result").
 """
 
 from __future__ import annotations

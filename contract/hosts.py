@@ -3,7 +3,7 @@
 A host is one Docker engine, identified by the id in its marker volume (`activities/hosts.py`), not by
 the engine's `ID`, which cloned machines share. A host's Docker activities run on its own task queue
 (`host_queue`), polled only by the workers on that engine; the workflows run on the fleet's shared
-queues (README "Running a fleet").
+queues (docs/fleet.md).
 """
 
 from __future__ import annotations

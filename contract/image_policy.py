@@ -1,5 +1,5 @@
 """Which engine images may run: `RTJOBS_IMAGE_ALLOW` patterns and `RTJOBS_IMAGE_REQUIRE_DIGEST`
-(README "Which images may run").
+(docs/engines.md, "Which images may run").
 
 Pure functions, no I/O: the settings validate the patterns at start-up, and `ensure_engine_running`
 decides before any Docker call. References and patterns are compared normalised, as Docker resolves

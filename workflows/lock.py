@@ -3,7 +3,7 @@
 engine record: on which host the game's engine lives, that it has none, or that the record was lost.
 
 A workflow, not an in-memory lock, because a game's jobs run on any worker process and the lock must
-outlive worker crashes. The protocol: README "Per-game serialisation: design and cost"; the holder's
+outlive worker crashes. The protocol: docs/semantics.md "Per-game order: the game's lock"; the holder's
 side is `workflows/lock_holder.py`, the client side `activities/lock.py`.
 """
 

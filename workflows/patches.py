@@ -1,4 +1,4 @@
-"""The `workflow.patched` ids of the workflow versions after 1.0 (README, "Changing workflow code").
+"""The `workflow.patched` ids of the workflow versions after 1.0 (docs/development.md, "Changing workflow code").
 
 A run recorded by one version replays on the code of every later one: code that changes what a
 workflow does goes behind `workflow.patched(ID)` (the old branch kept), and the new version's

@@ -2,7 +2,7 @@
 (e.g. `1.1`: versions are MAJOR.MINOR; 1.0 is the first version anyone ran).
 
 Writes `tests/histories/VERSION/*.json` and `VERSION.sha256`, and refuses a version that exists:
-a history of a released workflow version is never replaced (README, "Changing workflow code").
+a history of a released workflow version is never replaced (docs/development.md, "Changing workflow code").
 
 Every history comes from a real run: its own Temporal dev server, Redis (REDIS_URL, default
 127.0.0.1:6379), Docker (DOCKER_HOST when it answers, else a private dockerd, as in the tests) and
