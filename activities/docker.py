@@ -1,12 +1,10 @@
-"""The Docker activities: make a game's engine run (healthy), make it be gone, and clean up after a
+"""The Docker activities: make a game's engine run (healthy), make it be gone, clean up after a
 failed start.
 
-All are idempotent and retry-safe: the workflows call them with the retry policies of
-`contract.policies`. Permanent failures are non-retryable `ApplicationError`s whose type is the
-contract's error code; a Docker engine that does not answer raises a retryable one of type
-`DOCKER_UNAVAILABLE_TYPE`, which the workflow reports as `docker_unavailable` once the retry budget
-is spent. The parts live apart: `docker_gateway` (the client, deadlines, error classification),
-`engine_spec` (the container as data), `readiness`, `heartbeat`, `game_network`.
+All are idempotent and retry-safe (the workflows use `contract.policies`). A permanent failure is a
+non-retryable `ApplicationError` typed by the contract's error code; an engine that does not answer
+raises a retryable one of type `DOCKER_UNAVAILABLE_TYPE`, reported as `docker_unavailable` once the
+retries are spent. The parts: `docker_gateway`, `engine_spec`, `readiness`, `heartbeat`, `game_network`.
 """
 
 from __future__ import annotations
@@ -185,7 +183,7 @@ class EngineActivities:
             removed += await self._remove_containers_of(run, request.game_id)
             if request.after_outage or activity.info().attempt > 1:
                 # A daemon that did not answer still carries out the requests it had accepted once it
-                # answers again (a create landed 7-25 ms after a frozen dockerd was thawed): look again.
+                # answers again (a create can land just after a frozen dockerd is thawed): look again.
                 await asyncio.sleep(OUTAGE_SETTLE_S)
                 removed += await self._remove_containers_of(run, request.game_id)
         return FailedStartRemoved(removed=removed)

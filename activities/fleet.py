@@ -2,9 +2,9 @@
 (`workflows/host.py`), found through the server's workflow listing, each asked by query or update.
 
 No workflow holds the whole fleet. A worker keeps the list of hosts for `HOSTS_FRESH_S` (placement
-samples it); what is asked of every host — `rtjobs hosts`, the search for a game whose placement was
-lost — goes to the hosts' workflows at once, `FAN_OUT` at a time. Used by the placement activities,
-the worker's start-up checks and the CLI.
+samples it); what is asked of every host (`rtjobs hosts`, the search for a game whose engine record
+was lost) goes to the hosts' workflows at once, `FAN_OUT` at a time. Used by the placement
+activities, the worker's start-up checks and the CLI.
 """
 
 from __future__ import annotations

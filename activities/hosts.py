@@ -1,12 +1,9 @@
-"""This worker's host in the fleet: who the Docker engine is, and reporting it to the host's workflow
-(`workflows/host.py`; the placement activities, which ask the hosts, are `activities/placement.py`).
+"""This worker's host in the fleet: which Docker engine it is, and its reports to the host's workflow
+(`workflows/host.py`).
 
-A host is keyed (and its task queue named) by the id in its marker volume `rtjobs-host` (label
-`rtjobs.host-id`), made by the first worker that identifies the engine. Not the engine's own `ID`:
-Docker before 23 takes that from a key file, so cloned machines and daemons sharing a key report the
-same one, and the fleet would take two engines for one host. A volume lives in the daemon's data root,
-so two engines share a marker only when one's Docker state was copied from the other (a clone with its
-data root); that is told from the labels the marker carries (the engine that made it) and warned of.
+A host is keyed (and its task queue named) by the id in its marker volume `rtjobs-host`, not by the
+engine's own `ID`, which cloned machines and daemons sharing a key file report alike (docs/fleet.md).
+A marker copied with a daemon's data root is told from the labels it carries and warned of.
 `RTJOBS_HOST_NAME` (default the engine's `Name`) is what operators read and type.
 """
 

@@ -1,23 +1,11 @@
-"""The placement activities: which host gets a new game's engine, where a lost one is, and whether a
-host's workers are alive — asked of the hosts' own workflows (`workflows/host.py`), never of one
-fleet-wide workflow, so a placement costs the same at 1,000 hosts as at 10.
+"""The placement activities: which host gets a new game's engine, which host has a game whose engine
+record was lost, and whether a host's workers are alive; asked of the hosts' own workflows
+(`workflows/host.py`), never of one fleet-wide workflow, so a placement's cost does not grow with the fleet.
 
-A new engine's host is chosen by the power of two choices (Sparrow): two hosts sampled from the
-worker's list of the fleet are probed by query (their load, no history), and the less loaded is
-claimed by its `reserve` update, which checks the claim against the host's capacity (as Nomad's plan
-applier checks an optimistic scheduler's plan): placements that raced for the last place are
-refused and sample again. The sample is drawn from the job's id, so a retried placement probes the
-same hosts and finds its own reservation ("chosen" again). Only when `PROBE_ROUNDS` samples found no
-room is every host asked, to place the game if any host has room or to say truly why none has.
-
-A game without a placement record has no engine (its workflow knows of none), unless the record was
-lost (`PlaceRequest.lost`: a job that could not tell what it did, or a game's workflow terminated, told
-apart when its next run starts, `activities/lock.py`): then, and only then, every host is asked
-whether it has the game (`Fleet.find`).
-
-The reservations this worker's starts ask of one host while an update to it is in flight go
-together in the next (`reserve` takes a batch): the server holds at most 10 updates of a workflow
-in flight, and a burst on a small fleet would otherwise crowd itself out with refused calls.
+A new engine's host: two hosts sampled (seeded by the job's id, so a retry finds its own reservation)
+and probed by query, the less loaded claimed by its capacity-checked `reserve` update; every host is
+asked only when `PROBE_ROUNDS` samples found no room. A worker's reservations for one host go in one
+batched update while another is in flight (the server holds few updates of a workflow in flight).
 """
 
 from __future__ import annotations
@@ -110,7 +98,7 @@ class PlacementActivities:
             found = await self._find(fleet, request)
             return found or await self._choose(fleet, request)
         if not request.create:
-            return PlaceAnswer()  # the game's workflow knows of no engine, and lost none: there is none
+            return PlaceAnswer()  # the game's lock knows of no engine, and lost none: there is none
         return await self._choose(fleet, request)
 
     async def _find(self, fleet: Fleet, request: PlaceRequest) -> PlaceAnswer | None:

@@ -44,7 +44,7 @@ return id
 """
 
 
-# Sends one follow-up signal (activities/lock.py `TurnSignals.send`): the fleet's hand-over after a publish.
+# Sends one follow-up signal (activities/lock.py `FollowUpSignals.send`): the fleet's hand-over after a publish.
 SignalSender = Callable[[FollowUpSignal], Awaitable[None]]
 
 
@@ -188,8 +188,8 @@ class ResultPublisher:
         if request.then_signal:
             if self._signals is None:
                 raise ApplicationError(
-                    "this worker's publish activity was built without a Temporal client: it cannot hand the "
-                    "job's turn on",
+                    "this worker's publish activity was built without a Temporal client: it cannot release "
+                    "the game's lock",
                     type=INVALID_JOB_RESULT,
                     non_retryable=True,
                 )

@@ -1,13 +1,9 @@
 """When a started engine counts as ready, and what its failure to get there says.
 
-Ready is Docker's own verdict when the image has a HEALTHCHECK (`healthy`; `unhealthy` fails at once,
-as `docker compose up --wait` does). Without one, "running" alone would pass an engine that crashes a
-few milliseconds after its start whenever the inspect lands first, so it must also have been running
-for RTJOBS_ENGINE_MIN_RUNNING_S (Nomad's `min_healthy_time`, Kubernetes' `minReadySeconds`).
-
-A verdict read from the container's state is only final while the daemon itself stays: a dockerd
-shutting down stops its containers and reports them exited on connections still open, so before the
-verdict is passed on, a new connection must still reach the daemon.
+Ready is Docker's verdict when the image has a HEALTHCHECK (`healthy`; `unhealthy` fails at once).
+Without one, "running" must have lasted RTJOBS_ENGINE_MIN_RUNNING_S, or an engine that crashes right
+after its start would pass. A verdict is passed on only while the daemon stays: a dockerd shutting
+down reports its containers exited, so a new connection must still reach it.
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
-"""The I/O of reconciliation (see `workflows/reconcile.py`): the containers of ours on this worker's Docker
-host, the placement records that name a host, and the worker's Schedule of reconcile runs.
+"""The I/O of reconciliation (`workflows/reconcile.py`): the containers of ours on this worker's Docker
+host, the locks' engine records that name the host, and the worker's Schedule of reconcile runs.
 
-The Docker activities run on the host's own task queue (a host's containers are only visible from its
-engine). The survey runs there too and also reads the records (the Temporal client): it compares both
-there, so that only the games that are off reach the run's history, not every container and record of a
-host with thousands of games. The separate record listing (shared queue) serves runs begun before that.
+The survey runs on the host's own queue (its containers are visible only from its engine) and compares
+containers and records there, so that only the games that are off reach the run's history. The record
+listing on the shared queue serves runs begun before the survey existed.
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ from activities.engine_spec import is_ours, ours_filters
 from activities.publish import ResultPublisher
 from activities.redis_topology import RedisClient
 from contract.hosts import HostRef
-from contract.lock import LOCK_WORKFLOW, Turn, coordination_queue, lock_workflow_id
+from contract.lock import LOCK_WORKFLOW, LockGrant, coordination_queue, lock_workflow_id
 from contract.models import LABEL_GAME_ID, ErrorCode
 from contract.reconcile import (
     GAME_CONTAINERS_ACTIVITY,
@@ -110,7 +109,7 @@ class ReconcileDockerActivities:
 
     @activity.defn(name=GAME_CONTAINERS_ACTIVITY)
     async def reconcile_game_containers(self, request: GameContainers) -> list[ContainerSeen]:
-        """The game's containers of ours here, looked at again under the game's turn."""
+        """The game's containers of ours here, looked at again while the game's lock is held."""
         return await self._ours(ours_filters(f"{LABEL_GAME_ID}={request.game_id}"))
 
     async def _ours(self, filters: dict[str, list[str]]) -> list[ContainerSeen]:
@@ -162,7 +161,7 @@ class ReconcileDockerActivities:
 
 
 async def placement_records(client: Client, host: HostRef, task_queue: str) -> list[RecordSeen]:
-    """The games of the fleet on `task_queue` whose per-game workflow places their engine on the host.
+    """The games of the fleet on `task_queue` whose lock's engine record places their engine on the host.
 
     Found by their `RuntimeHost` search attribute (the host's name), each confirmed by its own `placement`
     query: visibility lags, the workflow's answer does not. A game whose record a listing missed is still
@@ -177,7 +176,7 @@ async def placement_records(client: Client, host: HostRef, task_queue: str) -> l
     async for execution in client.list_workflows(query):
         handle = client.get_workflow_handle(execution.id, run_id=execution.run_id)
         try:
-            turn: Turn = await handle.query("placement", result_type=Turn)
+            record: LockGrant = await handle.query("placement", result_type=LockGrant)
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND:
                 continue
@@ -185,8 +184,8 @@ async def placement_records(client: Client, host: HostRef, task_queue: str) -> l
         except Exception as err:  # a run that ended meanwhile answers with a query failure
             activity.logger.info("placement of %s not read: %s", execution.id, err)
             continue
-        placement = turn.placement
-        if turn.placement_known and placement is not None and placement.host.host_id == host.host_id:
+        placement = record.placement
+        if record.placement_known and placement is not None and placement.host.host_id == host.host_id:
             records.append(RecordSeen(game_id=execution.id.removeprefix(prefix), container_id=placement.container_id))
         activity.heartbeat()
     return records
@@ -235,7 +234,7 @@ async def ensure_reconcile_schedule(client: Client, settings: Settings, host: Ho
     """The host's Schedule of `RuntimeReconcile` runs, created or brought to this worker's settings.
 
     Every worker of a host calls this at start-up: the last one to start decides the interval and the
-    settings of the runs. Overlap SKIP: a run still busy (a long job holding a game's turn) is never
+    settings of the runs. Overlap SKIP: a run still busy (a long job holding a game's lock) is never
     doubled. RTJOBS_RECONCILE_EVERY unset (empty) deletes the host's schedule.
     """
     sid = schedule_id(settings.task_queue, host.host_id)

@@ -1,20 +1,10 @@
-"""Redis as operators run it: `REDIS_URL` names a standalone server, a Cluster or a Sentinel-watched primary.
+"""Redis as operators run it: `REDIS_URL` names a standalone server (`redis://`, `unix://`), a Cluster
+(`redis+cluster://`) or a Sentinel-watched primary (`redis+sentinel://`); `rediss…` turns TLS on for
+every connection. docs/redis.md, "Topologies and failover", gives the URL forms and options.
 
-The scheme picks the topology; `rediss…` turns TLS on for every connection (sentinels included):
-
-    redis://[user:password@]host[:6379][/db][?options]                       standalone (and unix:///path)
-    redis+cluster://[user:password@]host:port[,host:port…][/][?options]       Cluster: the hosts are seeds
-    redis+sentinel://[user:password@]host:port[,host:port…]/NAME[/db][?options]  Sentinel: the hosts are
-                                                                              sentinels, NAME the primary's
-
-`user:password` authenticate to the data nodes. The options are redis-py's URL query options
-(`ssl_ca_certs=…`, `socket_timeout=…`, …) for every data connection; a Sentinel URL also takes
-`sentinel_username` / `sentinel_password` for sentinels that require a login (default: none).
-
-Each client gets the same bounded waits (2 s to connect, 3 s per reply) and, after a connection error,
-one immediate retry — redis-py's own machinery per topology: a reconnect (standalone), a fresh slot map
-from the nodes and a resend (Cluster), a fresh primary address from the sentinels (Sentinel). Anything
-longer is left to Temporal's activity retries: the publish is idempotent.
+Every topology gets the same bounded waits and one immediate retry after a connection error, by
+redis-py's own machinery for it; anything longer is left to Temporal's activity retries (the publish
+is idempotent).
 """
 
 from __future__ import annotations

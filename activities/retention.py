@@ -1,20 +1,10 @@
 """Retention of the result stream that never drops an unread result (`RTJOBS_RESULTS_RETENTION`).
 
-Once a minute the worker trims, with `XTRIM <stream> MINID <id>`, the entries that are both older than
-the retention and acknowledged by every consumer group of the stream. The bound is the lowest of:
-
-- the age bound: `now - retention` as a stream id (`<ms>-0`; entry ids are Redis's clock in ms);
-- for each group: its oldest pending entry (delivered, not yet acknowledged), and its last-delivered
-  id + 1 (entries after it were never delivered to the group).
-
-A stream without any consumer group is never trimmed: nothing tells us that anyone has read an entry
-(a Lobby that has not created its group yet, or reads with plain XREAD, would lose results).
-
-The steps are separate commands, not one atomic script, and that is safe: between reading the groups
-and the XTRIM, consumers can only move their bounds forward (deliver newer entries, acknowledge), so a
-bound computed earlier is still safe later; a group created or moved back by an operator in between
-is equivalent to doing that just after the trim. For the same reason several workers trimming the same
-stream at once are harmless: each trims only what was safe when it looked, and XTRIM is idempotent.
+Once a minute the worker trims (`XTRIM MINID`) the entries both older than the retention and
+acknowledged by every consumer group; a stream without a group is never trimmed. The bound comes from
+separate reads, and that is safe: consumers only move their bounds forward, so a bound safe when read
+stays safe, and several workers trimming at once are harmless (docs/results.md, "Retention
+that never drops an unread result").
 """
 
 from __future__ import annotations

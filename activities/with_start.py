@@ -1,10 +1,9 @@
-"""Update-with-start as the turn (`activities/lock.py`) and placement (`activities/placement.py`) activities
-send it: the SDK's call, plus one thing it leaves to the caller.
+"""Update-with-start as the lock (`activities/lock.py`) and placement (`activities/placement.py`)
+activities send it: the SDK's call, plus one thing it leaves to the caller.
 
-When the call fails (refused, timed out, or the activity cancelled), the SDK sets the error on the
-operation's workflow-handle future too, which nobody awaits; asyncio then logs "Future exception was
-never retrieved" for each failed call (249 such ERROR lines in one 1,000-start burst, each a call that
-was simply retried). The error is the same one the call raises, so it is retrieved and dropped here.
+When the call fails, the SDK also sets the error on the operation's workflow-handle future, which
+nobody awaits, so asyncio would log "Future exception was never retrieved" for every failed call.
+The error is the one the call raises, so it is retrieved and dropped here.
 """
 
 from __future__ import annotations

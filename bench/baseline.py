@@ -13,7 +13,7 @@ BASELINE_ACTIVITY = "bench_baseline_xadd"
 
 
 @workflow.defn(name=BASELINE_WORKFLOW)
-class BaselineJob:
+class BenchBaselineJob:
     @workflow.run
     async def run(self, request: dict[str, str]) -> str:
         entry_id: str = await workflow.execute_activity(

@@ -44,7 +44,7 @@ from temporalio.worker import Worker
 
 from activities.docker import EngineActivities
 from activities.publish import redis_client
-from bench.baseline import BASELINE_ACTIVITY, BASELINE_WORKFLOW, BaselineJob
+from bench.baseline import BASELINE_ACTIVITY, BASELINE_WORKFLOW, BenchBaselineJob
 from bench.profile import summarize
 from contract.lock import lock_workflow_id
 from contract.models import LABEL_GAME_ID, LABEL_MANAGED_BY, MANAGED_BY
@@ -264,7 +264,7 @@ async def main() -> None:
     try:
         baseline_acts = BaselineActivities(redis, baseline_stream)
         baseline_worker = Worker(
-            client, task_queue=f"bench-baseline-{run}", workflows=[BaselineJob], activities=[baseline_acts.xadd]
+            client, task_queue=f"bench-baseline-{run}", workflows=[BenchBaselineJob], activities=[baseline_acts.xadd]
         )
 
         stop_job = starter(client, "StopRuntimeJob", "bench-stop", settings.task_queue)

@@ -85,7 +85,7 @@ from rtjobs.dev.server import DEV_SERVER_CONFIG, dynamic_config_args
 from tests.support.proc_stats import read_sample
 from tests.support.processes import DEAD_DOCKER, Process, process_env, start_ready_worker
 from tests.support.temporal_server import TemporalDevServer
-from workflows.turns import LOCK_ACTIVITY_TIMEOUT, LOCK_RETRY_POLICY
+from workflows.lock_holder import LOCK_ACTIVITY_TIMEOUT, LOCK_RETRY_POLICY
 
 GAMES_PER_HOST = 100
 POINTS = "10x1000,100x10000,1000x100000"

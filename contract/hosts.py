@@ -1,10 +1,9 @@
 """The fleet: Docker hosts, their task queues, and where a game's engine lives (no I/O).
 
-A host is one Docker engine, identified by the id in its marker volume (`activities/hosts.py`; not the
-engine's `ID` from `GET /info`, which cloned machines share). The Docker
-activities of a host run on its own task queue (`host_queue`), polled only by workers whose
-`DOCKER_HOST` is that engine; the job workflows, the per-game workflows and the host registry stay on
-the shared queue (`RTJOBS_TASK_QUEUE`). See the README's "Running a fleet".
+A host is one Docker engine, identified by the id in its marker volume (`activities/hosts.py`), not by
+the engine's `ID`, which cloned machines share. A host's Docker activities run on its own task queue
+(`host_queue`), polled only by the workers on that engine; the workflows run on the fleet's shared
+queues (docs/fleet.md).
 """
 
 from __future__ import annotations
@@ -38,7 +37,7 @@ PLACE_ACTIVITY = "place_game_engine"
 # How long a host's workers have been silent, asked while a job's Docker step waits on its queue: a
 # busy host (every slot taken, reporting) is waited for; a silent one, RTJOBS_HOST_WAIT_S, no longer.
 HOST_LIVENESS_ACTIVITY = "host_liveness"
-# Sent by `rtjobs host forget` to every per-game workflow whose engine was placed on the host.
+# Sent by `rtjobs host forget` to every game's lock whose engine record names the host.
 FORGET_HOST_SIGNAL = "forget_host"
 
 # A host is live while one of its workers reported within this many of its report intervals.
@@ -105,7 +104,7 @@ class Placement(BaseModel):
 
 
 class PlacementNote(BaseModel):
-    """What a job learnt about its game's engine, carried back to the per-game workflow.
+    """What a job learnt about its game's engine, carried back to the game's lock.
 
     `known` False: the job cannot tell (a failed Docker step); the next job asks the registry.
     `known` True with `placement` None: the game has no engine anywhere (a stop removed it).
@@ -146,9 +145,9 @@ class PlaceRequest(BaseModel):
     """Find a game's engine in the fleet and, when `create` and there is none, choose a host for it.
 
     `absent_on`: hosts a job just found without the game's container (their inventory is corrected
-    before the answer, so a stale report cannot send the job back there). `lost`: the game's workflow
+    before the answer, so a stale report cannot send the job back there). `lost`: the game's lock
     lost track of its engine (a job that ended without saying what it did): the hosts are asked for
-    it. Otherwise a game without a placement has no engine, and a start only chooses a host.
+    it. Otherwise a game without an engine record has no engine, and a start only chooses a host.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -1,27 +1,10 @@
-"""Which engine images may run: `RTJOBS_IMAGE_ALLOW` patterns and `RTJOBS_IMAGE_REQUIRE_DIGEST`.
+"""Which engine images may run: `RTJOBS_IMAGE_ALLOW` patterns and `RTJOBS_IMAGE_REQUIRE_DIGEST`
+(docs/engines.md, "Which images may run").
 
 Pure functions, no I/O: the settings validate the patterns at start-up, and `ensure_engine_running`
-decides before any Docker call. Everything is compared on the normalised reference, as Docker itself
-resolves it: the registry is explicit (`docker.io` when none is named), single-component Docker Hub
-names get `library/`, a reference without tag or digest means `:latest`. So `busybox` and
-`docker.io/library/busybox:latest` are the same image name, and `evil.example.com/galaxy/engine` is
-another repository than `galaxy/engine` (= `docker.io/galaxy/engine`).
-
-Pattern syntax (one entry of the comma-separated `RTJOBS_IMAGE_ALLOW`; blanks around entries ignored):
-
-    REPO            exactly that repository, any tag or digest      galaxy/engine
-    REPO:*          the same                                        galaxy/engine:*
-    REPO:GLOB       tags matching GLOB (`*` = any run of tag characters);
-                    a reference carrying a digest never matches a tag pattern
-                    (Docker runs the digest and ignores a tag beside it)   galaxy/engine:1.*
-    REPO@*          any digest of that repository, no tag-only reference   galaxy/engine@*
-    REPO@sha256:HEX exactly that digest
-    PREFIX/*        any repository under that path, at any depth, any tag or digest;
-                    may carry `:GLOB` or `@*` like REPO             registry.example.com/team/*
-    *               any image (the policy off)
-
-REPO and PREFIX are normalised like references (`galaxy/*` is `docker.io/galaxy/*`; `*` never stands
-for part of a path component or for the registry).
+decides before any Docker call. References and patterns are compared normalised, as Docker resolves
+names (`busybox` is `docker.io/library/busybox:latest`), so a name on another registry never passes
+for an allowed one.
 """
 
 from __future__ import annotations
@@ -110,6 +93,9 @@ class ImagePattern:
 
 
 def parse_pattern(text: str) -> ImagePattern:
+    """One `RTJOBS_IMAGE_ALLOW` entry: `REPO` (or `REPO:*`), `REPO:GLOB` (tags; never a digest reference),
+    `REPO@*`, `REPO@sha256:HEX`, `PREFIX/*` (any depth; may take `:GLOB` or `@*`) or `*` (any image).
+    REPO and PREFIX are normalised like references; `*` never stands for part of a path component."""
     entry = text.strip()
     if entry == "*":
         return ImagePattern(entry, "", True, None, None)

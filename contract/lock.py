@@ -1,4 +1,5 @@
-"""Messages of the per-game lock protocol (see `workflows/lock.py`), shared with `activities/lock.py`."""
+"""Names and messages of a game's lock (`workflows/lock.py`), shared by the lock, its holders
+(`workflows/lock_holder.py`) and the client side (`activities/lock.py`); no I/O."""
 
 from __future__ import annotations
 
@@ -15,19 +16,20 @@ HOLDER_RUNNING_ACTIVITY = "game_lock_holder_running"
 GRANT_SIGNAL = "lock_granted"
 RELEASE_SIGNAL = "release"
 ACQUIRE_SIGNAL = "acquire"
-# The fleet's acquire: update-with-start of the per-game workflow, answering at once with the turn
-# (and where the game's engine lives) when the game is idle; a busy game's job gets a grant signal.
-TAKE_TURN_UPDATE = "take_turn"
-TAKE_TURN_ACTIVITY = "take_game_turn"
+# The acquire: update-with-start of the game's lock, answered at once with the grant (and the lock's
+# engine record) when the game is idle; a busy game's job gets a grant signal. (Wire names predate
+# the lock's vocabulary and stay.)
+ACQUIRE_UPDATE = "take_turn"
+ACQUIRE_ACTIVITY = "take_game_turn"
 # A waiting job's re-ask: a query first (free: no update counts against the run's limits), an
-# update-with-start only when the game's workflow does not know the request (a run that is gone).
-TAKE_TURN_AGAIN_ACTIVITY = "take_game_turn_again"
-TURN_FOR_QUERY = "turn_for"
+# update-with-start only when the lock does not know the request (a run that is gone).
+ACQUIRE_AGAIN_ACTIVITY = "take_game_turn_again"
+GRANT_FOR_QUERY = "turn_for"
 
 IDLE_EXIT = timedelta(minutes=5)
 HOLDER_CHECK_EVERY = timedelta(minutes=10)
 # A holder check that cannot get an answer (e.g. an API key without describe permission) gives up
-# after this many attempts and keeps the turn with the holder, so the lock goes on watching for the
+# after this many attempts and leaves the lock with the holder, so the lock goes on watching for the
 # release instead of blocking on the check.
 HOLDER_CHECK_ATTEMPTS = 3
 GRANTS_BEFORE_CONTINUE_AS_NEW = 1000
@@ -38,12 +40,12 @@ REQUEST_AGAIN_EVERY = timedelta(seconds=60)
 
 
 def coordination_queue(task_queue: str) -> str:
-    """The task queue of the fleet's coordinating workflows (per-game workflows, the host registry).
+    """The task queue of the fleet's coordinating workflows (the games' locks, the hosts' workflows).
 
     Polled by every worker, like the shared queue, but by a Worker of its own: a job's synchronous
-    call to its game's workflow (an update, which waits for that workflow's task) holds the job's
+    call to its game's lock (an update, which waits for that workflow's task) holds the job's
     workflow task meanwhile, and on one queue a burst of jobs could hold every workflow-task slot
-    the game workflows need to answer them.
+    the locks need to answer them.
     """
     return f"{task_queue}-coordination"
 
@@ -60,10 +62,10 @@ def lock_workflow_id(game_id: str, task_queue: str) -> str:
 
 
 class LockRequest(BaseModel):
-    """A job run's request for its game's turn.
+    """A job run's request for its game's lock.
 
     `first_run_id` names the job across a `temporal workflow reset` (the reset run has a new run id,
-    the same first run id), so that a reset holder keeps the turn and can release it.
+    the same first run id), so that a reset holder keeps the lock and can release it.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -76,8 +78,8 @@ class LockRequest(BaseModel):
 
 
 class LockRelease(BaseModel):
-    """`after`: what the job learnt about the game's engine; None leaves the record as it was (and is
-    all that releases of earlier shapes carry)."""
+    """`after`: what the job learnt about the game's engine; None leaves the engine record as it was
+    (and is all that releases of earlier versions carry)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -86,13 +88,14 @@ class LockRelease(BaseModel):
     after: PlacementNote | None = None
 
 
-class Turn(BaseModel):
-    """The answer to a request for the game's turn (and, with it, the grant signal's payload).
+class LockGrant(BaseModel):
+    """The lock's answer to a request (also the grant signal's payload and, `granted` aside, the
+    `placement` query's): whether the lock is granted, and the lock's engine record.
 
-    `placement_known` False: the game's workflow knows of no engine: a new game, or
-    (`placement_lost`) a record lost (the job asks every host). `placement_known` True with no
-    `placement`: none anywhere. `host_wait_s`: filled in by the worker's
-    take-turn activity from its RTJOBS_HOST_WAIT_S (a workflow cannot read the environment).
+    `placement_known` False: the lock knows of no engine: a new game, or (`placement_lost`) a record
+    lost (the job asks every host). `placement_known` True with no `placement`: none anywhere.
+    `host_wait_s`: filled in by the worker's acquire activity from its RTJOBS_HOST_WAIT_S (a workflow
+    cannot read the environment).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -102,8 +105,8 @@ class Turn(BaseModel):
     placement: Placement | None = None
     placement_lost: bool = False
     host_wait_s: float = 60.0
-    # Whose turn this is: the game, and the holder's job (its first run id). A holder ignores a grant
-    # naming another game or job (a late grant of an earlier request must never open a later turn).
+    # Whose grant this is: the game, and the holder's job (its first run id). A holder ignores a grant
+    # naming another game or job (a late grant of an earlier request must never count for a later one).
     game_id: str = ""
     holder: str = ""
 

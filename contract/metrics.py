@@ -1,4 +1,4 @@
-"""The module's own metric names and labels (README "Operating in a cluster" → Metrics).
+"""The module's own metric names and labels (docs/operations.md, "Metrics").
 
 Shared by the workflows (which record job outcomes through the replay-safe workflow meter), the
 worker's activity interceptor and host reporter (`rtjobs/ops/metrics.py`), the alert rules and the dashboard.

@@ -250,7 +250,7 @@ class JobStatus(BaseModel):
 
 class FollowUpSignal(BaseModel):
     """A signal the publish activity sends once the entry is on the stream (the fleet's hand-over: the
-    registry hears what the job changed, then the game's next job gets its turn). `arg` is the signal's
+    host hears what the job changed, then the game's lock is released). `arg` is the signal's
     payload as JSON-safe data; the receiving workflow decodes it into its own model."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -273,7 +273,7 @@ class PublishRequest(BaseModel):
     result: dict[str, Any]
     # The job's first run id (`workflow.info().first_execution_run_id`): the idempotency key names the
     # job, not the run, so a run made by `temporal workflow reset` of a job that already published
-    # appends nothing. Empty (requests of the first released shape): the calling run's id.
+    # appends nothing. Empty (a request without it, as the earliest versions sent): the calling run's id.
     first_run_id: str = ""
     # Sent in order after the entry is appended (and again by a retry: each is idempotent).
     then_signal: list[FollowUpSignal] = Field(default_factory=list)

@@ -69,7 +69,7 @@ ENSURE_RUNNING_START_TO_CLOSE = timedelta(
 ENSURE_REMOVED_START_TO_CLOSE = timedelta(seconds=MAX_STOP_TIMEOUT_S + 5 * MAX_DOCKER_CALL_TIMEOUT_S + 60)  # 71 min
 # The compensating clean-up of a failed or cancelled start: it must outlast a Docker outage longer than
 # the start's own budget (the container the first attempt made stays otherwise), so it retries
-# without an attempt limit, bounded by the schedule-to-close time; the game's turn is held meanwhile.
+# without an attempt limit, bounded by the schedule-to-close time; the game's lock is held meanwhile.
 REMOVE_FAILED_START_RETRY_POLICY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,

@@ -1,10 +1,9 @@
-"""Reconciliation of one Docker host (see `workflows/reconcile.py`): what it sees, what it finds, what it
+"""Reconciliation of one Docker host (`workflows/reconcile.py`): what it sees, what it finds, what it
 does, and what it reports (no I/O).
 
-The world drifts from what the jobs left: an engine OOM-killed after it became healthy, a container left
-by a cancellation, a container removed or started by hand, a placement record lost. `RuntimeReconcile`
-compares the containers of ours on a host with the placement records of the games (their per-game
-workflows) and repairs the difference, each game under its own turn, so it never races a job.
+The world drifts from what the jobs left (an engine OOM-killed, a container left by a cancellation or
+started by hand, an engine record lost); `RuntimeReconcile` compares a host's containers of ours with
+the games' engine records and repairs the difference, each game under its lock, never racing a job.
 """
 
 from __future__ import annotations
@@ -36,16 +35,15 @@ ACTIONS_METRIC = RECONCILE_ACTIONS  # scraped as rtjobs_reconcile_actions_total
 NOT_RUNNING_STATES = frozenset({"created", "exited", "dead"})
 RUNNING_STATE = "running"
 
-# One run acts on at most this many games (each costs ~10 history events: a turn, an inspect, a
-# removal, a release); the rest is reported as deferred and found again by the next run.
+# One run acts on at most this many games (each costs a few history events: the lock acquired, an
+# inspect, a removal, the release); the rest is reported as deferred and found again by the next run.
 MAX_GAMES_PER_RUN = 100
 
 # The listing a run works from carries only the games where something is off (SURVEY_ACTIVITY compares the
 # host's containers with the records), and of those at most MAX_GAMES_LISTED, in at most LISTING_BUDGET
 # bytes of JSON: its payload (in the run's history, as is the summary made from it) stays below
 # Temporal's 256 KiB warning and 2 MiB limit whatever the number of games. The games left out are counted
-# (`unlisted`) and listed by a later run. (Listing every container and record instead takes 180-220 and
-# 110-150 bytes a game, short to longest game ids: over 256 KiB from some 1,200-1,500 games on a host.)
+# (`unlisted`) and listed by a later run.
 MAX_GAMES_LISTED = 500
 LISTING_BUDGET = 128 * 1024
 
@@ -86,7 +84,7 @@ class RecordSeen(BaseModel):
 
 
 class SurveyRequest(BaseModel):
-    """The host, the fleet's queue (its per-game workflows hold the records), and where in the games that
+    """The host, the fleet's queue (its games' locks hold the engine records), and where in the games that
     are off the listing starts when not all fit (a fraction of their number, drawn by the run): a later run
     starts elsewhere, so games that are off for good but only reported never keep the others out."""
 

@@ -15,7 +15,7 @@ from temporalio.worker import Worker, WorkerDeploymentConfig
 
 from activities.docker import EngineActivities
 from activities.hosts import HostFacts
-from activities.lock import LockActivities, TurnSignals
+from activities.lock import FollowUpSignals, LockActivities
 from activities.placement import PlacementActivities
 from activities.publish import ResultPublisher
 from activities.reconcile import EngineEventPublisher, ReconcileDockerActivities
@@ -24,7 +24,7 @@ from contract.lock import coordination_queue
 from contract.settings import Settings, host_docker_concurrency_for
 from rtjobs.ops.metrics import ActivityMetrics
 from rtjobs.sandbox import workflow_runner
-from workflows import ALL_WORKFLOWS, GameLock, RuntimeHost
+from workflows import ALL_WORKFLOWS, RuntimeGameLock, RuntimeHost
 
 HEARTBEAT_THROTTLE = timedelta(seconds=1)
 # How long the coordination queue's workflows wait for the worker that cached them (the SDK's default: 10 s).
@@ -80,7 +80,7 @@ def build_worker(client: Client, settings: Settings, redis: RedisClient) -> Work
         maxlen=settings.results_maxlen,
         min_replicas=settings.redis_min_replicas,
         wait_timeout_ms=settings.redis_wait_timeout_ms,
-        signals=TurnSignals(client).send,
+        signals=FollowUpSignals(client).send,
     )
     with collector_paused():
         return Worker(
@@ -114,7 +114,7 @@ def build_coordination_worker(client: Client, settings: Settings) -> Worker:
         return Worker(
             client,
             task_queue=coordination_queue(settings.task_queue),
-            workflows=[GameLock, RuntimeHost],
+            workflows=[RuntimeGameLock, RuntimeHost],
             workflow_runner=workflow_runner(),
             activities=[LockActivities(client, order_settle_s=settings.order_settle_s).game_lock_holder_running],
             graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_timeout_s),

@@ -21,7 +21,7 @@ from temporalio.worker import Worker
 from activities.fleet import send_report
 from activities.placement import PlacementActivities
 from contract.hosts import HostRef, HostReport, PlaceAnswer, PlaceRequest
-from contract.lock import Turn, coordination_queue, lock_workflow_id
+from contract.lock import LockGrant, coordination_queue, lock_workflow_id
 from contract.models import JobResult, engine_endpoint
 from rtjobs.client import start_job
 from tests.support.docker_engine import DockerEngine
@@ -365,7 +365,7 @@ async def test_forget_refuses_a_live_host_and_releases_the_games_placed_on_a_sil
         job = await start_job(client, gid, task_queue=task_queue)
         assert (await asyncio.wait_for(job.result(), HANG_S)).outcome == "success"
         lock = client.get_workflow_handle(lock_workflow_id(gid, task_queue))
-        before = await lock.query("placement", result_type=Turn)
+        before = await lock.query("placement", result_type=LockGrant)
         assert before.placement is not None and before.placement.host.name == STAND_IN_HOST
         placed_there = f'WorkflowId="{lock.id}" AND {RUNTIME_HOST.name}="{STAND_IN_HOST}"'
         for _ in range(200):  # visibility lags a little behind the search attribute's upsert
@@ -395,7 +395,7 @@ async def test_forget_refuses_a_live_host_and_releases_the_games_placed_on_a_sil
         )
 
         # Gone for good, with its engine: the game has none (its next start places it anew).
-        after = await lock.query("placement", result_type=Turn)
+        after = await lock.query("placement", result_type=LockGrant)
         assert (after.placement_known, after.placement, after.placement_lost) == (True, None, False)
         assert (await lock.describe()).typed_search_attributes.get(RUNTIME_HOST) is None
         listed = await cli(worker_env, "hosts", "--json")

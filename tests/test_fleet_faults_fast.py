@@ -30,7 +30,7 @@ from contract.hosts import (
     HostReport,
     host_queue,
 )
-from contract.lock import GRANT_SIGNAL, Turn, lock_workflow_id
+from contract.lock import GRANT_SIGNAL, LockGrant, lock_workflow_id
 from contract.models import JobResult, JobStatus
 from tests.support.stand_ins import STAND_IN_HOST, StandInEngine, job_worker
 from tests.support.streams import read_entries
@@ -169,8 +169,8 @@ async def test_a_grant_naming_another_game_or_job_is_ignored(
         await until(lambda: _waiting_in_lock(client, task_queue, gid, waiting.id), "the stop queued")
         first_run = (await waiting.describe()).run_id or ""
         for forged in (
-            Turn(granted=True, game_id=game(), holder=first_run),
-            Turn(granted=True, game_id=gid, holder="another-job"),
+            LockGrant(granted=True, game_id=game(), holder=first_run),
+            LockGrant(granted=True, game_id=gid, holder="another-job"),
         ):
             await waiting.signal(GRANT_SIGNAL, forged)
         results = await asyncio.wait_for(asyncio.gather(holder.result(), waiting.result()), HANG_S)

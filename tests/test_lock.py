@@ -37,7 +37,7 @@ from contract.lock import (
 from contract.models import JobResult, JobStatus
 from tests.support.stand_ins import ORDER_TEST_SETTLE_S, StandInEngine, job_worker
 from tests.support.streams import read_entries
-from workflows import GameLock, StartRuntimeJob, StopRuntimeJob
+from workflows import RuntimeGameLock, StartRuntimeJob, StopRuntimeJob
 from workflows.awaiting import shielded
 
 # Generous bounds for a loaded 2-core machine: a failure here means a job that never ends (the bug
@@ -127,7 +127,7 @@ async def test_state_carried_over_dedups_a_request_in_the_new_runs_first_task(
     async with job_worker(client, task_queue, redis_url, stream, StandInEngine()):
         served = LockRequest(game_id=gid, workflow_id="served-job", run_id="served-run", started_at=datetime.now(UTC))
         handle = await client.start_workflow(
-            GameLock.run,
+            RuntimeGameLock.run,
             LockState(game_id=gid, recent_runs=["served-run"]),
             id=lock_workflow_id(gid, task_queue),
             task_queue=task_queue,

@@ -17,7 +17,7 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 
 from contract.engine import DOCKER_UNAVAILABLE_TYPE, EngineOutcome
-from contract.lock import Turn, lock_workflow_id
+from contract.lock import LockGrant, lock_workflow_id
 from contract.models import JobResult
 from tests.support.stand_ins import StandInEngine, job_worker
 
@@ -55,7 +55,7 @@ async def test_a_stop_after_its_games_workflow_was_terminated_finds_the_engine_o
         await lock.terminate(reason="test: the record is lost")
 
         stopped = await run(client, task_queue, "StopRuntimeJob", gid)
-        record = await lock.query("placement", result_type=Turn)
+        record = await lock.query("placement", result_type=LockGrant)
     assert stopped == JobResult.fresh_success(gid, f"cid-{gid}"), stopped
     assert engine.calls == [f"start:{gid}", f"stop:{gid}"]
     assert (record.placement_known, record.placement, record.placement_lost) == (True, None, False)
@@ -77,12 +77,12 @@ async def test_a_job_that_could_not_tell_what_it_did_leaves_the_record_lost_and_
         failed = await run(client, task_queue, "StopRuntimeJob", gid)
         assert failed.error_code == "docker_unavailable", failed
         lock = client.get_workflow_handle(lock_workflow_id(gid, task_queue))
-        record = await lock.query("placement", result_type=Turn)
+        record = await lock.query("placement", result_type=LockGrant)
         assert (record.placement_known, record.placement_lost) == (False, True), record
 
         engine.stop = working_stop
         stopped = await run(client, task_queue, "StopRuntimeJob", gid)
-        record = await lock.query("placement", result_type=Turn)
+        record = await lock.query("placement", result_type=LockGrant)
     assert stopped == JobResult.fresh_success(gid, f"cid-{gid}"), stopped
     assert engine.calls == [f"start:{gid}", f"stop:{gid}", f"stop:{gid}"]
     assert (record.placement_known, record.placement, record.placement_lost) == (True, None, False)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from contract.hosts import HostRef, Placement, PlacementNote
-from contract.lock import Turn
+from contract.lock import LockGrant
 from contract.reconcile import Action, ContainerSeen, FindingKind, ReconcileRequest
 from workflows.reconcile import plan
 
@@ -17,11 +17,11 @@ HERE = HostRef(host_id="ID-HERE", name="h1", queue="q@host-here")
 THERE = HostRef(host_id="ID-THERE", name="h2", queue="q@host-there")
 NOW = datetime(2026, 11, 28, 3, 0, tzinfo=UTC)
 REQUEST = ReconcileRequest(host=HERE, grace_s=300)
-NO_RECORD = Turn(granted=True)
+NO_RECORD = LockGrant(granted=True)
 
 
-def record(host: HostRef, container_id: str = "c1") -> Turn:
-    return Turn(granted=True, placement_known=True, placement=Placement(host=host, container_id=container_id))
+def record(host: HostRef, container_id: str = "c1") -> LockGrant:
+    return LockGrant(granted=True, placement_known=True, placement=Placement(host=host, container_id=container_id))
 
 
 def container(
@@ -37,9 +37,9 @@ def container(
 
 
 def decided(
-    containers: list[ContainerSeen], turn: Turn, request: ReconcileRequest = REQUEST
+    containers: list[ContainerSeen], record: LockGrant, request: ReconcileRequest = REQUEST
 ) -> list[tuple[str, list[Action]]]:
-    return [(f.kind.value, f.actions) for f in plan("g", containers, turn, HERE, NOW, request).findings]
+    return [(f.kind.value, f.actions) for f in plan("g", containers, record, HERE, NOW, request).findings]
 
 
 def test_a_running_engine_as_its_record_says_is_left_alone() -> None:

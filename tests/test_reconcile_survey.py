@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from contract.hosts import HostRef, Placement
-from contract.lock import Turn
+from contract.lock import LockGrant
 from contract.reconcile import (
     MAX_GAMES_LISTED,
     ContainerSeen,
@@ -62,11 +62,11 @@ def record(i: int) -> RecordSeen:
     return RecordSeen(game_id=game_id(i), container_id=container_id(i))
 
 
-def listed_turn(game: GameSeen) -> Turn:
+def listed_turn(game: GameSeen) -> LockGrant:
     """The record as the run plans from it before the turn (workflows/reconcile.py)."""
     if game.recorded_id is None:
-        return Turn(granted=False)
-    return Turn(granted=False, placement_known=True, placement=Placement(host=HERE, container_id=game.recorded_id))
+        return LockGrant(granted=False)
+    return LockGrant(granted=False, placement_known=True, placement=Placement(host=HERE, container_id=game.recorded_id))
 
 
 # --- the comparison leaves out exactly the games the plan finds nothing for -------------------------------------

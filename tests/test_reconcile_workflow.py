@@ -17,7 +17,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from contract.hosts import HostRef, Placement
-from contract.lock import TAKE_TURN_ACTIVITY, LockRequest, Turn
+from contract.lock import ACQUIRE_ACTIVITY, LockGrant, LockRequest
 from contract.reconcile import (
     ACTIONS_METRIC,
     GAME_CONTAINERS_ACTIVITY,
@@ -63,14 +63,14 @@ class StandIns:
         records = [RecordSeen(game_id="lost", container_id="c-lost"), RecordSeen(game_id="fine", container_id="c-fine")]
         return survey([*self.containers.values(), self.fine], records, request.start)
 
-    @activity.defn(name=TAKE_TURN_ACTIVITY)
-    async def take_turn(self, request: LockRequest) -> Turn:
-        self.calls.append(f"turn {request.game_id}")
+    @activity.defn(name=ACQUIRE_ACTIVITY)
+    async def acquire_game_lock(self, request: LockRequest) -> LockGrant:
+        self.calls.append(f"lock {request.game_id}")
         whose = {"game_id": request.game_id, "holder": request.first_run_id or request.run_id}
         if request.game_id == "lost":
             placement = Placement(host=self.host, container_id="c-lost")
-            return Turn(granted=True, placement_known=True, placement=placement, **whose)
-        return Turn(granted=True, **whose)
+            return LockGrant(granted=True, placement_known=True, placement=placement, **whose)
+        return LockGrant(granted=True, **whose)
 
     @activity.defn(name=GAME_CONTAINERS_ACTIVITY)
     async def game_containers(self, request: GameContainers) -> list[ContainerSeen]:
@@ -107,7 +107,7 @@ async def test_one_turn_per_game_that_is_off_and_the_actions_metric(temporal_env
         client,
         task_queue=queue,
         workflows=[RuntimeReconcile],
-        activities=[stand_ins.take_turn, stand_ins.publish],
+        activities=[stand_ins.acquire_game_lock, stand_ins.publish],
     )
     on_host = Worker(
         client,
@@ -128,16 +128,16 @@ async def test_one_turn_per_game_that_is_off_and_the_actions_metric(temporal_env
     assert isinstance(summary, ReconcileSummary)
     assert summary.done_counts() == {"removed": 1, "adopted": 1, "cleared": 1}, summary
     assert (summary.containers, summary.records, summary.unlisted) == (3, 2, 0), summary
-    # Games in order; each one's turn taken before its containers are looked at and anything is done;
+    # Games in order; each one's lock acquired before its containers are looked at and anything is done;
     # none for game `fine`, which the survey left out.
     assert stand_ins.calls == [
         "list",
-        "turn lost",
+        "lock lost",
         "look lost",
         "event engine_lost lost",
-        "turn new",
+        "lock new",
         "look new",
-        "turn old",
+        "lock old",
         "look old",
         "remove c-old",
     ]

@@ -2,8 +2,8 @@
 
 A change that makes the workflows non-deterministic (another activity, timer or signal before an
 existing step, a reordered step) would break every run still open when it is deployed; here it fails
-CI first. 1.0 is the first shape anyone runs (the pre-release shapes were retired with their histories);
-from it on every shape keeps its histories: a version's files are checked against its
+CI first. 1.0 is the first version anyone runs (the pre-release versions were retired with their
+histories); from it on every version keeps its histories: a version's files are checked against its
 `VERSION.sha256`, so none is replaced or dropped. A workflow change goes behind `workflow.patched`
 (or a new Worker Versioning build) and gets its histories recorded as a new version beside the old
 ones (`python -m tests.histories.record 1.1`); all versions replay.
@@ -27,7 +27,7 @@ from temporalio.workflow import NondeterminismError
 from contract.engine import DOCKER_UNAVAILABLE_TYPE, ENSURE_RUNNING_ACTIVITY
 from contract.models import JobRequest, JobResult
 from contract.reconcile import ReconcileSummary
-from workflows import ALL_WORKFLOWS, GameLock, StartRuntimeJob, StopRuntimeJob
+from workflows import ALL_WORKFLOWS, RuntimeGameLock, StartRuntimeJob, StopRuntimeJob
 from workflows.jobs import FAILURE_TYPES
 
 HISTORIES = Path(__file__).resolve().parent / "histories"
@@ -69,7 +69,7 @@ VERSIONS = sorted(
     (p.name for p in HISTORIES.iterdir() if p.is_dir() and (HISTORIES / f"{p.name}.sha256").exists()),
     key=version_key,
 )
-# The newest version is recorded from today's workflow code; older ones from released shapes.
+# The newest version is recorded from today's workflow code; older ones from released versions.
 CURRENT = VERSIONS[-1]
 
 
@@ -93,7 +93,7 @@ def replayer(workflows: list[type]) -> Replayer:
 
 
 def test_released_histories_are_kept_unchanged() -> None:
-    """The first shape (1.0) and every later version stay, byte for byte, as recorded."""
+    """The first version (1.0) and every later one stay, byte for byte, as recorded."""
     assert VERSIONS[0] == FIRST, VERSIONS
     for version in VERSIONS:
         listed = {}
@@ -148,7 +148,7 @@ def test_a_game_workflow_that_lost_its_record_stays() -> None:
     assert not any(e.event_type == EventType.EVENT_TYPE_TIMER_STARTED for e in events[-4:])
 
 
-def test_the_first_shape_carries_no_patch() -> None:
+def test_the_first_version_carries_no_patch() -> None:
     """1.0 is the base every later `workflow.patched` branches from: none of its histories asks a patch."""
     for name in sorted(recorded_in(FIRST)):
         assert not _markers(load(name, FIRST).events), name
@@ -309,6 +309,6 @@ class StartRuntimeJobWithExtraTimer(StartRuntimeJob):
 
 @pytest.mark.parametrize(("version", "name"), [(v, n) for v in VERSIONS for n in ("start_fresh", "start_cancelled")])
 async def test_a_non_deterministic_change_fails_replay(version: str, name: str) -> None:
-    workflows: list[type[Any]] = [StartRuntimeJobWithExtraTimer, StopRuntimeJob, GameLock]
+    workflows: list[type[Any]] = [StartRuntimeJobWithExtraTimer, StopRuntimeJob, RuntimeGameLock]
     with pytest.raises(NondeterminismError):
         await replayer(workflows).replay_workflow(load(name, version))

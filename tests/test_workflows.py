@@ -20,7 +20,7 @@ from temporalio.exceptions import ApplicationError
 
 from contract.engine import DOCKER_UNAVAILABLE_TYPE, EngineOutcome
 from contract.hosts import ENGINE_CHANGED_SIGNAL
-from contract.lock import RELEASE_SIGNAL, Turn, lock_workflow_id
+from contract.lock import RELEASE_SIGNAL, LockGrant, lock_workflow_id
 from contract.models import JobResult, JobStatus, PublishRequest
 from contract.policies import PUBLISH_ACTIVITY
 from tests.support.stand_ins import ORDER_TEST_SETTLE_S, StandInEngine, job_worker
@@ -259,10 +259,10 @@ async def test_the_publish_hands_the_turn_on_once_the_result_is_on_the_stream(
         started = await start(client, task_queue, StartRuntimeJob.run, {"game_id": gid})
         await asyncio.wait_for(started.result(), HANG_S)
         lock = client.get_workflow_handle(lock_workflow_id(gid, task_queue))
-        after_start = await lock.query("placement", result_type=Turn)
+        after_start = await lock.query("placement", result_type=LockGrant)
         stopped = await start(client, task_queue, StopRuntimeJob.run, {"game_id": gid})
         await asyncio.wait_for(stopped.result(), HANG_S)
-        after_stop = await lock.query("placement", result_type=Turn)
+        after_stop = await lock.query("placement", result_type=LockGrant)
 
     assert after_start.placement_known and after_start.placement is not None
     assert after_start.placement.container_id == f"cid-{gid}"

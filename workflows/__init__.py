@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from workflows.host import RuntimeHost
-    from workflows.hosts import HostRegistry
+    from workflows.hosts import RuntimeHostRegistry
     from workflows.jobs import StartRuntimeJob, StopRuntimeJob
-    from workflows.lock import GameLock
+    from workflows.lock import RuntimeGameLock
     from workflows.reconcile import RuntimeReconcile
 
     ALL_WORKFLOWS: list[type]
@@ -22,17 +22,17 @@ if TYPE_CHECKING:
 _WHERE = {
     "StartRuntimeJob": "workflows.jobs",
     "StopRuntimeJob": "workflows.jobs",
-    "GameLock": "workflows.lock",
-    "HostRegistry": "workflows.hosts",
+    "RuntimeGameLock": "workflows.lock",
+    "RuntimeHostRegistry": "workflows.hosts",
     "RuntimeHost": "workflows.host",
     "RuntimeReconcile": "workflows.reconcile",
 }
 
 __all__ = [
     "ALL_WORKFLOWS",
-    "GameLock",
-    "HostRegistry",
+    "RuntimeGameLock",
     "RuntimeHost",
+    "RuntimeHostRegistry",
     "RuntimeReconcile",
     "StartRuntimeJob",
     "StopRuntimeJob",

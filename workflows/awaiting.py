@@ -1,10 +1,9 @@
 """How the workflows await: a step to its end even when the job is cancelled, or a condition for a
 bounded time.
 
-A job's last steps (its publish, the clean-up of a failed start, the release of the game's turn) and
-its wait for the turn must not be cut short by a cancellation: the Lobby must still get the result,
-and the game's next job its turn. The cancellation is remembered, not lost: the caller learns of it
-through `on_cancel` and reports `cancelled`.
+A job's wait for the game's lock and its last steps (the publish, the clean-up of a failed start, the
+release) must not be cut short by a cancellation: the Lobby must still get the result, and the game's
+next job the lock. The cancellation is remembered: the caller learns of it through `on_cancel`.
 """
 
 from __future__ import annotations

@@ -1,15 +1,10 @@
-"""`RuntimeHost`: one Docker host of the fleet — whether its workers are alive, what runs there, and
-the places reserved for new engines (one workflow per host, `runtime-host-{task_queue}-{host_id}`).
+"""`RuntimeHost`: one Docker host of the fleet, one workflow per host (`runtime-host-{task_queue}-{host_id}`):
+whether its workers are alive, which games have an engine there, and the places reserved for new ones.
 
-Started by the host's first worker report (signal-with-start); its workers report every few
-seconds. A host is live while one of its workers reported within `LIVE_REPORTS` report intervals;
-a silent host takes no new engines, but its workflow keeps its inventory until an operator forgets
-it (`forget`, which ends the workflow), so a game whose engine lives there is never placed twice.
-
-A placement (`activities/placement.py`) samples two hosts by the `probe` query and claims a place on
-the less loaded with the `reserve` update, which checks the claim against the host's capacity: the
-updates of one workflow run one at a time, so concurrent placements never fill a host beyond it.
-Its state is one host's: bounded by that host's games and capacity, whatever the fleet's size.
+Started and kept current by its workers' reports. A silent host takes no new engines but keeps its
+inventory until an operator forgets it, so that a game is never placed twice. Its `reserve` update
+checks each claim against the host's capacity (a workflow's updates run one at a time), so concurrent
+placements (`activities/placement.py`) never fill it beyond; its state is bounded by the host's games.
 """
 
 from __future__ import annotations
@@ -123,7 +118,7 @@ class RuntimeHost:
             return ReserveAnswer(why=f"host {record.host.name} is draining")
         if self._load() >= record.capacity:
             return ReserveAnswer(why=f"host {record.host.name} is full ({self._load()}/{record.capacity})")
-        # (Another job's reservation of this game is stale: a game's jobs take turns, so it ended.)
+        # (Another job's reservation of this game is stale: a game's jobs hold its lock one at a time, so it ended.)
         self._state.reservations[request.game_id] = Reservation(host_id=record.host.host_id, at=now, job=request.job)
         return ReserveAnswer(reserved=True)
 

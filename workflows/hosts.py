@@ -1,20 +1,9 @@
-"""`RuntimeHostRegistry`, the fleet's one registry of 1.0: retired in 1.1 for one workflow per host
-(`workflows/host.py`); kept, unchanged, so that 1.0's recorded histories replay and a registry run
-left by 1.0 finishes its tasks. Nothing of 1.1 starts or asks it.
+"""`RuntimeHostRegistry`: 1.0's one workflow for the whole fleet (its hosts, their liveness, where each
+game's engine runs, placement by update).
 
-1.0's design: which Docker hosts the fleet has, which are alive, what runs where.
-
-One per task queue (`contract.hosts.registry_workflow_id`), started by the first worker's report.
-Workers report their host every few seconds (signal-with-start): its capacity and the games that
-have a container of ours there. A host is live while one of its workers reported within
-`LIVE_REPORTS` report intervals; a silent host gets no new engines, but the registry keeps its
-inventory, so that a game whose engine lives there is never placed a second time elsewhere (until
-an operator forgets the host).
-
-Placement is an update, and update handlers of one workflow run one at a time: thirty games placed
-at once see each other's reservations and spread over the hosts. The registry is asked only when a
-game's own workflow does not know where its engine is (a new game, a lost record): the common path
-of a job never touches it.
+Retired in 1.1 for one `RuntimeHost` per host (`workflows/host.py`) and kept only so that 1.0's
+histories replay and a registry run left by 1.0 finishes its tasks: nothing of 1.1 starts or asks it,
+and what it does must not change.
 """
 
 from __future__ import annotations
@@ -57,7 +46,7 @@ UNKNOWN_HOST_TYPE = "UnknownHost"
 
 
 @workflow.defn(name=HOST_REGISTRY_WORKFLOW)
-class HostRegistry:
+class RuntimeHostRegistry:
     @workflow.init
     def __init__(self, state: RegistryState) -> None:
         # Restored here, not in run(): a report in the run's first activation is handled before run().

@@ -1,23 +1,10 @@
-"""`StartRuntimeJob` and `StopRuntimeJob`: validate, take the game's turn, find the game's host, run
-the Docker step there, publish.
+"""`StartRuntimeJob` and `StopRuntimeJob`: validate, acquire the game's lock, run the Docker step on the
+game's host, publish, release.
 
-Every run with a non-empty game id ends with exactly one publish, whatever happened before it
-(invalid input, Docker failure, cancellation, a bug): the publish is shielded from cancellation
-and retried without limit; its idempotency key is this run, so retries never double it.
-
-Where the Docker step runs: the turn comes with the game's placement from its per-game workflow. A
-placed game's step runs on its host's task queue; for a game without one, the placement activity
-chooses a live host with free capacity (a start), or asks the hosts where the engine is when the
-game's record of it was lost. A step
-waits on a busy host as long as the host's workers go on reporting; once they have been silent for
-RTJOBS_HOST_WAIT_S the job gives up on it and reports `docker_unavailable` naming the host.
-
-A failed start whose Docker step was scheduled may have left something on its host (any attempt
-may have reached it, even one that seemed not to): the job removes it before it gives the game's
-turn back, waiting for the host as long as it takes, until the host is back or forgotten.
-
-A job started with a workflow run or execution timeout is refused at once (`invalid_request`):
-Temporal would end it without its result when the timeout ran out.
+The lock serialises a game's jobs and its grant carries the lock's engine record, which says on which
+host the step runs (or that the placement activities must choose or find one). Every run with a
+non-empty game id publishes exactly one result, whatever happened before (shielded, retried without
+limit, idempotent per run), and a failed start removes what it may have left before it releases.
 """
 
 from __future__ import annotations
@@ -87,16 +74,10 @@ with workflow.unsafe.imports_passed_through():
         REMOVE_FAILED_START_START_TO_CLOSE,
     )
     from workflows.awaiting import holds_within, shielded
+    from workflows.engine_changed import host_of_change, tell_host
     from workflows.job_metrics import record_published
+    from workflows.lock_holder import LOCK_ACTIVITY_TIMEOUT, LOCK_RETRY_POLICY, LockHolder, release_lock
     from workflows.search import GAME_ID, JOB_KIND, RUNTIME_HOST
-    from workflows.turns import (
-        LOCK_ACTIVITY_TIMEOUT,
-        LOCK_RETRY_POLICY,
-        TurnHolder,
-        give_back_turn,
-        host_of_change,
-        tell_host,
-    )
 
 T = TypeVar("T")
 
@@ -126,7 +107,7 @@ class JobFailure(Exception):
         self.message = message
 
 
-class _RuntimeJob(TurnHolder):
+class _RuntimeJob(LockHolder):
     """What both jobs share; subclasses say how to validate their input and what the Docker step is."""
 
     kind: JobKind
@@ -140,11 +121,11 @@ class _RuntimeJob(TurnHolder):
         # step's own end (it may time out on a dead worker rather than acknowledge the cancellation).
         self._cancelled = False
         # The host of the Docker step, whether it was chosen for a new engine, and what the
-        # job learnt about the engine (for the game's workflow; None: nothing changed).
+        # job learnt about the engine (for the game's lock; None: nothing changed).
         self._host: HostRef | None = None
         self._new_placement = False
         self._after: PlacementNote | None = None
-        # The publish activity gave the turn back: nothing is left to release.
+        # The publish activity released the lock: nothing is left to release.
         self._handed_over = False
 
     @workflow.query(name="status")
@@ -167,7 +148,7 @@ class _RuntimeJob(TurnHolder):
             self._step(f"{self.kind} job for game {game_id}: {result.outcome} {result.error_code}")
             return result
         self._step(f"{self.kind} job for game {game_id}: waiting for the game's earlier jobs")
-        cancelled = await self._wait_for_turn(game_id)
+        cancelled = await self._wait_for_lock(game_id)
         try:
             if cancelled:
                 result = JobResult.failure(game_id, ErrorCode.CANCELLED, "cancelled before it started")
@@ -175,7 +156,7 @@ class _RuntimeJob(TurnHolder):
                 result = await self._outcome(request)
             failed_start = self.kind is JobKind.START and result.outcome == "failure"
             clean_up = failed_start and self._engine_step_begun
-            # Nothing to do between the publish and the release: the publish activity hands the turn on
+            # Nothing to do between the publish and the release: the publish activity releases the lock
             # itself, right after the entry is appended (one workflow task and one signal round trip less).
             hand_over = not clean_up
             await self._publish(result, then_signal=self._hand_over(game_id, result) if hand_over else None)
@@ -320,7 +301,7 @@ class _RuntimeJob(TurnHolder):
                     create=create,
                     job=workflow.info().workflow_id,
                     absent_on=absent_on,
-                    lost=self._turn.placement_lost,
+                    lost=self._grant.placement_lost,
                 ),
                 start_to_close_timeout=LOCK_ACTIVITY_TIMEOUT,
                 retry_policy=LOCK_RETRY_POLICY,
@@ -349,7 +330,7 @@ class _RuntimeJob(TurnHolder):
             raise JobFailure(code, answer.why)
 
     def _recorded_host(self) -> HostRef | None:
-        placement = self._turn.placement if self._turn.placement_known else None
+        placement = self._grant.placement if self._grant.placement_known else None
         return placement.host if placement is not None else None
 
     def _engine_change(self, game_id: str, result: JobResult) -> EngineChanged | None:
@@ -395,10 +376,10 @@ class _RuntimeJob(TurnHolder):
         )
         return signals
 
-    async def _wait_for_turn(self, game_id: str) -> bool:
-        """Wait for the game's turn; returns whether the job was cancelled meanwhile.
+    async def _wait_for_lock(self, game_id: str) -> bool:
+        """Wait until the game's lock is granted; returns whether the job was cancelled meanwhile.
 
-        A cancelled job still waits for its turn, so that its `cancelled` result keeps its place in
+        A cancelled job still waits for the lock, so that its `cancelled` result keeps its place in
         the game's order on the stream.
         """
         info = workflow.info()
@@ -414,9 +395,9 @@ class _RuntimeJob(TurnHolder):
         def note_cancel() -> None:
             nonlocal cancelled
             cancelled = True
-            self._step(f"{self.kind} job for game {game_id}: cancelled, waiting for its turn to report")
+            self._step(f"{self.kind} job for game {game_id}: cancelled, waiting for the game's lock to report")
 
-        await shielded(self.take_turn(request), note_cancel)
+        await shielded(self.acquire_lock(request), note_cancel)
         return cancelled
 
     async def _publish(self, result: JobResult, *, then_signal: list[FollowUpSignal] | None = None) -> None:
@@ -429,7 +410,7 @@ class _RuntimeJob(TurnHolder):
             start_to_close_timeout=PUBLISH_START_TO_CLOSE_TIMEOUT,
             retry_policy=PUBLISH_RETRY_POLICY,
             result_type=str,
-            summary=summary + (", then pass the game's turn on" if then_signal else ""),
+            summary=summary + (", then release the game's lock" if then_signal else ""),
         )
         entry_id = await shielded(publish)  # a cancellation arriving now must not stop the publish
         self._status = self._status.model_copy(update={"entry_id": entry_id})
@@ -441,7 +422,7 @@ class _RuntimeJob(TurnHolder):
         The start activity removes its container itself when it can; this covers a Docker engine that
         came back only after the start's retry budget, a worker killed mid-start, a host silent for
         RTJOBS_HOST_WAIT_S and a cancellation in the middle of a create. It waits for the host as long
-        as it takes (retried without limit, the turn kept), until it ran there or the host is forgotten.
+        as it takes (retried without limit, the lock held), until it ran there or the host is forgotten.
         """
         host = self._host
         assert host is not None
@@ -472,7 +453,7 @@ class _RuntimeJob(TurnHolder):
         if not self._granted or self._handed_over:
             return
         # (A lock run that is gone has nothing to release; the result the job published stands.)
-        await give_back_turn(game_id, self._release_request())
+        await release_lock(game_id, self._release_request())
 
     def _release_request(self) -> LockRelease:
         info = workflow.info()
@@ -539,8 +520,8 @@ class StopRuntimeJob(_RuntimeJob):
         job = StopRuntimeJobInput.model_validate(request.fields())
         remove = EnsureEngineRemoved(game_id=job.game_id, stop_timeout_s=job.stop_timeout_s)
         summary = f"stop engine for game {job.game_id}"
-        if self._turn.placement_known and self._turn.placement is None:
-            # The game's workflow saw its engine removed and nothing made since: nothing to stop.
+        if self._grant.placement_known and self._grant.placement is None:
+            # The game's lock saw its engine removed and nothing made since: nothing to stop.
             self._after = PlacementNote(known=True)
             return JobResult.replay(job.game_id)
         host = self._recorded_host()

@@ -1,32 +1,10 @@
-"""Per-game serialisation and placement memory: one `RuntimeGameLock` workflow per game grants its
-jobs a turn, one at a time, and remembers on which Docker host the game's engine lives.
+"""`RuntimeGameLock`: the game's lock, one workflow per game. It grants the game's jobs (and
+`RuntimeReconcile`) the lock one at a time, in the order the jobs were started, and keeps the lock's
+engine record: on which host the game's engine lives, that it has none, or that the record was lost.
 
-Why a workflow and not an in-memory lock: jobs of one game may run on different worker processes,
-and a lock must survive worker crashes. Protocol (ids and signals are internal to this module):
-
-1. the job asks with the `take_turn` update (update-with-start of `runtime-lock-{task_queue}-{game_id}`,
-   from the `take_game_turn` local activity, no earlier than RTJOBS_ORDER_SETTLE_S after the job
-   started, so a job started just before it whose first workflow task ran later still asks first);
-   an idle game answers at once with the turn and the game's placement, so an uncontended job costs
-   one synchronous call and one release signal;
-2. a busy game queues the request and grants turns in the order the jobs were started (workflow
-   start time, then id) by the `lock_granted` signal, which names the game and the holder: a holder
-   ignores a grant that is not for the request it waits on;
-3. the job does its Docker step and its publish, then the release (from its publish activity, or
-   its own signal) carries what it learnt about the engine (`PlacementNote`).
-
-A waiting job asks again every `REQUEST_AGAIN_EVERY` with the `turn_for` query (no history, no
-update budget spent) and only when this workflow does not know the request (a run terminated or
-gone) with the update again, which starts a new run. More asks at once than the server lets a run
-hold updates in flight (or more than its total) fall back to the `acquire` signal.
-
-A holder found gone without releasing (`HOLDER_CHECK_EVERY`) leaves the placement lost, so the next
-job asks the hosts instead of trusting a record that may be stale; a check that cannot get an answer
-never blocks the lock. While an engine is placed (or its record is lost) the workflow stays; without
-one it ends after `IDLE_EXIT` idle. Between turns it continues as new (after
-`GRANTS_BEFORE_CONTINUE_AS_NEW` grants or updates, or when Temporal suggests it) with its waiters and
-placement: its history and its update count stay bounded. `forget_host` (from `rtjobs host forget`)
-clears a placement on a host gone for good.
+A workflow, not an in-memory lock, because a game's jobs run on any worker process and the lock must
+outlive worker crashes. The protocol: docs/semantics.md "Per-game order: the game's lock"; the holder's
+side is `workflows/lock_holder.py`, the client side `activities/lock.py`.
 """
 
 from __future__ import annotations
@@ -41,6 +19,8 @@ with workflow.unsafe.imports_passed_through():
     from contract.hosts import FORGET_HOST_SIGNAL, Placement
     from contract.lock import (
         ACQUIRE_SIGNAL,
+        ACQUIRE_UPDATE,
+        GRANT_FOR_QUERY,
         GRANT_SIGNAL,
         GRANTS_BEFORE_CONTINUE_AS_NEW,
         HOLDER_CHECK_ATTEMPTS,
@@ -50,13 +30,11 @@ with workflow.unsafe.imports_passed_through():
         LOCK_WORKFLOW,
         RECENT_RUNS_KEPT,
         RELEASE_SIGNAL,
-        TAKE_TURN_UPDATE,
-        TURN_FOR_QUERY,
         HolderCheck,
+        LockGrant,
         LockRelease,
         LockRequest,
         LockState,
-        Turn,
     )
     from workflows.awaiting import holds_within
     from workflows.patches import HOST_WORKFLOWS
@@ -64,7 +42,7 @@ with workflow.unsafe.imports_passed_through():
 
 
 @workflow.defn(name=LOCK_WORKFLOW)
-class GameLock:
+class RuntimeGameLock:
     @workflow.init
     def __init__(self, state: LockState) -> None:
         # State is restored here, not in run(): the signals and updates of a run's first activation
@@ -78,24 +56,25 @@ class GameLock:
         # The record of the game's engine was lost (a holder that ended without saying what it did):
         # the next job asks the hosts. Not lost and not known: the game has no engine (a new game).
         self._placement_lost = state.placement_lost
-        self._updates = 0  # take_turn updates this run accepted (the server bounds them per run)
-        # Requests whose take_turn update waits for the loop's choice: a holder among them learns of
-        # its turn from the update's answer, not from a grant signal.
+        self._updates = 0  # acquire updates this run accepted (the server bounds them per run)
+        # Requests whose acquire update waits for the loop's choice: a holder among them learns of
+        # its grant from the update's answer, not from a grant signal.
         self._asking: set[str] = set()
         for request in state.waiting:
             self._offer(request)
 
     @workflow.signal(name=ACQUIRE_SIGNAL)
-    def acquire(self, request: LockRequest) -> None:
+    def acquire_by_signal(self, request: LockRequest) -> None:
+        """The fallback acquire (updates refused): the request waits, its grant comes as a signal."""
         self._offer(request)
 
-    @workflow.update(name=TAKE_TURN_UPDATE)
-    async def take_turn(self, request: LockRequest) -> Turn:
-        """The turn, in this workflow task, when the game is idle; otherwise the request waits for a
+    @workflow.update(name=ACQUIRE_UPDATE)
+    async def acquire(self, request: LockRequest) -> LockGrant:
+        """The grant, in this workflow task, when the game is idle; otherwise the request waits for a
         grant signal. Asking again (a retried activity, a job re-sending its request) is answered
         the same way.
 
-        The turn itself is chosen by run()'s loop, after every request of this workflow task was
+        The holder itself is chosen by run()'s loop, after every request of this workflow task was
         offered: requests that arrive together are served in start order, as signals were.
         """
         self._updates += 1
@@ -107,17 +86,17 @@ class GameLock:
                 await workflow.wait_condition(lambda: self._holder is not None)
             finally:
                 self._asking.discard(request.run_id)
-        # Asked again, or by a run reset from the holder (same first run id): it still holds the turn.
-        return self._turn() if self._holds(request) else Turn(granted=False)
+        # Asked again, or by a run reset from the holder (same first run id): it still holds the lock.
+        return self._holder_grant() if self._holds(request) else LockGrant(granted=False)
 
-    @workflow.query(name=TURN_FOR_QUERY)
-    def turn_for(self, request: LockRequest) -> Turn | None:
-        """A waiting job's re-ask, answered without writing history: its turn if it holds it, not
+    @workflow.query(name=GRANT_FOR_QUERY)
+    def grant_for(self, request: LockRequest) -> LockGrant | None:
+        """A waiting job's re-ask, answered without writing history: its grant if it holds the lock, not
         granted if it waits (or was served already), None if this run never heard of it."""
         if self._holds(request):
-            return self._turn()
+            return self._holder_grant()
         known = {w.run_id for w in self._waiting} | set(self._recent)
-        return Turn(granted=False) if request.run_id in known else None
+        return LockGrant(granted=False) if request.run_id in known else None
 
     @workflow.signal(name=RELEASE_SIGNAL)
     def release(self, release: LockRelease) -> None:
@@ -129,14 +108,14 @@ class GameLock:
         if holder.run_id == release.run_id or same_job:
             self._holder = None
             if release.after is not None:
-                self._set_placement(release.after.known, release.after.placement)
+                self._set_record(release.after.known, release.after.placement)
 
     @workflow.signal(name=FORGET_HOST_SIGNAL)
     def forget_host(self, host_id: str) -> None:
         if self._placement is not None and self._placement.host.host_id == host_id:
             # The host is gone for good, and the engine with it: the game has none.
-            workflow.logger.warning("placement on forgotten host %s cleared", self._placement.host.name)
-            self._set_placement(True, None)
+            workflow.logger.warning("engine record on forgotten host %s cleared", self._placement.host.name)
+            self._set_record(True, None)
 
     @workflow.query(name="queue")
     def queue(self) -> list[str]:
@@ -144,9 +123,9 @@ class GameLock:
         return holder + [f"waiting {w.workflow_id}" for w in self._waiting]
 
     @workflow.query(name="placement")
-    def placement(self) -> Turn:
-        """Where the game's engine lives, as this workflow knows it (`granted` is meaningless here)."""
-        return Turn(
+    def engine_record(self) -> LockGrant:
+        """The lock's engine record (`granted` is meaningless here)."""
+        return LockGrant(
             granted=False,
             placement_known=self._placement_known,
             placement=self._placement,
@@ -171,15 +150,15 @@ class GameLock:
             if self._holder is None and self._waiting:
                 self._waiting.sort(key=lambda w: (w.started_at, w.workflow_id))
                 first = self._waiting.pop(0)
-                self._take(first, inline=first.run_id in self._asking)
+                self._grant_to(first, inline=first.run_id in self._asking)
             holder = self._holder
             if holder is not None:
-                granted = self._granted_inline or await self._grant(holder, self._turn())
+                granted = self._granted_inline or await self._send_grant(holder, self._holder_grant())
                 if granted:
                     await self._hold(holder)
                 if self._holder is holder:
                     if granted:  # it ended without releasing: what it did to the engine is unknown
-                        self._set_placement(False, None)
+                        self._set_record(False, None)
                     self._holder = None
                 grants += 1
             suggested = (
@@ -187,7 +166,7 @@ class GameLock:
                 or workflow.info().is_continue_as_new_suggested()
             )
             if suggested and self._holder is None and not self._asking:
-                # Between turns, with the waiters and the placement: the history stays bounded. (Every
+                # Between holders, with the waiters and the engine record: the history stays bounded. (Every
                 # handler here is synchronous: none can be half-way through.)
                 workflow.continue_as_new(
                     LockState(
@@ -201,7 +180,7 @@ class GameLock:
                 )
 
     def _offer(self, request: LockRequest) -> None:
-        # A retried request can arrive twice: one turn per job run.
+        # A retried request can arrive twice: one grant per job run.
         known = {w.run_id for w in self._waiting} | set(self._recent)
         if self._holder is not None:
             known.add(self._holder.run_id)
@@ -215,16 +194,16 @@ class GameLock:
         same_chain = bool(request.first_run_id) and request.first_run_id == holder.first_run_id
         return holder.run_id == request.run_id or same_chain
 
-    def _take(self, holder: LockRequest, *, inline: bool) -> None:
+    def _grant_to(self, holder: LockRequest, *, inline: bool) -> None:
         self._holder = holder
         self._granted_inline = inline
         self._remember(holder.run_id)
         workflow.set_current_details(f"held by {holder.workflow_id}; {len(self._waiting)} waiting")
 
-    def _turn(self) -> Turn:
+    def _holder_grant(self) -> LockGrant:
         holder = self._holder
         assert holder is not None
-        return Turn(
+        return LockGrant(
             granted=True,
             placement_known=self._placement_known,
             placement=self._placement,
@@ -233,7 +212,7 @@ class GameLock:
             holder=holder.first_run_id or holder.run_id,
         )
 
-    def _set_placement(self, known: bool, placement: Placement | None) -> None:
+    def _set_record(self, known: bool, placement: Placement | None) -> None:
         before = self._placement.host.name if self._placement else None
         self._placement_known = known
         self._placement = placement
@@ -242,12 +221,12 @@ class GameLock:
         if before != after:
             workflow.upsert_search_attributes([RUNTIME_HOST.value_set(after) if after else RUNTIME_HOST.value_unset()])
 
-    async def _grant(self, holder: LockRequest, turn: Turn) -> bool:
+    async def _send_grant(self, holder: LockRequest, grant: LockGrant) -> bool:
         handle = workflow.get_external_workflow_handle(holder.workflow_id, run_id=holder.run_id)
         try:
-            await handle.signal(GRANT_SIGNAL, turn)
+            await handle.signal(GRANT_SIGNAL, grant)
         except ApplicationError:
-            workflow.logger.warning("job %s is gone; skipping its turn", holder.workflow_id)
+            workflow.logger.warning("job %s is gone; not granted the lock", holder.workflow_id)
             return False
         return True
 
@@ -273,7 +252,7 @@ class GameLock:
                 running = check.result()
             except ActivityError as err:
                 workflow.logger.warning(
-                    "could not check whether job %s still runs (%s); it keeps the turn", holder.workflow_id, err.cause
+                    "could not check whether job %s still runs (%s); it keeps the lock", holder.workflow_id, err.cause
                 )
                 continue
             if not running:

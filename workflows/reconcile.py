@@ -1,26 +1,11 @@
-"""`RuntimeReconcile`: one Docker host's engines brought back in line with their games' records.
+"""`RuntimeReconcile`: one Docker host's engines brought back in line with their games' engine records.
 
-Run by the host's Temporal Schedule (RTJOBS_RECONCILE_EVERY, created by its workers at start-up) and on
-demand (`rtjobs reconcile`). One run: compare the containers of ours on the host with the records that
-place a game there (the per-game workflows, by their `RuntimeHost` attribute) on the host's own queue,
-which returns only the games that disagree; decide per game what is off (`plan`); for each game where
-something is, take the game's turn exactly as a job
-does (the `take_game_turn` local activity, the grant signal, the release carrying a `PlacementNote`),
-look at its containers again under the turn, and only then act. A job is never raced: while one
-works on the game, reconciliation waits for the turn; what the job leaves is what it then judges.
-
-What it does (README "Drift and reconciliation" says why):
-- a container of ours that does not run (created, exited, dead), idle for RTJOBS_RECONCILE_GRACE_S: removed;
-- a running engine no record names: adopted into the game's record (RTJOBS_RECONCILE_REMOVE_UNKNOWN: removed);
-- a record whose engine is gone, or did not run and was removed: cleared (placement unknown: the next
-  job asks the hosts), never restarted: the Lobby decides whether a game runs, from its results;
-- a running engine here while the record names another host, a paused or restarting one: reported only;
-- a container without our label: never listed, never touched.
-
-Deterministic: the time is `workflow.now()`, Docker and Temporal lookups are activities. Bounded history
-however many games a host holds: the listing carries at most MAX_GAMES_LISTED games that are off (within
-LISTING_BUDGET bytes), a run acts on at most MAX_GAMES_PER_RUN of them; the rest is found again by the
-next runs, so a host with more games off than that is reconciled over several runs.
+Run by the host's Schedule (RTJOBS_RECONCILE_EVERY) and by `rtjobs reconcile`. It surveys the host's
+containers of ours against the records that name the host (only the games that disagree reach its
+history), then, for each game that is off, holds the game's lock exactly as a job does, looks again
+and acts: so it never races a job. Stopped containers are removed, an unrecorded running engine is
+adopted, a record whose engine is gone is cleared (never restarted); conflicts are only reported.
+The listing and the number of games acted on per run are bounded; the rest waits for the next run.
 """
 
 from __future__ import annotations
@@ -42,9 +27,9 @@ with workflow.unsafe.imports_passed_through():
         PlacementNote,
     )
     from contract.lock import (
+        LockGrant,
         LockRelease,
         LockRequest,
-        Turn,
     )
     from contract.reconcile import (
         ACTIONS_METRIC,
@@ -71,7 +56,8 @@ with workflow.unsafe.imports_passed_through():
         SurveyRequest,
     )
     from workflows.awaiting import shielded
-    from workflows.turns import TurnHolder, give_back_turn, tell_host
+    from workflows.engine_changed import tell_host
+    from workflows.lock_holder import LockHolder, release_lock
 
 # A host's Docker step: a few quick attempts (a run every few minutes is the real retry); a host with no
 # live worker is reported after RTJOBS_HOST_WAIT_S (the schedule-to-start timeout).
@@ -103,17 +89,17 @@ class Plan:
 def plan(
     game_id: str,
     containers: list[ContainerSeen],
-    turn: Turn,
+    record: LockGrant,
     host: HostRef,
     now: datetime,
     request: ReconcileRequest,
 ) -> Plan:
     """The decision for one game, from its containers of ours on the host and its record (pure).
 
-    `turn` is the record: the game's workflow's answer under the turn, or (before the turn, and in a dry
+    `record` is the lock's engine record: its grant while the lock is held, or (before, and in a dry
     run) what the record listing found (`placement_known` False when none names this host).
     """
-    placement = turn.placement if turn.placement_known else None
+    placement = record.placement if record.placement_known else None
     record_here = placement is not None and placement.host.host_id == host.host_id
     record_elsewhere = placement is not None and not record_here
     recorded_id = placement.container_id if placement is not None and record_here else None
@@ -206,7 +192,7 @@ class HostUnreachable(Exception):
 
 
 @workflow.defn(name=RECONCILE_WORKFLOW)
-class RuntimeReconcile(TurnHolder):
+class RuntimeReconcile(LockHolder):
     def __init__(self) -> None:
         super().__init__()
         self._summary: ReconcileSummary | None = None
@@ -227,7 +213,7 @@ class RuntimeReconcile(TurnHolder):
         now = workflow.now()
         to_act: list[str] = []
         for game in games:
-            listed = Turn(
+            listed = LockGrant(
                 granted=False,
                 placement_known=game.recorded_id is not None,
                 placement=Placement(host=host, container_id=game.recorded_id) if game.recorded_id is not None else None,
@@ -239,7 +225,7 @@ class RuntimeReconcile(TurnHolder):
                 summary.findings.extend(seen_plan.findings)
         summary.deferred = max(0, len(to_act) - MAX_GAMES_PER_RUN)
         for i, game_id in enumerate(to_act[:MAX_GAMES_PER_RUN]):
-            self._say(f"host {host.name}: game {game_id} ({i + 1}/{len(to_act)}): waiting for its turn")
+            self._say(f"host {host.name}: game {game_id} ({i + 1}/{len(to_act)}): waiting for its lock")
             try:
                 summary.findings.extend(await self._reconcile_game(request, game_id))
             except HostUnreachable as err:
@@ -270,9 +256,9 @@ class RuntimeReconcile(TurnHolder):
         return found.off
 
     async def _reconcile_game(self, request: ReconcileRequest, game_id: str) -> list[Finding]:
-        """Under the game's turn: its containers looked at again, the plan made from what is there and
+        """Holding the game's lock: its containers looked at again, the plan made from what is there and
         what the record says now, then done; the release carries the record's new state."""
-        turn = await self._take_turn(game_id)
+        record = await self._acquire(game_id)
         after: PlacementNote | None = None
         try:
             containers: list[ContainerSeen] = await self._on_host(
@@ -282,12 +268,12 @@ class RuntimeReconcile(TurnHolder):
                 list[ContainerSeen],
                 f"the containers of game {game_id}",
             )
-            decided = plan(game_id, containers, turn, request.host, workflow.now(), request)
+            decided = plan(game_id, containers, record, request.host, workflow.now(), request)
             findings = [await self._act(request, finding) for finding in decided.findings]
             after = decided.after
             for finding in findings:
                 event = engine_event(finding, request.host, workflow.now())
-                if event is not None:  # (under the turn: before any later job of the game reports)
+                if event is not None:  # (under the lock: before any later job of the game reports)
                     await self._publish(event)
         finally:
             await shielded(self._release(game_id, after))
@@ -299,7 +285,7 @@ class RuntimeReconcile(TurnHolder):
         return findings
 
     async def _publish(self, event: EngineEvent) -> None:
-        """Bounded, unlike a job's result: the game's turn is held meanwhile. A lost event is logged."""
+        """Bounded, unlike a job's result: the game's lock is held meanwhile. A lost event is logged."""
         try:
             await workflow.execute_activity(
                 PUBLISH_ENGINE_EVENT_ACTIVITY,
@@ -376,9 +362,9 @@ class RuntimeReconcile(TurnHolder):
                 raise HostUnreachable(f"the Docker engine of host {host.name} did not answer: {cause.message}") from err
             raise
 
-    async def _take_turn(self, game_id: str) -> Turn:
-        """The game's turn, asked exactly as a job asks it (so the game's workflow serialises us with its
-        jobs); asked again every REQUEST_AGAIN_EVERY while it does not come, as a job does."""
+    async def _acquire(self, game_id: str) -> LockGrant:
+        """The game's lock, acquired exactly as a job acquires it (so the lock serialises us with its
+        jobs), and its grant: the lock's engine record."""
         info = workflow.info()
         request = LockRequest(
             game_id=game_id,
@@ -387,12 +373,12 @@ class RuntimeReconcile(TurnHolder):
             started_at=workflow.now(),
             first_run_id=info.first_execution_run_id,
         )
-        await self.take_turn(request)
-        return self._turn
+        await self.acquire_lock(request)
+        return self._grant
 
     async def _release(self, game_id: str, after: PlacementNote | None) -> None:
         info = workflow.info()
-        await give_back_turn(
+        await release_lock(
             game_id, LockRelease(run_id=info.run_id, first_run_id=info.first_execution_run_id, after=after)
         )
 

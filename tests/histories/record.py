@@ -1,8 +1,8 @@
 """Record the histories that tests/test_replay.py replays: `python -m tests.histories.record VERSION`
-(e.g. `1.1`: the shapes from 1.0 on are versions MAJOR.MINOR; 1.0 is the first shape anyone ran).
+(e.g. `1.1`: versions are MAJOR.MINOR; 1.0 is the first version anyone ran).
 
 Writes `tests/histories/VERSION/*.json` and `VERSION.sha256`, and refuses a version that exists:
-a history of a released workflow shape is never replaced (README, "Changing workflow code").
+a history of a released workflow version is never replaced (docs/development.md, "Changing workflow code").
 
 Every history comes from a real run: its own Temporal dev server, Redis (REDIS_URL, default
 127.0.0.1:6379), Docker (DOCKER_HOST when it answers, else a private dockerd, as in the tests) and
@@ -45,7 +45,7 @@ from contract.hosts import (
     host_queue,
     host_workflow_id,
 )
-from contract.lock import Turn, lock_workflow_id
+from contract.lock import LockGrant, lock_workflow_id
 from contract.models import LABEL_GAME_ID, LABEL_MANAGED_BY, MANAGED_BY, JobResult, JobStatus, container_name
 from contract.reconcile import RECONCILE_WORKFLOW, ReconcileRequest, ReconcileSummary
 from contract.settings import Settings
@@ -236,7 +236,7 @@ class Recorder:
         # (From 1.1.) Its game's workflow: the clean-up ended with the host forgotten, so the record of
         # the engine is lost, and the workflow stays with that (1.0: it ended when idle).
         lock = self.client.get_workflow_handle(lock_workflow_id(gid, tq))
-        record = await lock.query("placement", result_type=Turn)
+        record = await lock.query("placement", result_type=LockGrant)
         if not record.placement_lost:
             raise SystemExit(f"game_lock_lost: the record is not lost: {record}")
         await self.save("game_lock_lost", lock)

@@ -353,7 +353,7 @@ def test_ui_lists_jobs_by_game_id_and_shows_a_jobs_step_and_activity_summaries(
     _page_shows(
         chrome,
         f"{job}/history",
-        "take the turn of game g-ui",
+        "acquire the lock of game g-ui",
         "find the host of game g-ui",
         "start engine for game g-ui on host",
         "publish success for game g-ui",

@@ -22,7 +22,7 @@ from temporalio.client import ScheduleActionStartWorkflow, ScheduleOverlapPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.publish import redis_client
-from contract.lock import Turn
+from contract.lock import LockGrant
 from contract.models import LABEL_GAME_ID, LABEL_MANAGED_BY, MANAGED_BY, container_name
 from contract.reconcile import RECONCILE_WORKFLOW, Action, EngineEvent, FindingKind, ReconcileSummary, schedule_id
 from tests.reliability.runs import results
@@ -77,7 +77,7 @@ async def containers_on(host: FleetHost) -> dict[str, tuple[str, str]]:
     return {str(c._container["Names"][0]).lstrip("/"): (str(c.id), str(c._container["State"])) for c in listed}
 
 
-async def record_of(fleet: Fleet, game_id: str) -> Turn | None:
+async def record_of(fleet: Fleet, game_id: str) -> LockGrant | None:
     """What the game's own workflow remembers (None: it has none)."""
     try:
         return await fleet.placement(game_id)

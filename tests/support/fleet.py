@@ -35,7 +35,7 @@ from activities.docker_gateway import DockerGateway
 from activities.fleet import Fleet as TemporalFleet
 from activities.hosts import host_marker
 from contract.hosts import DRAIN_UPDATE, UNDRAIN_UPDATE, HostView
-from contract.lock import Turn, lock_workflow_id
+from contract.lock import LockGrant, lock_workflow_id
 from contract.models import LABEL_GAME_ID, LABEL_MANAGED_BY, MANAGED_BY, JobResult
 from contract.policies import PUBLISH_ACTIVITY
 from contract.reconcile import schedule_id
@@ -235,10 +235,10 @@ class Fleet:
                 raise AssertionError(f"registry: not {what} within {timeout_s}s: {views}")
             await asyncio.sleep(0.2)
 
-    async def placement(self, game_id: str) -> Turn:
+    async def placement(self, game_id: str) -> LockGrant:
         """What the game's own workflow remembers of where its engine lives."""
         handle = self.client.get_workflow_handle(lock_workflow_id(game_id, self.task_queue))
-        turn: Turn = await handle.query("placement", result_type=Turn)
+        turn: LockGrant = await handle.query("placement", result_type=LockGrant)
         return turn
 
     async def engines(self) -> list[Engine]:

@@ -18,7 +18,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.fleet import Fleet, send_report
-from activities.lock import LockActivities, TurnSignals
+from activities.lock import FollowUpSignals, LockActivities
 from activities.placement import PlacementActivities
 from activities.publish import ResultPublisher, redis_client
 from contract.engine import (
@@ -32,11 +32,11 @@ from contract.engine import (
     RemoveFailedStart,
 )
 from contract.hosts import HOST_LIVENESS_ACTIVITY, PLACE_ACTIVITY, HostRef, HostReport, host_queue
-from contract.lock import HOLDER_RUNNING_ACTIVITY, TAKE_TURN_ACTIVITY, TAKE_TURN_AGAIN_ACTIVITY, coordination_queue
+from contract.lock import ACQUIRE_ACTIVITY, ACQUIRE_AGAIN_ACTIVITY, HOLDER_RUNNING_ACTIVITY, coordination_queue
 from contract.policies import PUBLISH_ACTIVITY
 from contract.settings import Settings
 from rtjobs.workers import collector_paused
-from workflows import ALL_WORKFLOWS, GameLock, RuntimeHost
+from workflows import ALL_WORKFLOWS, RuntimeGameLock, RuntimeHost
 
 Behaviour = Callable[[str], Any]
 STAND_IN_HOST = "stand-in-host"
@@ -129,14 +129,14 @@ async def job_worker(
     # Connect now: redis-py imports parts of itself on first connect, and an import while a workflow
     # activation runs in the sandbox (its import hook is process-wide) draws a warning per module.
     await redis.ping()
-    publisher = ResultPublisher(redis, stream=stream, dedup_ttl_s=3600, signals=TurnSignals(client).send)
+    publisher = ResultPublisher(redis, stream=stream, dedup_ttl_s=3600, signals=FollowUpSignals(client).send)
     settle = Settings().order_settle_s if order_settle_s is None else order_settle_s
     locks = LockActivities(client, order_settle_s=settle, host_wait_s=host_wait_s)
     placements = PlacementActivities(client)
     activities: dict[str, Callable[..., Any]] = {
         PUBLISH_ACTIVITY: publisher.publish_job_result,
-        TAKE_TURN_ACTIVITY: locks.take_game_turn,
-        TAKE_TURN_AGAIN_ACTIVITY: locks.take_game_turn_again,
+        ACQUIRE_ACTIVITY: locks.acquire_game_lock,
+        ACQUIRE_AGAIN_ACTIVITY: locks.acquire_game_lock_again,
         HOLDER_RUNNING_ACTIVITY: locks.game_lock_holder_running,
         PLACE_ACTIVITY: placements.place_game_engine,
         HOST_LIVENESS_ACTIVITY: placements.host_liveness,
@@ -154,7 +154,7 @@ async def job_worker(
         coordination = Worker(
             client,
             task_queue=coordination_queue(task_queue),
-            workflows=[GameLock, RuntimeHost],
+            workflows=[RuntimeGameLock, RuntimeHost],
             activities=[activities[HOLDER_RUNNING_ACTIVITY]],
         )
         shared = Worker(client, task_queue=task_queue, workflows=ALL_WORKFLOWS, activities=list(activities.values()))
