@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from contract import metrics as names
+from rtjobs import __version__
 from contract.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -155,6 +156,8 @@ def test_kustomization_applies_every_manifest_but_the_example_secret() -> None:
     assert listed == set(load_manifests()) - {"secret.example.yaml"}
     images = {i["name"] for i in kustomization["images"]}
     assert images == {c["image"].split(":")[0] for c in pod_spec()["containers"]}
+    [worker] = [i for i in kustomization["images"] if i["name"] == "rtjobs-worker"]
+    assert worker["newTag"] == __version__, "the manifests deploy the release they ship with"
 
 
 def render(kustomization_dir: Path) -> list[dict[str, Any]]:
