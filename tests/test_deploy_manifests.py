@@ -19,8 +19,8 @@ import pytest
 import yaml
 
 from contract import metrics as names
-from rtjobs import __version__
 from contract.settings import Settings
+from rtjobs import __version__
 
 ROOT = Path(__file__).resolve().parent.parent
 KUBE = ROOT / "deploy" / "kubernetes"
