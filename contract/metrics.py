@@ -18,7 +18,7 @@ JOB_DURATION = "rtjobs_job_duration"
 # Histogram of seconds of one Docker step attempt on a host's worker, labels job_kind, host.
 DOCKER_STEP = "rtjobs_docker_step"
 # Counters: every publish attempt; the failed ones by reason (the failure's type, e.g. ConnectionError,
-# result_not_replicated, invalid_job_result).
+# ResultNotReplicated, InvalidJobResult).
 PUBLISH_ATTEMPTS = "rtjobs_publish_attempts"
 PUBLISH_FAILURES = "rtjobs_publish_failures"
 # Gauges by host: engine containers of ours on the host (any state), and how many it takes.

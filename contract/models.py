@@ -1,4 +1,4 @@
-"""The wire contract of runtime jobs (../shared/runtime-jobs-contract.md) as pydantic models.
+"""The wire contract of runtime jobs (docs/results.md, api/*.schema.json) as pydantic models.
 
 Workflows and activities both import this module, so it stays free of I/O and of anything
 non-deterministic: it is safe inside the workflow sandbox.

@@ -1,16 +1,9 @@
 """The workflow sandbox as the workers run it: Temporal's sandbox, with the workflow modules' compiled
 code shared by every workflow run of the process.
 
-Why: the sandbox imports a workflow's module afresh for every workflow run it creates (that is how it
-isolates module state), and every import unmarshals the module's byte code anew. The code objects are
-immutable, so one copy can serve every run; only the module's namespace must be new. Measured on
-`workflows/jobs.py`: 70 KiB per run with fresh code, 22 KiB with shared code (README, "Performance"):
-with a worker cache of 1,000 workflows that is ~50 MB per 1,000 cached job runs. It also means a worker
-keeps running the code it started with even if the files on disk change under it (a deploy that
-replaces files in place must restart the worker, as it must anyway).
-
-What stays as it was: each run still gets its own module namespace, and every restriction of the
-sandbox (no `time.time()`, no `os.environ`, ...) still applies to workflow code.
+The sandbox imports a workflow's module afresh for every run (that isolates module state) and would
+unmarshal its byte code each time; code objects are immutable, so one copy serves every run and only the
+namespace is new. Every sandbox restriction still applies (docs/performance.md has the memory it saves).
 """
 
 from __future__ import annotations

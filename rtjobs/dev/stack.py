@@ -1,26 +1,10 @@
-"""The development stack of `worker.py --dev`: Redis, a Docker engine and an engine image, as the dev
-server already is, so that `make run` on a fresh machine runs real jobs.
+"""The development stack of `worker.py --dev`: Redis, a Docker engine and a demo engine image, so that
+`make run` on a fresh machine runs real jobs.
 
-Each part is used where it already answers and started privately where nothing does:
-
-- Redis: REDIS_URL when set; else whatever answers on 127.0.0.1:RTJOBS_DEV_REDIS_PORT (6379), else a
-  `redis-server` started there (data in `.state/redis`), so that starters' default REDIS_URL finds it.
-- Docker: DOCKER_HOST when set; else the default socket when it answers; else, as root with Debian's
-  `dockerd`, a private daemon under `.state/docker` (its own socket, data and exec roots; no default
-  bridge, no iptables rules: the engines join the game network, a bridge the worker makes, reachable
-  from this host by their address). Its data root is kept, so the engine's identity, its images and
-  the game network survive a restart.
-- The engine image: RTJOBS_ENGINE_IMAGE when set; else a demo engine (busybox `httpd` on 8080 with a
-  HEALTHCHECK), imported through the Engine API from a busybox-static rootfs: no registry needed.
-
-One line each says what was used or started; what was started stops, in reverse order, when the
-worker does (SIGTERM or Ctrl-C). A private redis-server or dockerd that a killed run left running (its
-pid file under `.state/` names it) is adopted: used, and stopped with this run. The children run in
-sessions of their own, so a terminal's Ctrl-C reaches only the worker, which stops them after its
-running activities.
-
-The test harness (tests/support/docker_engine.py) builds its test images and private daemons with
-the same code.
+Each part is used where it already answers (REDIS_URL / 127.0.0.1:6379, DOCKER_HOST / the default socket,
+RTJOBS_ENGINE_IMAGE) and started privately under `.state/` where nothing does (a `redis-server`, a private
+`dockerd`, a busybox-static image imported through the Engine API). What it started stops with the worker;
+what a killed run left running is adopted. The test harness builds its daemons and images with this code.
 """
 
 from __future__ import annotations

@@ -1,17 +1,9 @@
 """Health endpoints for orchestrators (RTJOBS_HEALTH_ADDRESS): `GET /healthz` and `GET /readyz`.
 
-`/healthz` (liveness) answers whether restarting the process would help: 503 once one of its Workers
-has stopped polling (shut down, or a fatal error: the SDK then ends that Worker, and a host queue's
-Worker started after a Docker outage ends without taking the process with it). It never asks a
-dependency, so an outage of Temporal, Redis or Docker does not restart every worker at once.
-
-`/readyz` (readiness) asks each dependency, as JSON per dependency, 503 when one fails: Temporal
-answers an RPC, Redis answers PING through the worker's own client (the topology REDIS_URL names), the
-Docker engine answers. Without Docker the worker still serves the shared queue, but its host takes no
-Docker step, so it is not ready.
-
-A few lines over `asyncio.start_server`: two fixed paths need no web framework, and the server runs on
-the worker's own event loop, so it sees the Workers' state directly.
+`/healthz` (liveness) fails only when restarting would help (one of the process's Workers stopped
+polling): it asks no dependency, so an outage does not restart every worker at once. `/readyz`
+(readiness) asks Temporal, Redis and Docker, as JSON per dependency. A few lines over
+`asyncio.start_server`, on the worker's own loop, so it sees the Workers' state directly.
 """
 
 from __future__ import annotations

@@ -1,16 +1,9 @@
 """Tracing (optional extra `rtjobs[otel]`): the SDK's OpenTelemetry plugin, exporting over OTLP.
 
-On when the standard variables name an OTLP endpoint (`OTEL_EXPORTER_OTLP_ENDPOINT` or
-`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`), unless `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none`; the
-exporter itself reads the rest (`OTEL_EXPORTER_OTLP_HEADERS`, `..._TIMEOUT`, `..._CERTIFICATE`), the resource
-`OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES`, the sampler `OTEL_TRACES_SAMPLER(_ARG)`.
-
-The plugin (`OpenTelemetryPlugin`, not the older `TracingInterceptor`) because jobs come from the Go Runtime
-Manager and the CLI, which send no trace context: its workflow span lasts the whole run and its ids come
-from a replay-safe generator, so every step of a job lands in one trace rooted at the workflow span. The
-older interceptor, asked to make workflow spans without a client span, starts a new trace at each
-workflow task (tests/test_tracing.py saw 8 traces for one job). The plugin reads the global tracer
-provider, which must come from `create_tracer_provider` (replay-safe ids).
+On when the standard `OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT` names an endpoint (unless `OTEL_SDK_DISABLED`
+or `OTEL_TRACES_EXPORTER=none`); the exporter reads the other `OTEL_*` variables. The plugin, not the older
+interceptor: jobs arrive without trace context, and the plugin's replay-safe workflow span roots one trace
+per job, where the interceptor started a new trace at each workflow task.
 """
 
 from __future__ import annotations
