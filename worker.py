@@ -3,7 +3,7 @@
 Read it top-down: options → settings and logging → clients (Temporal, Redis, Docker, each checked at
 start-up with a one-line error: `rtjobs.startup`) → the Workers (`rtjobs.hosting.serving`): one on the
 host's own task queue (the Docker activities of this machine's engine), one on the coordination queue (the
-per-game and per-host workflows), one on the shared task queue (the job workflows, the publish, the turn and
+per-game and per-host workflows), one on the shared task queue (the job workflows, the publish, the lock and
 placement activities) → wait for SIGTERM/SIGINT → graceful shutdown → close the clients → exit.
 """
 
