@@ -71,7 +71,7 @@ def collector_paused() -> Iterator[None]:
 
 
 def build_worker(client: Client, settings: Settings, redis: RedisClient) -> Worker:
-    """The shared queue's worker: every workflow, the publish, the turn and placement activities (the
+    """The shared queue's worker: every workflow, the publish, the lock and placement activities (the
     Docker activities run on each host's own queue: `build_host_worker`)."""
     publisher = ResultPublisher(
         redis,
