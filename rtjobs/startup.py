@@ -89,7 +89,7 @@ def open_runtime(settings: Settings, *, dev: bool) -> Runtime:
     if address is None:
         return Runtime(telemetry=TelemetryConfig(logging=core_logging()))
     try:
-        runtime = prometheus_runtime(address, logging=core_logging())
+        runtime = prometheus_runtime(address, core_logs=core_logging())
     except Exception as err:
         raise StartupError(f"metrics endpoint could not listen on {address} (RTJOBS_METRICS_ADDRESS): {err}") from None
     log.info("metrics on http://%s/metrics", address)

@@ -27,13 +27,13 @@ from contract.policies import PUBLISH_ACTIVITY
 DOCKER_STEPS = {ENSURE_RUNNING_ACTIVITY: JobKind.START.value, ENSURE_REMOVED_ACTIVITY: JobKind.STOP.value}
 
 
-def prometheus_runtime(bind_address: str, *, logging: LoggingConfig = LoggingConfig.default) -> Runtime:
+def prometheus_runtime(bind_address: str, *, core_logs: LoggingConfig = LoggingConfig.default) -> Runtime:
     """A runtime serving `http://<bind_address>/metrics`, with units and suffixes as Prometheus expects
-    them (`_seconds`, `_total`), so standard queries and the SDK's dashboards work unchanged; `logging`:
+    them (`_seconds`, `_total`), so standard queries and the SDK's dashboards work unchanged; `core_logs`:
     where the SDK Core's own log lines go."""
     return Runtime(
         telemetry=TelemetryConfig(
-            logging=logging,
+            logging=core_logs,
             metrics=PrometheusConfig(
                 bind_address=bind_address,
                 counters_total_suffix=True,
