@@ -36,8 +36,8 @@ from rtjobs.startup import (
     ensure_search_attributes,
     open_dev,
     open_health,
-    open_metrics,
     open_redis,
+    open_runtime,
     open_tracing,
 )
 
@@ -73,7 +73,7 @@ def load_settings() -> Settings:
 async def run(options: Options, settings: Settings) -> int:
     async with shutdown_signals() as stop, contextlib.AsyncExitStack() as stack:
         try:
-            runtime = open_metrics(settings, dev=options.dev)
+            runtime = open_runtime(settings, dev=options.dev)
             plugins = open_tracing(stack)
             if options.dev:  # the dev server, then Redis, Docker and an engine image where none answers
                 client, settings = await open_dev(settings, stack, runtime, plugins)
@@ -115,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except StartupError as err:
         print(f"worker.py: error: {err}", file=sys.stderr)
         exit_now(EXIT_FAILURE)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     exit_now(asyncio.run(run(options, settings)))
 
 

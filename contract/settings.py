@@ -272,6 +272,12 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="The log level; DEBUG adds tracebacks."
     )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="The log lines on stderr: `text`, one line for people per event with the job's context as "
+        "`key=value`, or `json`, one JSON object per line with `time`, `level`, `logger`, `message` and the job's "
+        "context as fields (docs/operations.md#logs).",
+    )
     dev_port: int = Field(
         default=7233, ge=1, le=65535, description="`--dev`: the port of the embedded Temporal dev server."
     )
@@ -387,6 +393,11 @@ class Settings(BaseSettings):
     @classmethod
     def _upper_log_level(cls, value: object) -> object:
         return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower_log_format(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
 
 # The default host Docker concurrency: per-game serialisation lets one Docker step per game run at a time,

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
 from temporalio.client import Client, Plugin, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.envconfig import ClientConfigProfile, ClientConnectConfig
+from temporalio.envconfig import ClientConfigProfile, ClientConfigTLS, ClientConnectConfig
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.runtime import Runtime
 
@@ -37,9 +38,30 @@ ID_CONFLICT_POLICY = WorkflowIDConflictPolicy.USE_EXISTING
 ID_REUSE_POLICY = WorkflowIDReusePolicy.REJECT_DUPLICATE
 
 
-def connect_config() -> ClientConnectConfig:
-    """Temporal connection options from the SDK's envconfig (config file profile + TEMPORAL_* env)."""
-    config = ClientConfigProfile.load().to_client_connect_config()
+@dataclass(frozen=True)
+class ConnectionFlags:
+    """What a command line sets of the Temporal connection, as the `temporal` CLI's flags; None: not set."""
+
+    address: str | None = None
+    namespace: str | None = None
+    api_key: str | None = None
+    tls: bool | None = None
+    profile: str | None = None
+
+
+def connect_config(flags: ConnectionFlags | None = None) -> ClientConnectConfig:
+    """Temporal connection options from the SDK's envconfig: `flags` over TEMPORAL_* env over the config
+    file's profile (TEMPORAL_PROFILE, `flags.profile`) over the defaults."""
+    given = flags or ConnectionFlags()
+    profile = ClientConfigProfile.load(profile=given.profile)
+    profile = replace(
+        profile,
+        address=given.address or profile.address,
+        namespace=given.namespace or profile.namespace,
+        api_key=given.api_key or profile.api_key,
+        tls=profile.tls if given.tls is None else replace(profile.tls or ClientConfigTLS(), disabled=not given.tls),
+    )
+    config = profile.to_client_connect_config()
     config.setdefault("target_host", DEFAULT_TEMPORAL_ADDRESS)
     return config
 

@@ -15,7 +15,7 @@ from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSe
 from temporalio.client import Client
 from temporalio.client import Plugin as ClientPlugin
 from temporalio.envconfig import ClientConnectConfig
-from temporalio.runtime import Runtime
+from temporalio.runtime import Runtime, TelemetryConfig
 from temporalio.service import RPCError
 
 from activities.docker import EngineActivities
@@ -37,6 +37,7 @@ from contract.settings import Settings, redact_url
 from rtjobs.client import connect, describe
 from rtjobs.ops import tracing
 from rtjobs.ops.health import Health, serving_health
+from rtjobs.ops.logs import core_logging
 from rtjobs.ops.metrics import prometheus_runtime
 from workflows.search import SEARCH_ATTRIBUTE_KEYS
 
@@ -81,13 +82,14 @@ async def connect_temporal(
         raise StartupError(f"Temporal unreachable at {describe(config)}: {short_error(err)}") from None
 
 
-def open_metrics(settings: Settings, *, dev: bool) -> Runtime | None:
-    """The SDK runtime serving /metrics at RTJOBS_METRICS_ADDRESS (under --dev by default), or None (off)."""
+def open_runtime(settings: Settings, *, dev: bool) -> Runtime:
+    """The SDK runtime: the SDK Core's own log lines through the worker's log (its format), and /metrics at
+    RTJOBS_METRICS_ADDRESS when on (under --dev by default)."""
     address = settings.metrics_bind(dev=dev)
     if address is None:
-        return None
+        return Runtime(telemetry=TelemetryConfig(logging=core_logging()))
     try:
-        runtime = prometheus_runtime(address)
+        runtime = prometheus_runtime(address, core_logs=core_logging())
     except Exception as err:
         raise StartupError(f"metrics endpoint could not listen on {address} (RTJOBS_METRICS_ADDRESS): {err}") from None
     log.info("metrics on http://%s/metrics", address)

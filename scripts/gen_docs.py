@@ -61,8 +61,10 @@ variables and config file as the `temporal` CLI):
 | `TEMPORAL_TLS_SERVER_NAME` | the address's host | the name the server certificate is verified against |
 | `TEMPORAL_CONFIG_FILE`, `TEMPORAL_PROFILE` | `~/.config/temporalio/temporal.toml`, `default` | a TOML config file |
 
-Environment variables override the profile's values. The `…_DATA` forms, gRPC headers and what the Python SDK
-ignores are in [security.md](security.md#temporal-tls-mtls-and-api-keys). At start-up the worker registers the
+Environment variables override the profile's values. The `rtjobs` commands that talk to Temporal also take
+`--address`, `--namespace`, `--api-key`, `--tls`/`--no-tls` and `--profile`, which override both, as the `temporal`
+CLI's flags do. The `…_DATA` forms, gRPC headers and what the Python SDK ignores are in
+[security.md](security.md#temporal-tls-mtls-and-api-keys). At start-up the worker registers the
 `GameId`, `RuntimeJobKind` and `RuntimeHost` Keyword search attributes when the namespace lacks them, or names the
 `temporal operator search-attribute create` commands to run.
 

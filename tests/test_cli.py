@@ -80,6 +80,8 @@ def rtjobs(
         (["host", "drain", "h1", "--force"], "unrecognized arguments"),
         (["reconcile", "--host", "a b"], "invalid host name"),
         (["reconcile", "--force"], "unrecognized arguments"),
+        (["hosts", "-o", "yaml"], "invalid choice"),
+        (["results", "--json"], "unrecognized arguments"),
         (["frobnicate"], "invalid choice"),
         ([], "required"),
     ],
@@ -104,7 +106,7 @@ async def test_results_filters_by_game_and_counts(redis_url: str, redis: aioredi
         await redis.xadd(stream, _entry("g-b", outcome="failure", code="internal_error"))
     env = process_env(REDIS_URL=redis_url, RTJOBS_RESULTS_STREAM=stream)
 
-    done = rtjobs("results", "--game", "g-a", "--count", "3", "--json", env=env)
+    done = rtjobs("results", "--game", "g-a", "--count", "3", "-o", "json", env=env)
     assert done.returncode == 0, done
     rows = [json.loads(line) for line in done.stdout.splitlines()]
     assert [(r["game_id"], r["error_code"]) for r in rows] == [("g-a", "c2"), ("g-a", "c3"), ("g-a", "c4")]
@@ -130,7 +132,7 @@ async def test_results_follow_prints_new_entries_of_the_game(
 ) -> None:
     await redis.xadd(stream, _entry("g-a", code="old"))
     follower = Process(
-        ["-m", "rtjobs.cli", "results", "--follow", "--json", "--game", "g-a"],
+        ["-m", "rtjobs.cli", "results", "--follow", "-o", "json", "--game", "g-a"],
         process_env(REDIS_URL=redis_url, RTJOBS_RESULTS_STREAM=stream, PYTHONUNBUFFERED="1"),
     )
     processes.append(follower)
@@ -156,6 +158,20 @@ def test_start_with_temporal_unreachable_is_one_line() -> None:
     assert done.returncode == 1
     [line] = done.stderr.splitlines()
     assert line.startswith("rtjobs: error: Temporal unreachable at 127.0.0.1:")
+
+
+def test_connection_flags_override_the_environment() -> None:
+    port = free_port()
+    env = process_env(TEMPORAL_ADDRESS="127.0.0.1:1", TEMPORAL_NAMESPACE="from-env")
+    done = rtjobs("hosts", "--address", f"127.0.0.1:{port}", "--namespace", "from-flag", env=env)
+    assert done.returncode == 1
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"rtjobs: error: Temporal unreachable at 127.0.0.1:{port} namespace=from-flag"), line
+
+    unknown = rtjobs("reconcile", "--profile", "nope", env=env)
+    assert unknown.returncode == 1
+    [line] = unknown.stderr.splitlines()
+    assert line.startswith("rtjobs: error: invalid Temporal configuration:") and "nope" in line
 
 
 def _table(stdout: str) -> dict[str, str]:
@@ -189,10 +205,16 @@ async def test_start_and_stop_wait_print_the_result_table(
     assert table["game_id"] == game and table["outcome"] == "success"
     assert len(table["container_id"]) == 64 and table["engine_endpoint"] == engine_endpoint(game)
     assert f"workflow runtime-start-{game}-" in start.stderr
+    # Not a terminal: the workflow line and one line per step on stderr, nothing else (no status line).
+    assert "\r" not in start.stderr
+    workflow_line, *steps = start.stderr.splitlines()
+    assert workflow_line.startswith("workflow ") and steps and all(s.startswith("... ") for s in steps), start.stderr
 
-    stop = await asyncio.to_thread(rtjobs, "stop", game, "--timeout", "0", "--wait", env=env)
+    stop = await asyncio.to_thread(rtjobs, "stop", game, "--timeout", "0", "--wait", "-o", "json", env=env)
     assert stop.returncode == 0, stop
-    assert _table(stop.stdout)["container_id"] == table["container_id"]
+    [line] = stop.stdout.splitlines()  # the JobResult, one object
+    stopped = JobResult.model_validate_json(line)
+    assert (stopped.game_id, stopped.outcome, stopped.container_id) == (game, "success", table["container_id"])
 
     failing = await asyncio.to_thread(rtjobs, "start", game, "--image", docker_engine.images.exits, "--wait", env=env)
     assert failing.returncode == 1, failing
@@ -207,6 +229,10 @@ async def test_start_and_stop_wait_print_the_result_table(
     started = await asyncio.to_thread(rtjobs, "stop", game, env=env)
     assert started.returncode == 0, started
     assert started.stdout.startswith(f"runtime-stop-{game}-")
+    as_json = await asyncio.to_thread(rtjobs, "stop", game, "-o", "json", env=env)
+    assert as_json.returncode == 0, as_json
+    ids = json.loads(as_json.stdout)
+    assert set(ids) == {"workflow_id", "run_id"} and ids["workflow_id"].startswith(f"runtime-stop-{game}-")
 
 
 # --- the fleet's hosts: `rtjobs hosts`, `rtjobs host drain|undrain|forget` ------------------------------
@@ -296,9 +322,10 @@ async def test_hosts_lists_reported_hosts_with_liveness_engines_and_capacity(
         ]
         assert re.fullmatch(r"\d+s ago", rows["h-big"]["LAST SEEN"]), rows["h-big"]
 
-        as_json = await cli(worker_env, "hosts", "--json")
+        as_json = await cli(worker_env, "hosts", "-o", "json")
         assert as_json.returncode == 0, as_json
-        hosts = {h["name"]: h for h in json.loads(as_json.stdout)}
+        [line] = as_json.stdout.splitlines()  # one result, one JSON object on one line
+        hosts = {h["name"]: h for h in json.loads(line)["hosts"]}
         assert hosts["h-big"]["host_id"] == big.host_id  # the full id
         assert (hosts["h-big"]["engines"], hosts["h-big"]["capacity"], hosts["h-big"]["live"]) == (3, 40, True)
         assert (hosts["h-small"]["reserved"], hosts["h-small"]["live_workers"]) == (1, ["worker-of-h-small"])
@@ -379,7 +406,8 @@ async def test_forget_refuses_a_live_host_and_releases_the_games_placed_on_a_sil
         assert refused.returncode == 1, refused
         [line] = refused.stderr.splitlines()
         assert f"host {STAND_IN_HOST} is live" in line and "--force" in line
-        assert STAND_IN_HOST in {v["name"] for v in json.loads((await cli(worker_env, "hosts", "--json")).stdout)}
+        listed = json.loads((await cli(worker_env, "hosts", "-o", "json")).stdout)["hosts"]
+        assert STAND_IN_HOST in {v["name"] for v in listed}
 
         # Its worker's last report, then silence: the host is no longer live.
         host = before.placement.host
@@ -398,7 +426,7 @@ async def test_forget_refuses_a_live_host_and_releases_the_games_placed_on_a_sil
         after = await lock.query("placement", result_type=LockGrant)
         assert (after.placement_known, after.placement, after.placement_lost) == (True, None, False)
         assert (await lock.describe()).typed_search_attributes.get(RUNTIME_HOST) is None
-        listed = await cli(worker_env, "hosts", "--json")
+        listed = await cli(worker_env, "hosts", "-o", "json")
         assert listed.returncode == 1, listed
         assert "no host has reported" in listed.stderr
 

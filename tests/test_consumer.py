@@ -46,7 +46,7 @@ def rtjobs(*args: str, env: Mapping[str, str]) -> subprocess.CompletedProcess[st
 async def read_group(env: Mapping[str, str], consumer: str, *extra: str) -> list[str]:
     """One `rtjobs results --group` run without --follow (reads until nothing is left); the printed ids."""
     done = await asyncio.to_thread(
-        rtjobs, "results", "--group", GROUP, "--consumer", consumer, "--json", *extra, env=env
+        rtjobs, "results", "--group", GROUP, "--consumer", consumer, "-o", "json", *extra, env=env
     )
     assert done.returncode == 0, done
     rows = [json.loads(line) for line in done.stdout.splitlines()]
@@ -133,7 +133,9 @@ async def test_two_followers_of_one_group_print_each_entry_once(
 ) -> None:
     followers = []
     for name in ("c1", "c2"):
-        proc = Process(["-m", "rtjobs.cli", "results", "--group", GROUP, "--consumer", name, "--follow", "--json"], env)
+        proc = Process(
+            ["-m", "rtjobs.cli", "results", "--group", GROUP, "--consumer", name, "--follow", "-o", "json"], env
+        )
         processes.append(proc)
         followers.append(proc)
     deadline = time.monotonic() + HANG_S
@@ -206,7 +208,19 @@ def start_stuck_consumer(started: list[StuckConsumer], env: Mapping[str, str], n
     fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, 4096)
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "rtjobs.cli", "results", "--group", GROUP, "--consumer", name, "--follow", "--json"],
+            [
+                sys.executable,
+                "-m",
+                "rtjobs.cli",
+                "results",
+                "--group",
+                GROUP,
+                "--consumer",
+                name,
+                "--follow",
+                "-o",
+                "json",
+            ],
             cwd=ROOT,
             env=dict(env),
             stdin=subprocess.DEVNULL,

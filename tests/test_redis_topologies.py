@@ -293,7 +293,7 @@ async def test_cluster_failover_mid_run_every_result_exactly_once(
 
         # The operator CLI reads the stream through the Cluster as the same user.
         cli = Process(
-            ["-m", "rtjobs.cli", "results", "--json", "--count", "100"],
+            ["-m", "rtjobs.cli", "results", "-o", "json", "--count", "100"],
             {**worker_env, "REDIS_URL": url, "RTJOBS_RESULTS_STREAM": STREAM},
         )
         processes.append(cli)

@@ -194,7 +194,7 @@ async def test_job_publishes_over_verified_tls_as_the_least_privilege_acl_user(
 
     # The operator CLI reads (XREVRANGE) and follows (XREAD) the stream as the same user.
     follower = Process(
-        ["-m", "rtjobs.cli", "results", "--follow", "--json", "--game", game_id],
+        ["-m", "rtjobs.cli", "results", "--follow", "-o", "json", "--game", game_id],
         {**env, "PYTHONUNBUFFERED": "1"},
     )
     processes.append(follower)

@@ -7,10 +7,12 @@ whatever happens, so a failing test leaves no worker behind.
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import socket
 import time
 import uuid
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +118,34 @@ async def test_registers_missing_search_attributes(processes: list[Process], wor
 @pytest.fixture
 def game_id() -> str:
     return f"wp-{uuid.uuid4().hex[:10]}"
+
+
+async def test_json_logs_are_one_object_per_line_with_the_job_context(
+    processes: list[Process],
+    worker_env: dict[str, str],
+    temporal_env: WorkflowEnvironment,
+    task_queue: str,
+    game_id: str,
+) -> None:
+    # Docker away and a short host wait: the start reports docker_unavailable after 1 s, with the job's lines
+    # (steps, placement retried) and warnings carrying exceptions on the way.
+    env = {**worker_env, "RTJOBS_LOG_FORMAT": "json", "RTJOBS_HOST_WAIT_S": "1"}
+    worker = await start_ready_worker(processes, env)
+    handle = await start_job(temporal_env.client, game_id, task_queue=task_queue)
+    result = await asyncio.wait_for(handle.result(), 60)
+    assert result.error_code == "docker_unavailable", result
+    worker.send(signal.SIGTERM)
+    assert await worker.wait(30) == 0, worker.output()
+
+    records = [json.loads(line) for line in worker.output().splitlines()]  # every line, or this fails
+    for record in records:
+        assert list(record)[:4] == ["time", "level", "logger", "message"], record
+        assert record["time"].endswith("Z") and datetime.fromisoformat(record["time"]).utcoffset() == timedelta(0)
+        assert isinstance(record.get("exception", ""), str)
+    job = [r for r in records if r.get("workflow_id") == handle.id]
+    assert any(r.get("game_id") == game_id and r.get("job_kind") == "start" for r in job), job
+    assert all(r["run_id"] == handle.result_run_id for r in job if "run_id" in r)
+    assert any(r["message"].startswith("worker polling task queue") for r in records)
 
 
 @pytest.mark.docker

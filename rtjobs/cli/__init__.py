@@ -2,22 +2,26 @@
 
     rtjobs start GAME [--image IMG] [--job ID] [--wait]
     rtjobs stop GAME [--timeout S] [--job ID] [--wait]
-    rtjobs results [--game GAME] [--count N] [--follow] [--json]
-    rtjobs results --group G --consumer C [--claim-idle-s S] [--new-only] [--follow] [--json]
-    rtjobs hosts [--json]                  (the fleet's Docker hosts on RTJOBS_TASK_QUEUE)
+    rtjobs results [--game GAME] [--count N] [--follow]
+    rtjobs results --group G --consumer C [--claim-idle-s S] [--new-only] [--follow]
+    rtjobs hosts                           (the fleet's Docker hosts on RTJOBS_TASK_QUEUE)
     rtjobs host drain|undrain HOST         (HOST: name or id; drained: no new engines)
     rtjobs host forget HOST [--force]      (a host gone for good; --force: even while live)
-    rtjobs reconcile [--host HOST] [--dry-run] [--json]   (drift: orphaned engines, stale records)
+    rtjobs reconcile [--host HOST] [--dry-run]   (drift: orphaned engines, stale records)
     rtjobs worker        (python worker.py)
     rtjobs dev           (python worker.py --dev)
     rtjobs --version
 
+Every command but worker and dev takes `-o text|json` (json: one JSON object per result, on one line; JSON
+Lines for `results`, one object per entry); those that talk to Temporal take `--address`, `--namespace`,
+`--api-key`, `--tls`, `--profile`, over the TEMPORAL_* variables and the config file's profile.
+
 One module per command group: `jobs` (start, stop), `results`, `hosts` (hosts, host), `reconcile`; what
 they print goes through `output`.
 
-Arguments are checked here against the contract before anything is sent (exit 2, one line); the
-Temporal connection comes from TEMPORAL_ADDRESS etc., Redis from REDIS_URL, as for the worker.
-Exit codes: 0 success (or started), 1 failure outcome / runtime error, 2 bad arguments, 130 ^C.
+Arguments are checked here against the contract before anything is sent (exit 2, one line); Redis comes from
+REDIS_URL, as for the worker. Exit codes: 0 success (or started), 1 failure outcome / runtime error, 2 bad
+arguments, 130 ^C.
 """
 
 from __future__ import annotations

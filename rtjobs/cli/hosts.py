@@ -16,7 +16,7 @@ from contract.hosts import DRAIN_UPDATE, FORGET_HOST_SIGNAL, FORGET_UPDATE, UNDR
 from contract.lock import LOCK_WORKFLOW, coordination_queue
 from contract.models import one_line
 from contract.settings import Settings
-from rtjobs.cli.common import CliError, Parser, connect_temporal, name
+from rtjobs.cli.common import CliError, Parser, add_connection, command, connect_temporal, name
 from rtjobs.cli.output import Column, Table, print_json
 from rtjobs.process import EXIT_OK
 from workflows.search import RUNTIME_HOST
@@ -30,20 +30,43 @@ host_name = name("host")
 
 
 def add_commands(commands: Commands) -> None:
-    hosts = commands.add_parser("hosts", help="list the fleet's Docker hosts (RTJOBS_TASK_QUEUE)")
-    hosts.add_argument("--json", action="store_true", help="a JSON array of the hosts, with full ids")
+    hosts = command(
+        commands,
+        "hosts",
+        "list the fleet's Docker hosts (RTJOBS_TASK_QUEUE)",
+        ("rtjobs hosts", "rtjobs hosts -o json | jq -r '.hosts[] | select(.live) | .name'"),
+        output='{"hosts": [...]}, every host\'s full view (ids, workers, reserved slots, Docker version)',
+    )
+    add_connection(hosts)
     hosts.set_defaults(run=show_hosts)
-    host = commands.add_parser("host", help="drain, undrain or forget one Docker host of the fleet")
+    host = commands.add_parser(
+        "host",
+        help="drain, undrain or forget one Docker host of the fleet",
+        description="drain, undrain or forget one Docker host of the fleet",
+        epilog="examples:\n  rtjobs host drain h1\n  rtjobs host forget h2 --help",
+    )
     actions = host.add_subparsers(dest="action", required=True, parser_class=Parser)
-    for action, text in (
-        (DRAIN_UPDATE, "no new engines on the host; its engines keep running and being served"),
-        (UNDRAIN_UPDATE, "the host takes new engines again"),
-        (FORGET_UPDATE, "the host is gone for good: drop it and release the games placed on it"),
+    for action, text, examples in (
+        (
+            DRAIN_UPDATE,
+            "no new engines on the host; its engines keep running and being served",
+            ("rtjobs host drain h1",),
+        ),
+        (UNDRAIN_UPDATE, "the host takes new engines again", ("rtjobs host undrain h1",)),
+        (
+            FORGET_UPDATE,
+            "the host is gone for good: drop it and release the games placed on it",
+            ("rtjobs host forget h2", "rtjobs host forget h2 --force -o json"),
+        ),
     ):
-        sub = actions.add_parser(action, help=text)
+        json_out = '{"host": {...}}, the host\'s view after it' + (
+            ', and "released_games": how many' if action == FORGET_UPDATE else ""
+        )
+        sub = command(actions, action, text, examples, output=json_out)
         sub.add_argument("host", type=host_name, help="host name or id (see `rtjobs hosts`)")
         if action == FORGET_UPDATE:
             sub.add_argument("--force", action="store_true", help="even while a worker still reports it")
+        add_connection(sub)
     host.set_defaults(run=command_host)
 
 
@@ -106,9 +129,9 @@ class Hosts:
 
 
 async def show_hosts(args: argparse.Namespace, settings: Settings) -> int:
-    views = await Hosts(await connect_temporal(), settings.task_queue).hosts()
-    if args.json:
-        print_json(views)
+    views = await Hosts(await connect_temporal(args), settings.task_queue).hosts()
+    if args.output == "json":
+        print_json({"hosts": views})
         return EXIT_OK
     print_hosts(views, datetime.now(UTC))
     return EXIT_OK
@@ -152,7 +175,7 @@ def age_text(seen: datetime | None, now: datetime) -> str:
 
 
 async def command_host(args: argparse.Namespace, settings: Settings) -> int:
-    hosts = Hosts(await connect_temporal(), settings.task_queue)
+    hosts = Hosts(await connect_temporal(args), settings.task_queue)
     if args.action == FORGET_UPDATE and not args.force:
         live = [v for v in await hosts.hosts() if args.host in (v.name, v.host_id) and v.live]
         if live:
@@ -161,12 +184,14 @@ async def command_host(args: argparse.Namespace, settings: Settings) -> int:
                 "report it right back; stop its workers first, or use --force"
             )
     view = await hosts.command(args.action, args.host)
-    if args.action == DRAIN_UPDATE:
+    released = await hosts.release_games(view) if args.action == FORGET_UPDATE else None
+    if args.output == "json":
+        print_json({"host": view} if released is None else {"host": view, "released_games": released})
+    elif args.action == DRAIN_UPDATE:
         print(f"host {view.name} draining: no new engines; its {view.engines} engines keep running and being served")
     elif args.action == UNDRAIN_UPDATE:
         print(f"host {view.name} open: takes new engines again ({engines_text(view)} in use)")
     else:
-        released = await hosts.release_games(view)
         print(
             f"host {view.name} ({view.host_id}) forgotten; {released} games placed on it released "
             "(their next job places them again)"

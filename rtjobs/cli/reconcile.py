@@ -17,7 +17,7 @@ from contract.hosts import HostRef, HostView
 from contract.models import one_line
 from contract.reconcile import RECONCILE_WORKFLOW, ReconcileSummary, schedule_id
 from contract.settings import Settings
-from rtjobs.cli.common import CliError, connect_temporal
+from rtjobs.cli.common import CliError, add_connection, command, connect_temporal
 from rtjobs.cli.hosts import Hosts, host_name
 from rtjobs.cli.output import print_json
 from rtjobs.process import EXIT_FAILURE, EXIT_OK
@@ -27,13 +27,20 @@ if TYPE_CHECKING:
 
 
 def add_commands(commands: Commands) -> None:
-    reconcile = commands.add_parser(
+    reconcile = command(
+        commands,
         "reconcile",
-        help="reconcile the hosts' engines with their games' records now, and print what was found and done",
+        "reconcile the hosts' engines with their games' records now, and print what was found and done",
+        (
+            "rtjobs reconcile --dry-run",
+            "rtjobs reconcile --host h1",
+            "rtjobs reconcile -o json | jq '.summaries[].findings'",
+        ),
+        output='{"summaries": [...]}, one ReconcileSummary per host',
     )
     reconcile.add_argument("--host", type=host_name, help="only this host (name or id; default: every live host)")
     reconcile.add_argument("--dry-run", action="store_true", help="only report what would be done; change nothing")
-    reconcile.add_argument("--json", action="store_true", help="a JSON array of the hosts' summaries")
+    add_connection(reconcile)
     reconcile.set_defaults(run=run_reconcile)
 
 
@@ -41,7 +48,7 @@ async def run_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     """One `RuntimeReconcile` run per host (all at once), with this environment's reconcile settings;
     exit 1 when a host could not be reconciled. Hosts without a live worker are skipped unless named:
     their Docker step would only wait out RTJOBS_HOST_WAIT_S."""
-    client = await connect_temporal()
+    client = await connect_temporal(args)
     views = await Hosts(client, settings.task_queue).hosts()
     if args.host is not None:
         views = [v for v in views if args.host in (v.name, v.host_id)]
@@ -55,8 +62,8 @@ async def run_reconcile(args: argparse.Namespace, settings: Settings) -> int:
                 )
         views = [v for v in views if v.live]
     summaries = await asyncio.gather(*(_reconcile_host(client, settings, v, dry_run=args.dry_run) for v in views))
-    if args.json:
-        print_json(summaries)
+    if args.output == "json":
+        print_json({"summaries": summaries})
     else:
         for summary in summaries:
             print(summary.headline())

@@ -14,7 +14,7 @@ from redis.exceptions import RedisClusterException
 from activities.redis_topology import RedisClient, RedisUrlError, redis_client, scrub
 from contract.models import one_line
 from contract.settings import Settings, redact_url
-from rtjobs.cli.common import CliError, game_id, name
+from rtjobs.cli.common import CliError, command, game_id, name
 from rtjobs.cli.output import Column, Table, print_json
 from rtjobs.consumer import FOLLOW_BLOCK_MS, Entry, GroupReader
 from rtjobs.process import EXIT_OK
@@ -33,12 +33,21 @@ Recent = tuple[list[Entry], str]  # entries oldest first, and the stream's last 
 
 
 def add_commands(commands: Commands) -> None:
-    results = commands.add_parser("results", help="read the result stream")
+    results = command(
+        commands,
+        "results",
+        "read the result stream",
+        (
+            "rtjobs results --game g-1 --count 5",
+            "rtjobs results --follow -o json | jq -r 'select(.outcome == \"failure\") | .game_id'",
+            "rtjobs results --group lobby --consumer lobby-1 --follow",
+        ),
+        output="JSON Lines, one object per entry (id and the entry's fields), also with --follow and --group",
+    )
     results.add_argument("--game", type=game_id, help="only this game's entries")
     count = _positive("count", "a positive integer")
     results.add_argument("--count", type=count, help=f"how many recent entries (default {DEFAULT_COUNT})")
     results.add_argument("--follow", action="store_true", help="then keep printing new entries")
-    results.add_argument("--json", action="store_true", help="one JSON object per entry")
     results.add_argument(
         "--group",
         type=name("group"),
@@ -102,13 +111,14 @@ async def show_results(args: argparse.Namespace, settings: Settings) -> int:
         if args.group is not None:
             await consume(redis, settings.results_stream, args)
             return EXIT_OK
+        as_json = args.output == "json"
         count = args.count or DEFAULT_COUNT
         recent, last_id = await recent_entries(redis, settings.results_stream, count, args.game)
-        _print_header(args.json)
+        _print_header(as_json)
         for entry in recent:
-            print_entry(entry, as_json=args.json)
+            print_entry(entry, as_json=as_json)
         if args.follow:
-            await follow(redis, settings.results_stream, last_id, args.game, args.json)
+            await follow(redis, settings.results_stream, last_id, args.game, as_json)
     except (aioredis.RedisError, RedisClusterException) as err:
         where = redact_url(settings.redis_url)
         raise CliError(f"Redis error at {where}: {scrub(one_line(str(err), 300), settings.redis_url)}") from None
@@ -119,9 +129,10 @@ async def show_results(args: argparse.Namespace, settings: Settings) -> int:
 
 async def consume(redis: RedisClient, stream: str, args: argparse.Namespace) -> None:
     """The group's entries, each printed (and flushed out of the process) before it is acknowledged."""
+    as_json = args.output == "json"
 
     def handle(entry: Entry) -> None:
-        print_entry(entry, as_json=args.json)
+        print_entry(entry, as_json=as_json)
         sys.stdout.flush()  # out of the process before the XACK says it was processed
 
     def lost(ids: list[str]) -> None:
@@ -135,7 +146,7 @@ async def consume(redis: RedisClient, stream: str, args: argparse.Namespace) -> 
     start = await reader.ensure_group(new_only=args.new_only)
     if start is not None:
         print(f"rtjobs: created consumer group {args.group} on {stream} at {start}", file=sys.stderr)
-    _print_header(args.json)
+    _print_header(as_json)
     claim_idle_s = args.claim_idle_s or DEFAULT_CLAIM_IDLE_S
     await reader.consume(follow=args.follow, claim_idle_ms=claim_idle_s * 1000)
 
@@ -178,7 +189,7 @@ def _print_header(as_json: bool) -> None:
 def print_entry(entry: Entry, *, as_json: bool) -> None:
     entry_id, fields = entry
     if as_json:
-        print_json({"id": entry_id, **fields}, indent=None)
+        print_json({"id": entry_id, **fields})
         return
     row = (
         entry_id,

@@ -16,7 +16,7 @@ from typing import Any
 from temporalio import activity
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
-from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+from temporalio.runtime import LoggingConfig, PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor
 
 from contract import metrics as names
@@ -27,18 +27,20 @@ from contract.policies import PUBLISH_ACTIVITY
 DOCKER_STEPS = {ENSURE_RUNNING_ACTIVITY: JobKind.START.value, ENSURE_REMOVED_ACTIVITY: JobKind.STOP.value}
 
 
-def prometheus_runtime(bind_address: str) -> Runtime:
+def prometheus_runtime(bind_address: str, *, core_logs: LoggingConfig = LoggingConfig.default) -> Runtime:
     """A runtime serving `http://<bind_address>/metrics`, with units and suffixes as Prometheus expects
-    them (`_seconds`, `_total`), so standard queries and the SDK's dashboards work unchanged."""
+    them (`_seconds`, `_total`), so standard queries and the SDK's dashboards work unchanged; `core_logs`:
+    where the SDK Core's own log lines go."""
     return Runtime(
         telemetry=TelemetryConfig(
+            logging=core_logs,
             metrics=PrometheusConfig(
                 bind_address=bind_address,
                 counters_total_suffix=True,
                 unit_suffix=True,
                 durations_as_seconds=True,
                 histogram_bucket_overrides=names.BUCKET_OVERRIDES,
-            )
+            ),
         )
     )
 

@@ -216,7 +216,7 @@ async def test_drain_undrain_and_forget_through_the_cli(fleet: Fleet) -> None:
         await asyncio.sleep(0.1)
     said = await cli_ok(fleet, "host", "forget", "h3")
     assert "h3" in said and f"{len(on_h3)} games placed on it released" in said, said
-    listed = [HostView.model_validate(h) for h in json.loads(await cli_ok(fleet, "hosts", "--json"))]
+    listed = [HostView.model_validate(h) for h in json.loads(await cli_ok(fleet, "hosts", "-o", "json"))["hosts"]]
     assert sorted(h.name for h in listed) == ["h1", "h2"], listed
 
     runs, starts = await run_jobs(fleet, START, on_h3, FRESH, HANG_S)

@@ -94,9 +94,9 @@ async def on_host(fleet: Fleet, host: str, ids: list[str]) -> dict[str, str]:
 
 
 async def reconcile(fleet: Fleet, *args: str, expect_exit: int = 0) -> dict[str, ReconcileSummary]:
-    proc = await fleet.cli("reconcile", "--json", *args)
+    proc = await fleet.cli("reconcile", "-o", "json", *args)
     assert proc.returncode == expect_exit, (proc.returncode, proc.stdout, proc.stderr)
-    return {s.host.name: s for s in (ReconcileSummary.model_validate(x) for x in json.loads(proc.stdout))}
+    return {s.host.name: s for s in (ReconcileSummary.model_validate(x) for x in json.loads(proc.stdout)["summaries"])}
 
 
 async def fleet_redis_delete(fleet: Fleet, key: str) -> None:
