@@ -15,7 +15,7 @@ from activities.docker import EngineActivities
 from activities.engine_spec import SCRATCH_DIR, scratch_options
 from contract.engine import EnsureEngineRunning
 from tests.support.docker_engine import DockerEngine, import_image, rootfs_tar
-from tests.test_docker_activities import job_env, settings_for
+from tests.unit.activities.docker.engines import job_env, settings_for
 
 IMAGE = "rtjobs-test/engine:root-only-tmp"
 # Ready once it could write its scratch directory (as the engine's uid 65534).

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -15,9 +14,10 @@ from activities.reconcile import EngineEventPublisher
 from contract.models import ErrorCode, JobResult
 from contract.reconcile import EngineEvent
 from contract.settings import Settings
+from tests.support.processes import ROOT
 from tests.support.streams import read_entries
 
-SPEC = Path(__file__).resolve().parent.parent / "api" / "runtime-jobs-asyncapi.yaml"
+SPEC = ROOT / "api" / "runtime-jobs-asyncapi.yaml"
 
 
 def load_spec() -> dict[str, Any]:

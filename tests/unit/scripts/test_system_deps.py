@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "system-deps.sh"
+from tests.support.processes import ROOT
+
+SCRIPT = ROOT / "scripts" / "system-deps.sh"
 NOBODY = 65534
 
 

@@ -13,13 +13,13 @@ from temporalio.worker import Worker
 
 from rtjobs.sandbox import SharedCodeFinder, SharedCodeLoader, share_workflow_code, workflow_runner
 
-PROBE = "tests.sandbox_probe"
+PROBE = "tests.unit.rtjobs.sandbox_probe"
 
 
 @pytest.fixture
 async def probe_worker(client: Client, task_queue: str) -> Worker:
     share_workflow_code((PROBE,))
-    from tests.sandbox_probe.probe import SandboxClock, SandboxProbe
+    from tests.unit.rtjobs.sandbox_probe.probe import SandboxClock, SandboxProbe
 
     probes = [SandboxProbe, SandboxClock]
     return Worker(client, task_queue=task_queue, workflows=probes, workflow_runner=workflow_runner())
