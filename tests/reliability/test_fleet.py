@@ -16,7 +16,6 @@ import pytest
 
 from contract.hosts import HostView
 from contract.lock import lock_workflow_id
-from tests.reliability.runs import Run
 from tests.support.fleet import (
     FRESH,
     HANG_S,
@@ -31,6 +30,7 @@ from tests.support.fleet import (
     run_jobs,
     start_on,
 )
+from tests.support.runs import Run
 from workflows.search import RUNTIME_HOST
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]

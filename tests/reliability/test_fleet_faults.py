@@ -16,7 +16,6 @@ from collections import Counter
 import pytest
 
 from contract.engine import ENSURE_REMOVED_ACTIVITY
-from tests.reliability.runs import Run, results
 from tests.support.fleet import (
     FRESH,
     HANG_S,
@@ -36,6 +35,7 @@ from tests.support.fleet import (
     start_on,
     until_stream_holds,
 )
+from tests.support.runs import Run, results
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 

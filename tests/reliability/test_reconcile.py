@@ -25,7 +25,6 @@ from activities.publish import redis_client
 from contract.lock import LockGrant
 from contract.models import LABEL_GAME_ID, LABEL_MANAGED_BY, MANAGED_BY, container_name
 from contract.reconcile import RECONCILE_WORKFLOW, Action, EngineEvent, FindingKind, ReconcileSummary, schedule_id
-from tests.reliability.runs import results
 from tests.support.fleet import (
     FLEET_IMAGE,
     FRESH,
@@ -39,6 +38,7 @@ from tests.support.fleet import (
     send,
     start_on,
 )
+from tests.support.runs import results
 from tests.support.streams import read_entries_at
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]

@@ -50,10 +50,10 @@ from contract.models import LABEL_GAME_ID, LABEL_MANAGED_BY, MANAGED_BY, JobResu
 from contract.reconcile import RECONCILE_WORKFLOW, ReconcileRequest, ReconcileSummary
 from contract.settings import Settings
 from rtjobs.client import START_WORKFLOW, new_job_id, start_job, start_workflow_id, stop_job
-from tests.reliability.runs import activity_runs, pending_attempt
 from tests.support.docker_engine import DockerEngine, acquire_engine
 from tests.support.docker_relay import DockerRelay
 from tests.support.job_worker import e2e_settings, real_worker, remove_game_containers, until_running_container
+from tests.support.runs import activity_runs, pending_attempt
 from tests.support.stand_ins import until_listed
 from tests.support.temporal_server import start_dev_server
 
