@@ -12,9 +12,7 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from contract.engine import ENSURE_RUNNING_ACTIVITY
-from tests.support.runs import (
-    until_pending,
-)
+from tests.support.runs import until_pending
 from tests.support.stack import Stack, run_jobs
 from tests.support.temporal_server import TemporalDevServer
 

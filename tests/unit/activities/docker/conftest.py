@@ -8,9 +8,7 @@ from typing import Any
 import pytest
 
 from activities.docker import EngineActivities
-from tests.support.docker_engine import (
-    DockerEngine,
-)
+from tests.support.docker_engine import DockerEngine
 from tests.unit.activities.docker.engines import (
     MakeActivities,
     settings_for,

@@ -13,14 +13,10 @@ from aiodocker.exceptions import DockerError, DockerStreamError
 
 from activities.docker import EngineActivities
 from activities.docker_gateway import DockerGateway
-from contract.engine import (
-    DOCKER_UNAVAILABLE_TYPE,
-)
+from contract.engine import DOCKER_UNAVAILABLE_TYPE
 from contract.models import ErrorCode
 from contract.policies import DOCKER_RETRY_POLICY
-from tests.support.docker_engine import (
-    DockerEngine,
-)
+from tests.support.docker_engine import DockerEngine
 from tests.unit.activities.docker.engines import (
     MakeActivities,
     expect_error,

@@ -8,9 +8,7 @@ from typing import Any
 import pytest
 
 from activities.engine_spec import UnsafeEngineConfig, check_locked_down, container_config
-from tests.support.docker_engine import (
-    image_ref,
-)
+from tests.support.docker_engine import image_ref
 from tests.unit.activities.docker.engines import (
     SCRATCH,
     settings_for,

@@ -11,9 +11,7 @@ import pytest
 
 from activities.engine_spec import normalize_image_ref
 from contract.models import ErrorCode, container_name
-from tests.support.docker_engine import (
-    TEST_REPO,
-)
+from tests.support.docker_engine import TEST_REPO
 from tests.unit.activities.docker.engines import (
     ABSENT_IMAGE,
     ABSENT_REPO,

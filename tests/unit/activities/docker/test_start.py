@@ -18,9 +18,7 @@ from contract.engine import (
     EnsureEngineRunning,
 )
 from contract.models import LABEL_GAME_ID, LABEL_MANAGED_BY, MANAGED_BY, ErrorCode, container_name
-from tests.support.docker_engine import (
-    EngineImages,
-)
+from tests.support.docker_engine import EngineImages
 from tests.unit.activities.docker.engines import (
     SCRATCH,
     MakeActivities,

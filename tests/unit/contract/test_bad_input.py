@@ -17,29 +17,23 @@ the session loop (it substitutes `hypothesis.inner_test`), the loop the dev serv
 module's one worker live on. Each example is a *batch* of jobs run concurrently, so sixty inputs
 cost a few seconds; the shrink phase is off because each re-run costs real workflows, and the
 failure report names every offending payload anyway. The explicit tests below pin one case per
-bug category so a regression is named without hypothesis.
-"""
+bug category so a regression is named without hypothesis."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import json
-import re
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, cast
 
-import aiodocker
 import pytest
 import redis.asyncio as aioredis
-from aiodocker.exceptions import DockerError
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from pydantic import TypeAdapter, ValidationError
 from temporalio.api.common.v1 import Payload
 from temporalio.api.enums.v1 import EventType, WorkflowTaskFailedCause
 from temporalio.api.history.v1 import HistoryEvent
@@ -47,198 +41,29 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.common import RawValue
 from temporalio.testing import WorkflowEnvironment
 
-from contract.models import IMAGE_REF_PATTERN, MAX_STOP_TIMEOUT_S, ImageRef, JobResult
-from rtjobs.cli import build_parser
-from tests.support.docker_engine import DockerEngine
+from contract.models import MAX_STOP_TIMEOUT_S, JobResult
 from tests.support.stand_ins import StandInEngine, job_worker
+from tests.unit.contract.inputs import (
+    START,
+    STOP,
+    Case,
+    cases,
+    make_case,
+)
 
-START, STOP = "StartRuntimeJob", "StopRuntimeJob"
 LOCAL_ACTIVITY_MARKER = "core_local_activity"  # the SDK core's marker name for a local activity's result
+
+
 # Only a hang detector (a job stuck in a retry loop never ends), not a speed check: a batch ends in
 # 1-2 s, but on a loaded 2-core machine a batch of eleven jobs can take several times that. "Without a
 # retry storm" is checked on each run's history instead (`history_problems`).
 JOB_DEADLINE_S = 60.0
+
+
 BATCH = 10
+
+
 BATCHES = 6
-ImageRefAdapter: TypeAdapter[str] = TypeAdapter(ImageRef)
-
-# --- the rules, written from the contract text (not imported from contract.models) ---------------
-
-GAME_ID_RULE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,49}[a-z0-9])?")
-
-
-def usable_game_id(payload: Any) -> str | None:
-    """The game id a run publishes for: a string field that is not blank (contract section 2)."""
-    if isinstance(payload, dict):
-        value = payload.get("game_id")
-        if isinstance(value, str) and value.strip():
-            return value
-    return None
-
-
-# --- strategies: each generated field carries whether it is valid ------------------------------
-
-
-@dataclass(frozen=True)
-class Field:
-    """A generated input field: its JSON value, or absent; and whether the contract accepts it."""
-
-    value: Any
-    valid: bool
-    present: bool = True
-
-
-ABSENT = Field(None, valid=True, present=False)
-_json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text()
-_json_values = st.recursive(
-    _json_scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
-)
-_non_strings: st.SearchStrategy[Any] = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(),
-    st.floats(allow_nan=False, allow_infinity=False),
-    st.lists(_json_scalars, max_size=3),
-    st.dictionaries(st.text(max_size=5), _json_scalars, max_size=2),
-)
-
-
-def _huge(min_len: int, max_len: int) -> st.SearchStrategy[str]:
-    """Long strings made by repetition: hypothesis' own data budget would cap drawn text."""
-    return st.builds(lambda unit, n: (unit * n)[:n], st.text(min_size=1, max_size=4), st.integers(min_len, max_len))
-
-
-_valid_game_ids = st.from_regex(GAME_ID_RULE, fullmatch=True)
-_invalid_game_ids = st.one_of(
-    st.text(min_size=1).filter(lambda s: s.strip() != "" and not GAME_ID_RULE.fullmatch(s)),
-    _valid_game_ids.map(str.upper).filter(lambda s: s != s.lower()),  # uppercase
-    st.sampled_from(["../etc/passwd", "a/b", "/abs", "g-1/../../x", "C:\\games\\1", "g-1%2F..", "~root"]),  # path-like
-    st.sampled_from(["-g", "g-", "g_1", "g.1", "g 1", " g-1", "g-1\n", "g\x00", "g\u200b1", "\uff47-1", "ǵ-1"]),
-    st.just("a" * 52),
-    st.text(alphabet=st.characters(codec="utf-8", categories=["Cc"]), min_size=1).filter(lambda s: s.strip() != ""),
-    _huge(52, 20_000),
-)
-_unusable_game_ids = st.one_of(
-    st.just(ABSENT), (_non_strings | st.sampled_from(["", " ", "\t\n", "\u2003"])).map(lambda v: Field(v, False))
-)
-game_ids = st.one_of(
-    _valid_game_ids.map(lambda v: Field(v, True)),
-    _invalid_game_ids.map(lambda v: Field(v, False)),
-    _unusable_game_ids,
-)
-
-_path = st.from_regex(r"[a-z0-9]{1,8}(?:[._-][a-z0-9]{1,6})?", fullmatch=True)
-_valid_images = st.builds(
-    lambda domain, parts, tag, digest: domain + "/".join(parts) + tag + digest,
-    st.sampled_from(["", "localhost:5000/", "registry.example.org/", "reg-1.example:443/"]),
-    st.lists(_path, min_size=1, max_size=3),
-    st.one_of(st.just(""), st.from_regex(r":[A-Za-z0-9_][A-Za-z0-9_.-]{0,20}", fullmatch=True)),
-    st.one_of(st.just(""), st.from_regex(r"@sha256:[0-9a-f]{64}", fullmatch=True)),
-)
-_invalid_images = st.one_of(
-    st.sampled_from(
-        [
-            "",
-            " ",
-            "Not A Ref",
-            "UPPER:x",
-            "img::bad",
-            "img:",
-            ":tag",
-            "/img",
-            "img/",
-            "a//b",
-            "http://reg/img",
-            "img@sha256:abc",
-            "img:-tag",
-            "../../etc/passwd",
-            "img\n",
-            "img:" + "t" * 129,
-            "a" * 513,
-        ]
-    ),
-    _valid_images.map(lambda s: s + " "),
-    st.tuples(_valid_images, st.characters(codec="utf-8", min_codepoint=0x80) | st.sampled_from(" \t\n\x00\x7f")).map(
-        lambda t: f"{t[0]}:tag{t[1]}" if "@" not in t[0] else t[0] + t[1]
-    ),  # a tag (or digest) with a character outside Docker's ASCII grammar
-    _huge(513, 20_000),
-    _non_strings.filter(lambda v: v is not None),
-)
-images = st.one_of(
-    st.just(ABSENT),
-    st.just(Field(None, True)),  # null means "not given": the worker's default image
-    _valid_images.map(lambda v: Field(v, True)),
-    _invalid_images.map(lambda v: Field(v, False)),
-)
-stop_timeouts = st.one_of(
-    st.just(ABSENT),
-    st.just(Field(None, True)),
-    st.integers(0, MAX_STOP_TIMEOUT_S).map(lambda v: Field(v, True)),
-    st.one_of(
-        st.integers(max_value=-1),
-        st.integers(min_value=MAX_STOP_TIMEOUT_S + 1),
-        st.floats(allow_nan=False, allow_infinity=False).filter(lambda f: not f.is_integer()),
-        st.text(max_size=6),
-        st.booleans(),
-        st.lists(st.integers(0, 10), max_size=2),
-    ).map(lambda v: Field(v, False)),
-)
-_extra_names = st.text(
-    alphabet=st.characters(codec="utf-8", exclude_categories=["Cc", "Cs", "Zl", "Zp", "Zs"]), min_size=1, max_size=20
-)
-
-
-@dataclass(frozen=True)
-class Case:
-    """One job: the workflow, its raw JSON, and what the contract says must come of it."""
-
-    workflow: str
-    payload: Any
-    raw: bytes
-    game_id: str | None  # None: no usable game id, the run must fail
-    bad_fields: tuple[str, ...]  # empty: valid input, the job must succeed
-
-    def __str__(self) -> str:
-        text = self.raw.decode("utf-8", "replace")
-        return f"{self.workflow} {text[:200]}{'…' if len(text) > 200 else ''}"
-
-
-def make_case(workflow: str, payload: Any, ensure_ascii: bool = False) -> Case:
-    """The expectation of a whole payload, from the validity of each field the strategies drew."""
-    raw = json.dumps(payload, ensure_ascii=ensure_ascii).encode()
-    game_id = usable_game_id(payload)
-    bad: list[str] = []
-    if isinstance(payload, dict) and game_id is not None:
-        if not GAME_ID_RULE.fullmatch(game_id):
-            bad.append("game_id")
-        known = {"game_id", "image"} if workflow == START else {"game_id", "stop_timeout_s"}
-        bad += [name for name in payload if name not in known]
-    return Case(workflow, payload, raw, game_id, tuple(bad))
-
-
-@st.composite
-def cases(draw: st.DrawFn) -> Case:
-    """A start or stop job input: usually an object of drawn fields, sometimes not an object at all."""
-    workflow = draw(st.sampled_from([START, STOP]))
-    ensure_ascii = draw(st.booleans())
-    if draw(st.integers(0, 9)) == 0:
-        return make_case(workflow, draw(_json_values.filter(lambda v: not isinstance(v, dict))), ensure_ascii)
-    game = draw(game_ids)
-    second = draw(images if workflow == START else stop_timeouts)
-    name = "image" if workflow == START else "stop_timeout_s"
-    fields: dict[str, Any] = {}
-    if game.present:
-        fields["game_id"] = game.value
-    if second.present:
-        fields[name] = second.value
-    for extra in draw(st.lists(_extra_names.filter(lambda n: n not in ("game_id", name)), max_size=2, unique=True)):
-        fields[extra] = draw(_json_values | _huge(1, 50_000))
-    order = draw(st.permutations(list(fields)))
-    payload = {key: fields[key] for key in order}
-    case = make_case(workflow, payload, ensure_ascii)
-    if case.game_id is not None and not second.valid:
-        case = Case(case.workflow, case.payload, case.raw, case.game_id, (*case.bad_fields, name))
-    return case
 
 
 # --- the worker all examples share ------------------------------------------------------------
@@ -554,103 +379,3 @@ async def test_worker_serves_a_good_job_after_all_the_bad_input(rig: Rig) -> Non
     gid = f"after-{uuid.uuid4().hex[:8]}"
     await check_batch(rig, [make_case(START, {"game_id": gid})])
     await check_batch(rig, [make_case(STOP, {"game_id": gid})])
-
-
-# --- what "a valid image reference" means must be what Docker means ---------------------------
-
-
-@pytest.fixture(scope="module")
-async def docker(docker_engine: DockerEngine) -> AsyncIterator[aiodocker.Docker]:
-    client = aiodocker.Docker(url=docker_engine.url)
-    yield client
-    await client.close()
-
-
-async def assert_docker_parses_if_the_model_accepts(docker: aiodocker.Docker, ref: str) -> None:
-    """A reference the model rejects never reaches Docker (invalid_request); one it accepts must be one
-    Docker parses: 404 (no such image) for a well-formed reference, 400 for one it cannot parse."""
-    try:
-        ImageRefAdapter.validate_python(ref)
-    except ValidationError:
-        return
-    try:
-        await docker.images.inspect(ref)
-    except DockerError as err:
-        assert err.status == 404, f"Docker rejects {ref!r} that the contract model accepts: {err.message}"
-
-
-@pytest.mark.docker
-@pytest.mark.parametrize(
-    "ref",
-    [
-        "busybox:\u00e9t\u00e9",  # the model's tag class is Python's Unicode \w; Go's (Docker's) is ASCII
-        "a" * 238,  # docker.io/library/ + 238 > 255: "repository name must not be more than 255 characters"
-        "x@sha256:" + "a" * 32,  # sha256 digests have exactly 64 hex digits
-        "x@sha256:" + "A" * 64,  # ... lowercase
-        "x@foo:" + "0" * 32,  # unsupported digest algorithm
-        "A/0",  # Docker 20.10: "repository name must be lowercase" (newer engines read `A` as a registry host)
-    ],
-    ids=["unicode-tag", "name-over-255", "short-sha256", "uppercase-digest", "unknown-algorithm", "uppercase-host"],
-)
-async def test_reference_the_model_accepts_is_one_docker_accepts(docker: aiodocker.Docker, ref: str) -> None:
-    """Otherwise a "valid" image reaches Docker and fails as container_start_failed, not invalid_request."""
-    await assert_docker_parses_if_the_model_accepts(docker, ref)
-
-
-@pytest.mark.docker
-@settings(max_examples=150, deadline=None, database=None, phases=[Phase.generate, Phase.shrink])
-@given(ref=st.from_regex(IMAGE_REF_PATTERN, fullmatch=True))
-async def test_every_reference_the_model_accepts_is_one_docker_accepts(docker: aiodocker.Docker, ref: str) -> None:
-    await assert_docker_parses_if_the_model_accepts(docker, ref)
-
-
-# --- the CLI rejects the same inputs before sending anything -----------------------------------
-
-
-def _parse(argv: list[str]) -> tuple[int | str | None, str]:
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exited:
-        build_parser().parse_args(argv)
-    return exited.value.code, err.getvalue()
-
-
-def _argv_safe(text: str) -> bool:
-    return "\x00" not in text  # an OS argument cannot hold NUL
-
-
-def _cli_timeout_ok(text: str) -> bool:
-    """What Python's int() makes of it (" 7", "1_0" and "٣" included) within the contract's range."""
-    try:
-        return 0 <= int(text) <= MAX_STOP_TIMEOUT_S
-    except ValueError:
-        return False
-
-
-@settings(max_examples=200, deadline=None, database=None)
-@given(
-    argv=st.one_of(
-        _invalid_game_ids.filter(_argv_safe).map(lambda g: ["start", "--", g]),
-        _invalid_game_ids.filter(_argv_safe).map(lambda g: ["stop", "--", g]),
-        _invalid_game_ids.filter(_argv_safe).map(lambda g: ["results", "--game", g]),
-        st.tuples(_valid_game_ids, _invalid_images.filter(lambda v: isinstance(v, str) and _argv_safe(v))).map(
-            lambda t: ["start", t[0], f"--image={t[1]}"]
-        ),
-        st.tuples(
-            _valid_game_ids,
-            st.one_of(st.integers(max_value=-1), st.integers(min_value=MAX_STOP_TIMEOUT_S + 1)).map(str)
-            | st.text(min_size=1).filter(lambda s: _argv_safe(s) and not _cli_timeout_ok(s)),
-        ).map(lambda t: ["stop", t[0], f"--timeout={t[1]}"]),
-    )
-)
-def test_cli_rejects_bad_arguments_with_exit_2_and_one_line(argv: list[str]) -> None:
-    code, stderr = _parse(argv)
-    assert code == 2, (argv, stderr)
-    [line] = stderr.splitlines() or [""]
-    assert line.startswith("rtjobs") and "error:" in line, stderr
-
-
-@settings(max_examples=100, deadline=None, database=None)
-@given(game=_valid_game_ids, timeout=st.integers(0, MAX_STOP_TIMEOUT_S))
-def test_cli_accepts_what_the_contract_accepts(game: str, timeout: int) -> None:
-    args = build_parser().parse_args(["stop", game, "--timeout", str(timeout)])
-    assert (args.game, args.timeout) == (game, timeout)
