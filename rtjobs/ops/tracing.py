@@ -9,7 +9,7 @@ The plugin (`OpenTelemetryPlugin`, not the older `TracingInterceptor`) because j
 Manager and the CLI, which send no trace context: its workflow span lasts the whole run and its ids come
 from a replay-safe generator, so every step of a job lands in one trace rooted at the workflow span. The
 older interceptor, asked to make workflow spans without a client span, starts a new trace at each
-workflow task (tests/test_tracing.py saw 8 traces for one job). The plugin reads the global tracer
+workflow task (tests/unit/rtjobs/ops/test_tracing.py saw 8 traces for one job). The plugin reads the global tracer
 provider, which must come from `create_tracer_provider` (replay-safe ids).
 """
 

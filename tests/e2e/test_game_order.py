@@ -37,7 +37,7 @@ pytestmark = pytest.mark.docker
 
 
 @pytest.mark.parametrize("kinds", [["start", "stop"], ["stop", "start", "stop"]], ids=["start-stop", "stop-start-stop"])
-async def test_jobs_of_one_game_started_together_run_one_at_a_time_in_start_order(
+async def test_jobs_of_one_game_run_in_start_order(
     client: Client,
     make_settings: MakeSettings,
     docker: aiodocker.Docker,
@@ -47,6 +47,7 @@ async def test_jobs_of_one_game_started_together_run_one_at_a_time_in_start_orde
     images: EngineImages,
     kinds: list[str],
 ) -> None:
+    """Jobs of one game started together run one at a time in start order."""
     gid = games()
     handles: list[WorkflowHandle[Any, JobResult]] = []
     # Start order is promised within the settle window: see ORDER_TEST_SETTLE_S.
@@ -96,7 +97,7 @@ async def test_jobs_of_one_game_started_together_run_one_at_a_time_in_start_orde
     assert await game_containers(docker, gid) == [], "the last job was a stop"
 
 
-async def test_a_job_whose_first_task_is_late_within_the_settle_window_still_runs_first(
+async def test_late_first_task_still_runs_first(
     client: Client,
     make_settings: MakeSettings,
     docker: aiodocker.Docker,
@@ -104,7 +105,9 @@ async def test_a_job_whose_first_task_is_late_within_the_settle_window_still_run
     stream: str,
     games: Callable[[], str],
 ) -> None:
-    """Start order is the order the server started the jobs, not the order their first workflow tasks
+    """A job whose first task is late within the settle window still runs first.
+
+    Start order is the order the server started the jobs, not the order their first workflow tasks
     happened to run (task-queue dispatch, a backlog): the stop started first must run first, so the
     start started 0.5 s after it leaves the engine running. A job asks for its turn no earlier than
     RTJOBS_ORDER_SETTLE_S after its start, which bounds how late a first task may be; without that,

@@ -87,7 +87,7 @@ async def test_start_stop_and_their_replays_reach_the_stream(
     assert await stream_results(redis, stream) == [started, again, stopped, stopped_again]
 
 
-async def test_engine_exiting_at_once_reports_container_exited_with_its_log_tail_and_leaves_nothing(
+async def test_exiting_engine_reports_container_exited(
     client: Client,
     worker: Settings,
     docker: aiodocker.Docker,
@@ -96,6 +96,7 @@ async def test_engine_exiting_at_once_reports_container_exited_with_its_log_tail
     games: Callable[[], str],
     images: EngineImages,
 ) -> None:
+    """Engine exiting at once reports `container_exited` with its log tail and leaves nothing."""
     gid = games()
     result = await result_of(await start_job(client, gid, image=images.exits, task_queue=worker.task_queue))
     assert (result.outcome, result.error_code, result.container_id, result.engine_endpoint) == (
@@ -110,7 +111,7 @@ async def test_engine_exiting_at_once_reports_container_exited_with_its_log_tail
     assert await stream_results(redis, stream) == [result]
 
 
-async def test_cancel_mid_start_publishes_cancelled_and_leaves_no_container(
+async def test_cancel_mid_start_publishes_cancelled(
     client: Client,
     make_settings: MakeSettings,
     docker: aiodocker.Docker,
@@ -119,6 +120,7 @@ async def test_cancel_mid_start_publishes_cancelled_and_leaves_no_container(
     games: Callable[[], str],
     images: EngineImages,
 ) -> None:
+    """Cancel mid start publishes cancelled and leaves no container."""
     gid = games()
     # Never healthy: the start can end only by its readiness limit (engine_unhealthy) or by the
     # cancellation. The limit is far beyond what a cancellation takes to land (0.9 s from the request to
@@ -150,7 +152,7 @@ async def test_cancel_mid_start_publishes_cancelled_and_leaves_no_container(
 # --- the image policy and the engines' lock-down ----------------------------------------------------
 
 
-async def test_an_image_outside_the_policy_is_invalid_request_never_pulled_and_an_allowed_one_runs_locked_down(
+async def test_image_policy_and_lock_down(
     client: Client,
     worker: Settings,
     docker: aiodocker.Docker,
@@ -159,7 +161,9 @@ async def test_an_image_outside_the_policy_is_invalid_request_never_pulled_and_a
     games: Callable[[], str],
     images: EngineImages,
 ) -> None:
-    """The default policy (RTJOBS_IMAGE_ALLOW unset) admits the engine image's repository only: the same
+    """An image outside the policy is `invalid_request` never pulled and an allowed one runs locked down.
+
+    The default policy (RTJOBS_IMAGE_ALLOW unset) admits the engine image's repository only: the same
     repository name on another registry is refused before Docker sees it; the allowed one runs read-only
     as 65534 with its scratch tmpfs (the test image's HEALTHCHECK passes under those defaults)."""
     refused_gid, allowed_gid = games(), games()

@@ -160,7 +160,7 @@ def assert_no_secret(output: str) -> None:
 
 
 @pytest.mark.docker
-async def test_job_publishes_over_verified_tls_as_the_least_privilege_acl_user(
+async def test_job_publishes_over_tls_as_acl_user(
     processes: list[Process],
     worker_env: dict[str, str],
     temporal_env: WorkflowEnvironment,
@@ -168,6 +168,7 @@ async def test_job_publishes_over_verified_tls_as_the_least_privilege_acl_user(
     tls_redis: TlsRedis,
     task_queue: str,
 ) -> None:
+    """Job publishes over verified TLS as the least privilege ACL user."""
     env = {
         **worker_env,
         "REDIS_URL": tls_redis.url(),
@@ -259,9 +260,10 @@ async def test_the_acl_user_can_do_nothing_else(tls_redis: TlsRedis) -> None:
         ("untrusted-certificate", re.compile(r"certificate verify failed", re.I)),
     ],
 )
-async def test_bad_redis_credentials_or_certificate_fail_start_up_in_one_line_without_the_secret(
+async def test_bad_redis_credentials_fail_start_up(
     processes: list[Process], worker_env: dict[str, str], tls_redis: TlsRedis, case: str, says: re.Pattern[str]
 ) -> None:
+    """Bad Redis credentials or certificate fail start up in one line without the secret."""
     url = {
         "wrong-password": tls_redis.url(password=PASSWORD + "-wrong"),
         "disabled-default-user": tls_redis.url(user="default"),

@@ -41,7 +41,7 @@ pytestmark = pytest.mark.docker
 # --- other starters ---------------------------------------------------------------------------------
 
 
-async def test_job_started_by_the_temporal_cli_with_raw_json_gives_the_same_entries(
+async def test_job_started_by_the_temporal_cli(
     client: Client,
     temporal_env: WorkflowEnvironment,
     worker: Settings,
@@ -50,7 +50,9 @@ async def test_job_started_by_the_temporal_cli_with_raw_json_gives_the_same_entr
     stream: str,
     games: Callable[[], str],
 ) -> None:
-    """What a Go (or any other) starter sends: a plain JSON object, no Python types involved."""
+    """Job started by the temporal cli with raw json gives the same entries.
+
+    What a Go (or any other) starter sends: a plain JSON object, no Python types involved."""
     gid = games()
     start_id, stop_id = f"cli-start-{gid}", f"cli-stop-{gid}"
     common = [*server_args(temporal_env), "--task-queue", worker.task_queue]
@@ -123,7 +125,7 @@ async def test_search_attribute_query_finds_the_jobs_of_a_game(
     ],
     ids=["string", "list", "null", "missing-game-id", "blank-game-id"],
 )
-async def test_input_without_a_usable_game_id_fails_the_run_at_once_and_the_worker_serves_on(
+async def test_input_without_game_id_fails_at_once(
     client: Client,
     worker: Settings,
     redis: aioredis.Redis,
@@ -132,6 +134,7 @@ async def test_input_without_a_usable_game_id_fails_the_run_at_once_and_the_work
     payload: Any,
     message: str,
 ) -> None:
+    """Input without a usable `game_id` fails the run at once and the worker serves on."""
     handle = await client.start_workflow(
         "StartRuntimeJob", payload, id=f"e2e-bad-{uuid.uuid4().hex}", task_queue=worker.task_queue
     )
@@ -160,7 +163,7 @@ async def test_input_without_a_usable_game_id_fails_the_run_at_once_and_the_work
     ],
     ids=["game-id", "image", "timeout-range", "timeout-type", "unknown-field"],
 )
-async def test_rule_breaking_input_publishes_invalid_request_naming_the_field_and_the_worker_serves_on(
+async def test_rule_breaking_input_is_invalid_request(
     client: Client,
     worker: Settings,
     docker: aiodocker.Docker,
@@ -171,6 +174,7 @@ async def test_rule_breaking_input_publishes_invalid_request_naming_the_field_an
     fields: dict[str, Any],
     named: str,
 ) -> None:
+    """Rule breaking input publishes `invalid_request` naming the field and the worker serves on."""
     gid = games()
     request = {"game_id": gid, **fields}
     handle = await client.start_workflow(

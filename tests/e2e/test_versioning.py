@@ -144,13 +144,14 @@ async def drainage(client: Client, deployment: str, build_id: str) -> str:
     return str(info.get("drainageInfo", {}).get("drainageStatus", ""))
 
 
-async def test_a_job_finishes_on_the_build_that_started_it_new_jobs_run_on_the_current_one_and_v1_drains(
+async def test_job_finishes_on_its_build_v1_drains(
     server: Client,
     docker: aiodocker.Docker,
     registry: HeldRegistry,
     make_settings: MakeSettings,
     task_queue: str,
 ) -> None:
+    """A job finishes on the build that started it new jobs run on the current one and v1 drains."""
     client = server
     deployment = f"rtjobs-{uuid.uuid4().hex[:8]}"
     games = [f"ver-{uuid.uuid4().hex[:10]}" for _ in range(3)]
@@ -195,7 +196,8 @@ async def test_a_job_finishes_on_the_build_that_started_it_new_jobs_run_on_the_c
             await remove_game_containers(docker, game_id)
 
 
-def test_a_deployment_name_without_a_build_id_is_a_configuration_error() -> None:
+def test_deployment_name_needs_a_build_id() -> None:
+    """A deployment name without a build id is a configuration error."""
     with pytest.raises(ValueError, match="go together"):
         Settings(TEMPORAL_DEPLOYMENT_NAME="rtjobs")
     assert Settings(TEMPORAL_DEPLOYMENT_NAME="rtjobs", TEMPORAL_WORKER_BUILD_ID="v7").worker_build_id == "v7"

@@ -79,7 +79,8 @@ async def fits_the_hosts(fleet: Fleet, runs: list[Run], timeout_s: float) -> dic
     return where
 
 
-async def test_two_workers_on_one_engine_share_its_queue_and_one_may_die_mid_load(fleet: Fleet) -> None:
+async def test_two_workers_share_one_engines_queue(fleet: Fleet) -> None:
+    """Two workers on one engine share its queue and one may die mid load."""
     fleet.settings["RTJOBS_HOST_MAX_ENGINES"] = "20"
     await fleet.start_workers()
     await fleet.start_worker("h1")

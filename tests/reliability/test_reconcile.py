@@ -243,7 +243,8 @@ async def test_orphans_of_every_kind_on_both_hosts_and_a_start_in_flight(fleet: 
     await fleet_redis_delete(fleet, events_stream)
 
 
-async def test_the_schedule_exists_and_fires_within_the_grace_period_nothing_is_removed(fleet: Fleet) -> None:
+async def test_schedule_fires_within_the_grace_period(fleet: Fleet) -> None:
+    """The schedule exists and fires within the grace period nothing is removed."""
     fleet.settings.update(RTJOBS_RECONCILE_EVERY="2s", RTJOBS_RECONCILE_GRACE_S="3600")
     await fleet.start_workers()
     unrecorded, exited = game_ids(2, "sched")
@@ -290,7 +291,8 @@ async def test_the_schedule_exists_and_fires_within_the_grace_period_nothing_is_
     assert (await containers_on(fleet.hosts[H2]))[container_name(exited)] == (exited_id, "exited")
 
 
-async def test_a_host_whose_docker_engine_stopped_is_reported_and_nothing_is_changed_there(fleet: Fleet) -> None:
+async def test_host_with_stopped_engine_is_only_reported(fleet: Fleet) -> None:
+    """A host whose Docker engine stopped is reported and nothing is changed there."""
     fleet.settings["RTJOBS_RECONCILE_GRACE_S"] = "0"
     await fleet.start_workers()
     [exited] = game_ids(1, "down")

@@ -182,8 +182,10 @@ def test_a_refused_job_publishes_without_taking_a_turn() -> None:
     assert not [e for e in events if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED]
 
 
-def test_a_silent_hosts_step_is_given_up_and_its_clean_up_waits_for_the_host() -> None:
-    """The step on the silent host was cancelled (never started), the failure published, and the clean-up
+def test_silent_hosts_step_is_given_up() -> None:
+    """A silent host's step is given up and its clean up waits for the host.
+
+    The step on the silent host was cancelled (never started), the failure published, and the clean-up
     scheduled there too, ended by the host being forgotten; the liveness asked between (local activities)."""
     events = load("start_silent_host").events
     assert _scheduled("start_silent_host") == ["ensure_engine_running", "publish_job_result", "remove_failed_start"]

@@ -77,7 +77,8 @@ async def test_a_fresh_caller_lists_anew_and_the_stale_callers_join_it() -> None
     assert fleet.listings == 4
 
 
-async def test_a_cancelled_caller_leaves_the_listing_to_the_others_and_a_failure_reaches_each() -> None:
+async def test_cancelled_caller_leaves_the_listing() -> None:
+    """A cancelled caller leaves the listing to the others and a failure reaches each."""
     fleet = CountedFleet()
     first = asyncio.create_task(fleet.hosts())
     second = asyncio.create_task(fleet.hosts())

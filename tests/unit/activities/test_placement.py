@@ -92,9 +92,8 @@ async def test_a_burst_fills_hosts_to_capacity_never_past_it(client: Client, tas
         assert all(a.why == "no host has free capacity (h-big 30/30, h-small 20/20)" for a in refused), refused
 
 
-async def test_a_lost_record_is_found_on_its_host_and_a_new_game_is_only_placed(
-    client: Client, task_queue: str
-) -> None:
+async def test_lost_record_is_found_on_its_host(client: Client, task_queue: str) -> None:
+    """A lost record is found on its host and a new game is only placed."""
     async with Worker(client, task_queue=coordination_queue(task_queue), workflows=[RuntimeHost]):
         hosts = [host(task_queue, f"h-{i}") for i in range(6)]
         for i, ref in enumerate(hosts):

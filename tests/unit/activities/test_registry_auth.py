@@ -138,7 +138,8 @@ def test_auths_entries(tmp_path: Path) -> None:
     assert PASSWORD not in repr(by_auth) and PASSWORD not in repr(token)
 
 
-def test_a_missing_file_is_no_credentials_and_a_bad_one_a_clear_error_without_the_secret(tmp_path: Path) -> None:
+def test_missing_or_bad_auth_file(tmp_path: Path) -> None:
+    """A missing file is no credentials and a bad one a clear error without the secret."""
     assert read_config(tmp_path / "absent.json") is None
     broken = tmp_path / "broken.json"
     broken.write_text('{"auths": {"r.example.com": {"auth": "' + PASSWORD + '"')
@@ -361,13 +362,14 @@ async def expect_running(acts: EngineActivities, game_id: str, docker: aiodocker
 
 
 @pytest.mark.docker
-async def test_a_pull_without_or_with_wrong_credentials_is_refused_saying_so(
+async def test_pull_without_credentials_is_refused(
     engine_activities: EngineActivities,
     private_image: PrivateImage,
     game_id: str,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """A pull without or with wrong credentials is refused saying so."""
     message = await refused(engine_activities, game_id, caplog)  # no config.json at all
     assert f"authentication failed for registry {private_image.host}" in message, message
     assert f"no credentials in {tmp_path / 'config.json'}" in message
@@ -385,7 +387,7 @@ async def test_a_pull_without_or_with_wrong_credentials_is_refused_saying_so(
 
 
 @pytest.mark.docker
-async def test_a_pull_with_the_right_credentials_starts_the_engine_and_reports_its_progress(
+async def test_pull_with_credentials_reports_progress(
     engine_activities: EngineActivities,
     private_image: PrivateImage,
     game_id: str,
@@ -393,6 +395,7 @@ async def test_a_pull_with_the_right_credentials_starts_the_engine_and_reports_i
     docker: aiodocker.Docker,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """A pull with the right credentials starts the engine and reports its progress."""
     write_login(tmp_path, f"https://{private_image.host}/v2/")
     private_image.registry.trickle_s = 3 * PROGRESS_EVERY_S  # each blob takes that long: progress between
     heartbeats: list[tuple[Any, ...]] = []

@@ -34,9 +34,10 @@ class FirstUpdateHangs(PlacementActivities):
         return [ReserveAnswer(reserved=True) for _ in requests]
 
 
-async def test_a_reservation_left_unanswered_fails_its_callers_and_the_next_is_sent(
+async def test_unanswered_reservation_fails_its_callers(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """A reservation left unanswered fails its callers and the next is sent."""
     monkeypatch.setattr(placement, "RESERVE_WAIT_S", 0.05)
     placer = FirstUpdateHangs()
     first = asyncio.create_task(placer._reserve(QUEUE, HOST, ReserveRequest(game_id="g1", job="j1")))

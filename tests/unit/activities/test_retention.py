@@ -88,9 +88,10 @@ async def test_a_lagging_group_keeps_every_entry_it_has_not_acknowledged(
     assert done.min_id == f"{NOW_MS - HOUR_MS}-0"  # the age bound
 
 
-async def test_fully_acknowledged_old_entries_are_trimmed_and_newer_ones_stay(
+async def test_acknowledged_old_entries_are_trimmed(
     redis: aioredis.Redis, stream: str, old_and_new: tuple[list[str], list[str]]
 ) -> None:
+    """Fully acknowledged old entries are trimmed and newer ones stay."""
     old, new = old_and_new
     await redis.xgroup_create(stream, "lobby", id="0")
     await redis.xack(stream, "lobby", *await deliver(redis, stream, "lobby", 100))
@@ -100,9 +101,10 @@ async def test_fully_acknowledged_old_entries_are_trimmed_and_newer_ones_stay(
     assert (await retention_of(redis, stream).trim_once()).trimmed == 0  # idempotent
 
 
-async def test_pending_entries_newer_than_the_retention_bound_nothing_but_age(
+async def test_pending_newer_entries_bound_nothing(
     redis: aioredis.Redis, stream: str, old_and_new: tuple[list[str], list[str]]
 ) -> None:
+    """Pending entries newer than the retention bound nothing but age."""
     _old, new = old_and_new
     await redis.xgroup_create(stream, "lobby", id="0")
     await redis.xack(stream, "lobby", *await deliver(redis, stream, "lobby", 4))
@@ -249,9 +251,10 @@ async def test_a_worker_process_with_retention_trims_at_start_and_says_so(
     assert await ids_in(redis, stream) == []
 
 
-async def test_without_the_grants_a_pass_logs_what_is_missing_and_the_loop_goes_on(
+async def test_missing_grants_are_logged_loop_goes_on(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """Without the grants a pass logs what is missing and the loop goes on."""
     stream = "runtime:job_results"
     with acl_redis() as server:
         main = [w.replace(">CHANGE-ME", ">pw") for w in documented_line("ACL SETUSER rtjobs ")]

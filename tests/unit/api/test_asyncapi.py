@@ -61,9 +61,8 @@ def test_model_and_asyncapi_payload_agree_field_by_field() -> None:
     assert payload["properties"]["error_code"]["enum"] == ["", *[code.value for code in ErrorCode]]
 
 
-async def test_entries_the_activity_wrote_validate_against_the_payload_schema(
-    redis_url: str, redis: aioredis.Redis, stream: str
-) -> None:
+async def test_written_entries_match_the_schema(redis_url: str, redis: aioredis.Redis, stream: str) -> None:
+    """Entries the activity wrote validate against the payload schema."""
     client = redis_client(redis_url)
     results = [
         JobResult.fresh_success("g-1", "abc"),
@@ -88,7 +87,8 @@ async def test_entries_the_activity_wrote_validate_against_the_payload_schema(
     assert not validator.is_valid({**entries[0][1], "extra": ""})
 
 
-def test_engine_event_model_and_asyncapi_payload_agree_field_by_field() -> None:
+def test_engine_event_model_matches_asyncapi() -> None:
+    """Engine event model and AsyncAPI payload agree field by field."""
     spec = load_spec()
     assert spec["channels"]["engineEvents"]["address"] == Settings().engine_events_stream == "runtime:engine_events"
     payload = spec["components"]["schemas"]["EngineEvent"]
@@ -100,10 +100,10 @@ def test_engine_event_model_and_asyncapi_payload_agree_field_by_field() -> None:
     assert payload["properties"]["event"]["enum"] == model["properties"]["event"]["enum"]
 
 
-async def test_engine_events_the_activity_wrote_validate_against_the_payload_schema(
-    redis_url: str, redis: aioredis.Redis, stream: str
-) -> None:
-    """Through the worker's publisher (its once-only key per reconcile run and game): a second publish of
+async def test_written_engine_events_match_the_schema(redis_url: str, redis: aioredis.Redis, stream: str) -> None:
+    """Engine events the activity wrote validate against the payload schema.
+
+    Through the worker's publisher (its once-only key per reconcile run and game): a second publish of
     the same game in the same run appends nothing."""
     client = redis_client(redis_url)
     events = [

@@ -281,9 +281,8 @@ def _canary() -> Case:
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 @given(batch=st.lists(cases(), min_size=BATCH, max_size=BATCH))
-async def test_generated_inputs_end_quickly_in_a_clear_failure_or_one_invalid_request(
-    rig: Rig, batch: list[Case]
-) -> None:
+async def test_generated_inputs_end_clearly(rig: Rig, batch: list[Case]) -> None:
+    """Generated inputs end quickly in a clear failure or one `invalid_request`."""
     await check_batch(rig, [*batch, _canary()])
 
 
@@ -339,8 +338,10 @@ async def test_category(rig: Rig, workflow: str, payload: dict[str, Any], bad_fi
     ["g-1", ["g-1"], None, 7, True],
     ids=["string", "array", "null", "number", "bool"],
 )
-async def test_non_object_input_fails_saying_an_object_with_game_id_is_needed(rig: Rig, payload: Any) -> None:
-    """Operators read this message in the UI: it must say what the input should have been."""
+async def test_non_object_input_fails_saying_so(rig: Rig, payload: Any) -> None:
+    """Non object input fails saying an object with `game_id` is needed.
+
+    Operators read this message in the UI: it must say what the input should have been."""
     await check_batch(rig, [make_case(START, payload)])
 
 

@@ -102,7 +102,8 @@ def test_inputs_reject_unknown_fields_and_wrong_types() -> None:
         StopRuntimeJobInput.model_validate({"game_id": "g", "stop_timeout_s": "30"})
 
 
-def test_job_request_needs_only_a_non_blank_game_id_and_keeps_the_rest() -> None:
+def test_job_request_needs_only_a_game_id() -> None:
+    """Job request needs only a non blank `game_id` and keeps the rest."""
     assert JobRequest.model_validate({"game_id": "G!", "x": 1}).fields() == {"game_id": "G!", "x": 1}
     for bad in ({}, {"game_id": ""}, {"game_id": " "}, {"game_id": 5}, None, "g-1", ["g-1"]):
         with pytest.raises(UnusableJobInput, match="non-empty string game_id"):

@@ -123,8 +123,10 @@ def host_of(scenario: str) -> tuple[list[ContainerSeen], list[RecordSeen]]:
     return containers, records
 
 
-def test_listing_every_container_and_record_would_not_stay_under_the_bound() -> None:
-    """Why the survey: a listing of every container and every record, at 5,000 running engines, is each
+def test_listing_everything_exceeds_the_bound() -> None:
+    """Listing every container and record would not stay under the bound.
+
+    Why the survey: a listing of every container and every record, at 5,000 running engines, is each
     over 256 KiB."""
     containers, records = host_of("all in line")
     assert payload_size(containers) > BOUND
@@ -165,7 +167,8 @@ def test_games_beyond_the_listing_are_reached_from_another_start() -> None:
     assert listed == sorted(listed) and listed[0] == ids[0] and ids[-1] in listed
 
 
-def test_a_game_too_big_for_the_budget_is_counted_and_the_next_ones_still_listed() -> None:
+def test_game_over_budget_is_counted_and_skipped() -> None:
+    """A game too big for the budget is counted and the next ones still listed."""
     crowded = [seen(0, "exited").model_copy(update={"container_id": container_id(k)}) for k in range(100)]
     containers = [*crowded, seen(1, "exited"), seen(2, "exited")]
     result = survey(containers, [], budget=4096)

@@ -149,7 +149,8 @@ def normalised(method: str, target: str) -> str:
 # --- 0. the shipped config is the allowlist, and valid ------------------------------------------
 
 
-def test_the_shipped_haproxy_cfg_carries_exactly_the_allowlist_and_is_valid() -> None:
+def test_shipped_haproxy_cfg_is_the_allowlist() -> None:
+    """The shipped haproxy.cfg carries exactly the allowlist and is valid."""
     assert cfg_block(CFG_FILE.read_text()) == rendered_block(load_allowed()), (
         "haproxy.cfg differs from allowed-endpoints.txt: run `python -m tests.support.socket_proxy --write`"
     )

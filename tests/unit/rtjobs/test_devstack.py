@@ -36,9 +36,8 @@ def nothing_configured(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.usefixtures("nothing_configured")
-async def test_a_killed_runs_redis_server_and_dockerd_are_adopted_and_stopped_with_the_next_run(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+async def test_killed_runs_stack_is_adopted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A killed run's Redis-server and dockerd are adopted and stopped with the next run."""
     if await engine_answers(DEFAULT_DOCKER_SOCKET):
         pytest.fail(f"a Docker engine answers at {DEFAULT_DOCKER_SOCKET}: the dev stack would use it, not its own")
     # What a killed run leaves: the dev stack's own redis-server and dockerd, with their pid files.

@@ -115,10 +115,10 @@ async def test_worker_starts_on_a_redis_that_cannot_evict(
     assert "maxmemory" not in out, out
 
 
-async def test_an_unreadable_policy_refuses_start_unless_the_operator_vouches_for_it(
-    processes: list[Process], worker_env: dict[str, str]
-) -> None:
-    """A user refused INFO and CONFIG: the worker cannot know, so it refuses, naming both ways out; with
+async def test_unreadable_policy_refuses_start(processes: list[Process], worker_env: dict[str, str]) -> None:
+    """An unreadable policy refuses start unless the operator vouches for it.
+
+    A user refused INFO and CONFIG: the worker cannot know, so it refuses, naming both ways out; with
     RTJOBS_REDIS_ASSUME_NOEVICTION=true it starts with one warning."""
     with private_redis(*only_user("-@all +ping")) as server:
         env = {**worker_env, "REDIS_URL": url_of(server)}
@@ -153,7 +153,8 @@ async def test_info_memory_alone_is_enough_and_config_get_is_the_fallback() -> N
                 await client.aclose()
 
 
-async def test_a_renamed_config_and_a_refused_info_leave_the_policy_unreadable() -> None:
+async def test_renamed_config_leaves_policy_unreadable() -> None:
+    """A renamed config and a refused info leave the policy unreadable."""
     with private_redis("--rename-command", "CONFIG", "", *only_user("+@all -info")) as server:
         client = redis_client(url_of(server))
         try:
@@ -164,8 +165,10 @@ async def test_a_renamed_config_and_a_refused_info_leave_the_policy_unreadable()
             await client.aclose()
 
 
-async def test_cluster_check_reads_every_primary_and_names_the_one_that_may_evict() -> None:
-    """The stream's slot can move to any primary (failover, resharding): an unsafe primary that does not
+async def test_cluster_check_reads_every_primary() -> None:
+    """Cluster check reads every primary and names the one that may evict.
+
+    The stream's slot can move to any primary (failover, resharding): an unsafe primary that does not
     serve the stream now refuses the start too, named in the line."""
     stream = "runtime:job_results"
     cluster = await asyncio.to_thread(LocalCluster().start)

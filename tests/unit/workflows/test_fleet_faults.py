@@ -86,10 +86,12 @@ async def _calls(engine: StandInEngine, n: int) -> bool:
     return len(engine.calls) >= n
 
 
-async def test_a_silent_hosts_start_is_given_up_and_cleaned_up_before_the_games_next_job(
+async def test_silent_hosts_start_is_given_up(
     client: Client, task_queue: str, redis_url: str, redis: aioredis.Redis, stream: str
 ) -> None:
-    """A start placed on a host that reported once and fell silent: after RTJOBS_HOST_WAIT_S its step
+    """A silent host's start is given up and cleaned up before the game's next job.
+
+    A start placed on a host that reported once and fell silent: after RTJOBS_HOST_WAIT_S its step
     is given up (`docker_unavailable` naming the host) and published; the job keeps the game's turn
     while its clean-up waits for that host, so the game's next job waits too; once the host is
     forgotten the clean-up ends, the turn passes and the next start runs on a live host."""
@@ -225,9 +227,10 @@ class _DeafStart:
         return EngineOutcome(container_id=f"cid-{request.game_id}", replay=False)
 
 
-async def test_a_cancelled_job_reports_cancelled_when_its_step_then_times_out(
+async def test_cancelled_job_whose_step_times_out(
     client: Client, task_queue: str, redis_url: str, redis: aioredis.Redis, stream: str
 ) -> None:
+    """A cancelled job reports cancelled when its step then times out."""
     deaf, engine, gid = _DeafStart(), StandInEngine(), game()
     async with job_worker(
         client, task_queue, redis_url, stream, engine, replace={ENSURE_RUNNING_ACTIVITY: deaf.ensure_engine_running}
@@ -240,10 +243,10 @@ async def test_a_cancelled_job_reports_cancelled_when_its_step_then_times_out(
     assert engine.removed == [gid]  # and what the step may have made is removed
 
 
-async def test_the_games_workflow_continues_as_new_before_it_runs_out_of_updates(
-    redis_url: str, redis: aioredis.Redis, stream: str
-) -> None:
-    """With `history.maxTotalUpdates` at 3 the server suggests continuing as new as a run's updates near
+async def test_lock_continues_as_new_in_time(redis_url: str, redis: aioredis.Redis, stream: str) -> None:
+    """The game's workflow continues as new before it runs out of updates.
+
+    With `history.maxTotalUpdates` at 3 the server suggests continuing as new as a run's updates near
     the limit; the game's workflow does so between turns, so six jobs in a row are all served (each
     take_turn is an update)."""
     env = await start_dev_server(["history.maxTotalUpdates=3"])

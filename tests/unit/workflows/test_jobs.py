@@ -88,7 +88,7 @@ async def test_replay_outcomes_become_replay_no_op(
         ("StopRuntimeJob", {"game_id": "g-1", "stop_timeout_s": 99999}, "stop_timeout_s"),
     ],
 )
-async def test_rule_breaking_input_publishes_invalid_request_naming_the_field(
+async def test_rule_breaking_input_names_the_field(
     client: Client,
     task_queue: str,
     redis_url: str,
@@ -98,6 +98,7 @@ async def test_rule_breaking_input_publishes_invalid_request_naming_the_field(
     request_fields: dict[str, Any],
     named: str,
 ) -> None:
+    """Rule breaking input publishes `invalid_request` naming the field."""
     engine = StandInEngine()
     async with job_worker(client, task_queue, redis_url, stream, engine):
         result = await (await start(client, task_queue, workflow, request_fields)).result(rpc_timeout=None)
@@ -110,9 +111,10 @@ async def test_rule_breaking_input_publishes_invalid_request_naming_the_field(
 
 
 @pytest.mark.parametrize("payload", [{"game_id": ""}, {"game_id": "   "}, {}, {"game_id": 7}, "g-1", ["g-1"], None])
-async def test_input_without_a_usable_game_id_fails_the_workflow_and_publishes_nothing(
+async def test_input_without_game_id_fails_the_run(
     client: Client, task_queue: str, redis_url: str, redis: aioredis.Redis, stream: str, payload: Any
 ) -> None:
+    """Input without a usable `game_id` fails the workflow and publishes nothing."""
     async with job_worker(client, task_queue, redis_url, stream, StandInEngine()):
         handle = await start(client, task_queue, "StartRuntimeJob", payload)
         with pytest.raises(WorkflowFailureError) as failure:
@@ -158,9 +160,11 @@ async def test_docker_failures_map_to_their_error_code(
     assert [f for _i, f in await read_entries(redis, stream)] == [result.stream_fields()]
 
 
-async def test_unanswering_docker_becomes_docker_unavailable_after_the_budget(
+async def test_unanswering_docker_is_docker_unavailable(
     client: Client, task_queue: str, redis_url: str, redis: aioredis.Redis, stream: str
 ) -> None:
+    """Unanswering Docker becomes `docker_unavailable` after the budget."""
+
     def unreachable(_game_id: str) -> EngineOutcome:
         raise ApplicationError("cannot connect to unix:///nowhere.sock", type=DOCKER_UNAVAILABLE_TYPE)
 
@@ -177,9 +181,10 @@ async def test_unanswering_docker_becomes_docker_unavailable_after_the_budget(
     assert len(await read_entries(redis, stream)) == 2
 
 
-async def test_cancel_mid_start_awaits_the_docker_cancellation_then_publishes_cancelled(
+async def test_cancel_mid_start_awaits_docker(
     client: Client, task_queue: str, redis_url: str, redis: aioredis.Redis, stream: str
 ) -> None:
+    """Cancel mid start awaits the Docker cancellation then publishes cancelled."""
     # The stand-in's Docker step lasts far longer than a cancellation takes to reach it (the next
     # heartbeat the SDK sends: at most 16 s here, 0.8 x the 20 s heartbeat timeout), so that a slow
     # machine cannot let it finish first; the waits below only stop a hang, they time nothing.
@@ -248,10 +253,12 @@ def _events(history: Any, kind: EventType.ValueType) -> list[Any]:
     return [e for e in history.events if e.event_type == kind]
 
 
-async def test_the_publish_hands_the_turn_on_once_the_result_is_on_the_stream(
+async def test_publish_hands_the_turn_on(
     client: Client, task_queue: str, redis_url: str, redis: aioredis.Redis, stream: str
 ) -> None:
-    """JOB_PATCH_V4: a job with nothing to do after its publish leaves the registry's word and the release
+    """The publish hands the turn on once the result is on the stream.
+
+    JOB_PATCH_V4: a job with nothing to do after its publish leaves the registry's word and the release
     to the publish activity, which sends them after the append; a failed start that must clean up first
     still releases the turn itself, after the clean-up."""
     gid, engine = game(), StandInEngine()

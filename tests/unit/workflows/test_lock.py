@@ -117,10 +117,12 @@ async def test_a_busy_lock_continues_as_new_with_its_waiters(
     assert any(carried), f"no run continued-as-new while jobs waited: waiters per run {carried}"
 
 
-async def test_state_carried_over_dedups_a_request_in_the_new_runs_first_task(
+async def test_carried_state_dedups_a_request(
     client: Client, task_queue: str, redis_url: str, stream: str, monkeypatch: Any
 ) -> None:
-    """A request of a run the previous lock run already served, arriving with the new run's start, is
+    """State carried over dedups a request in the new run's first task.
+
+    A request of a run the previous lock run already served, arriving with the new run's start, is
     not served twice (before, the signal was handled before run() restored the served runs)."""
     monkeypatch.setattr(contract.lock, "IDLE_EXIT", timedelta(seconds=1))
     gid = game()
@@ -164,9 +166,10 @@ async def test_a_holder_check_that_always_fails_does_not_block_the_game(
     assert span_of(engine, first.id)[1] <= span_of(engine, second.id)[0], "the second job ran during the first"
 
 
-async def test_a_holder_reset_by_an_operator_keeps_the_turn_until_its_new_run_releases(
+async def test_reset_holder_keeps_the_turn(
     client: Client, task_queue: str, redis_url: str, redis: aioredis.Redis, stream: str, monkeypatch: Any
 ) -> None:
+    """A holder reset by an operator keeps the turn until its new run releases."""
     monkeypatch.setattr(contract.lock, "HOLDER_CHECK_EVERY", timedelta(seconds=1))
     gid, engine = game(), StandInEngine(delay_s=4)
     async with job_worker(client, task_queue, redis_url, stream, engine):
@@ -260,9 +263,8 @@ class ShieldedStep:
         self.cancels += 1
 
 
-async def test_a_cancellation_during_a_shielded_step_is_noted_and_the_step_finishes(
-    client: Client, task_queue: str
-) -> None:
+async def test_cancel_during_shielded_step(client: Client, task_queue: str) -> None:
+    """A cancellation during a shielded step is noted and the step finishes."""
     async with Worker(
         client, task_queue=task_queue, workflows=[ShieldedStep], workflow_runner=UnsandboxedWorkflowRunner()
     ):

@@ -43,9 +43,10 @@ async def run(client: Client, task_queue: str, kind: str, game_id: str) -> JobRe
     return await asyncio.wait_for(handle.result(), HANG_S)
 
 
-async def test_a_stop_after_its_games_workflow_was_terminated_finds_the_engine_on_its_host(
+async def test_stop_after_lock_terminated_finds_engine(
     client: Client, task_queue: str, redis_url: str, redis: aioredis.Redis, stream: str
 ) -> None:
+    """A stop after its game's workflow was terminated finds the engine on its host."""
     engine = engine_that_remembers()
     gid = f"g-{uuid.uuid4().hex[:10]}"
     async with job_worker(client, task_queue, redis_url, stream, engine):
@@ -61,9 +62,10 @@ async def test_a_stop_after_its_games_workflow_was_terminated_finds_the_engine_o
     assert (record.placement_known, record.placement, record.placement_lost) == (True, None, False)
 
 
-async def test_a_job_that_could_not_tell_what_it_did_leaves_the_record_lost_and_the_next_stop_finds_it(
+async def test_unsure_job_leaves_record_lost(
     client: Client, task_queue: str, redis_url: str, redis: aioredis.Redis, stream: str
 ) -> None:
+    """A job that could not tell what it did leaves the record lost and the next stop finds it."""
     engine = engine_that_remembers()
 
     def failing_stop(game_id: str) -> EngineOutcome:

@@ -47,7 +47,8 @@ def test_a_running_engine_as_its_record_says_is_left_alone() -> None:
     assert (result.findings, result.after) == ([], None)
 
 
-def test_a_running_engine_without_record_is_adopted_or_with_remove_unknown_removed() -> None:
+def test_engine_without_record_adopted_or_removed() -> None:
+    """A running engine without record is adopted or with remove unknown removed."""
     adopted = plan("g", [container("running")], NO_RECORD, HERE, NOW, REQUEST)
     assert [(f.kind, f.actions) for f in adopted.findings] == [(FindingKind.RUNNING_UNRECORDED, [Action.ADOPTED])]
     assert adopted.after == PlacementNote(known=True, placement=Placement(host=HERE, container_id="c1"))
@@ -57,13 +58,15 @@ def test_a_running_engine_without_record_is_adopted_or_with_remove_unknown_remov
     assert decided([container("running")], NO_RECORD, removing) == [("running_unrecorded", [Action.REMOVED_UNKNOWN])]
 
 
-def test_a_running_engine_whose_record_names_another_host_is_only_reported() -> None:
+def test_engine_recorded_elsewhere_is_reported() -> None:
+    """A running engine whose record names another host is only reported."""
     result = plan("g", [container("running")], record(THERE), HERE, NOW, REQUEST)
     assert [(f.kind, f.actions) for f in result.findings] == [(FindingKind.CONFLICT, [])]
     assert result.after is None
 
 
-def test_stopped_containers_are_removed_after_the_grace_period_counted_from_when_they_stopped() -> None:
+def test_stopped_containers_removed_after_grace() -> None:
+    """Stopped containers are removed after the grace period counted from when they stopped."""
     for state in ("created", "exited", "dead"):
         assert decided([container(state)], NO_RECORD) == [("stopped_container", [Action.REMOVED])], state
     # Created an hour ago, exited a minute ago: still within 300 s of grace.
@@ -74,7 +77,8 @@ def test_stopped_containers_are_removed_after_the_grace_period_counted_from_when
     assert decided([container("exited", finished_s=0)], NO_RECORD, at_once) == [("stopped_container", [Action.REMOVED])]
 
 
-def test_a_recorded_engine_that_does_not_run_is_removed_and_its_record_cleared() -> None:
+def test_recorded_engine_not_running_is_cleared() -> None:
+    """A recorded engine that does not run is removed and its record cleared."""
     result = plan("g", [container("exited")], record(HERE), HERE, NOW, REQUEST)
     assert [(f.kind, f.actions) for f in result.findings] == [
         (FindingKind.ENGINE_NOT_RUNNING, [Action.REMOVED, Action.CLEARED])

@@ -83,7 +83,7 @@ async def extra_tags(docker: aiodocker.Docker) -> AsyncIterator[Callable[[str, s
             await docker.images.delete(target)
 
 
-async def test_image_policy_runs_allowed_tags_and_refuses_other_tags_repositories_and_registries(
+async def test_policy_allows_tags_refuses_others(
     make_activities: MakeActivities,
     docker: aiodocker.Docker,
     images: EngineImages,
@@ -91,6 +91,7 @@ async def test_image_policy_runs_allowed_tags_and_refuses_other_tags_repositorie
     extra_tags: Callable[[str, str], Any],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Image policy runs allowed tags and refuses other tags repositories and registries."""
     run = uuid.uuid4().hex[:8]
     other_repo = f"rtjobs-test/other-{run}"
     await extra_tags(images.healthy, f"{other_repo}:healthy")  # present locally: refused all the same
@@ -123,9 +124,10 @@ async def test_image_policy_runs_allowed_tags_and_refuses_other_tags_repositorie
     await expect_error(start(acts, game_id, ABSENT_IMAGE), ErrorCode.IMAGE_PULL_FAILED)
 
 
-async def test_default_image_policy_is_the_engine_images_repository_any_tag(
+async def test_default_policy_is_engine_repository(
     make_activities: MakeActivities, images: EngineImages, game_id: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Default image policy is the engine image's repository any tag."""
     acts = make_activities()  # RTJOBS_IMAGE_ALLOW unset; RTJOBS_ENGINE_IMAGE=rtjobs-test/engine:healthy
     assert [p.text for p in acts.settings.image_allow_patterns] == [f"docker.io/{TEST_REPO}"]
     assert (await start(acts, game_id, images.healthy_b)).replay is False
@@ -159,9 +161,10 @@ async def test_a_tag_that_moves_still_runs_the_policy_is_about_names(
     assert second_info["Image"] == (await docker.images.inspect(images.healthy_b))["Id"] != first_info["Image"]
 
 
-async def test_require_digest_refuses_tags_and_lets_a_digest_reference_through(
+async def test_require_digest_refuses_tags(
     make_activities: MakeActivities, docker: aiodocker.Docker, game_id: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Require digest refuses tags and lets a digest reference through."""
     digest = "sha256:" + "0" * 64
     pinned_default = f"{TEST_REPO}@{digest}"
     acts = make_activities(
@@ -257,7 +260,7 @@ async def push_to(docker: aiodocker.Docker, registry: TinyRegistry, source: str,
     return digest
 
 
-async def test_an_allowed_digest_runs_and_require_digest_refuses_a_tag_without_asking_the_registry(
+async def test_allowed_digest_runs_tag_refused_offline(
     make_activities: MakeActivities,
     docker: aiodocker.Docker,
     images: EngineImages,
@@ -265,7 +268,9 @@ async def test_an_allowed_digest_runs_and_require_digest_refuses_a_tag_without_a
     registry: TinyRegistry,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A real digest reference: the healthy test image pushed to a registry of the test's own (imported
+    """An allowed digest runs and require digest refuses a tag without asking the registry.
+
+    A real digest reference: the healthy test image pushed to a registry of the test's own (imported
     images have no registry digest). Pinned by digest it runs, pulled by that digest when absent; a tag of
     the same repository is refused under RTJOBS_IMAGE_REQUIRE_DIGEST before anyone asks the registry."""
     repo = f"rtjobs-test/pinned-{uuid.uuid4().hex[:8]}"

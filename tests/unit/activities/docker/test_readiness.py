@@ -45,9 +45,10 @@ from tests.unit.activities.docker.engines import (
 pytestmark = pytest.mark.docker
 
 
-async def test_engine_exiting_at_once_fails_container_exited_with_code_and_log_tail(
+async def test_exiting_engine_is_container_exited(
     make_activities: MakeActivities, docker: aiodocker.Docker, images: EngineImages, game_id: str
 ) -> None:
+    """Engine exiting at once fails `container_exited` with code and log tail."""
     err = await expect_error(start(make_activities(), game_id, images.exits), ErrorCode.CONTAINER_EXITED)
     assert "exited with code 3" in err.message
     assert "fatal: no map" in err.message and "loading map" in err.message
@@ -55,9 +56,10 @@ async def test_engine_exiting_at_once_fails_container_exited_with_code_and_log_t
     assert await inspect(docker, container_name(game_id)) is None
 
 
-async def test_engine_never_healthy_fails_engine_unhealthy_after_start_timeout_leaving_nothing(
+async def test_never_healthy_engine_times_out(
     make_activities: MakeActivities, docker: aiodocker.Docker, images: EngineImages, game_id: str
 ) -> None:
+    """Engine never healthy fails `engine_unhealthy` after start timeout leaving nothing."""
     acts = make_activities(start_timeout_s=3.0)
     t0 = time.monotonic()
     err = await expect_error(start(acts, game_id, images.never_healthy), ErrorCode.ENGINE_UNHEALTHY)
@@ -67,9 +69,10 @@ async def test_engine_never_healthy_fails_engine_unhealthy_after_start_timeout_l
     assert await inspect(docker, container_name(game_id)) is None
 
 
-async def test_engine_reported_unhealthy_fails_engine_unhealthy_at_once_leaving_nothing(
+async def test_unhealthy_engine_fails_at_once(
     make_activities: MakeActivities, docker: aiodocker.Docker, images: EngineImages, game_id: str
 ) -> None:
+    """Engine reported unhealthy fails `engine_unhealthy` at once leaving nothing."""
     acts = make_activities(start_timeout_s=600.0)
     t0 = time.monotonic()
     err = await expect_error(start(acts, game_id, images.unhealthy), ErrorCode.ENGINE_UNHEALTHY)
@@ -78,9 +81,10 @@ async def test_engine_reported_unhealthy_fails_engine_unhealthy_at_once_leaving_
     assert await inspect(docker, container_name(game_id)) is None
 
 
-async def test_slow_engine_that_becomes_healthy_within_the_timeout_succeeds(
+async def test_slow_engine_healthy_in_time_succeeds(
     make_activities: MakeActivities, docker: aiodocker.Docker, images: EngineImages, game_id: str
 ) -> None:
+    """Slow engine that becomes healthy within the timeout succeeds."""
     t0 = time.monotonic()
     outcome = await start(make_activities(start_timeout_s=20.0), game_id, images.slow_healthy)
     assert time.monotonic() - t0 >= 3.0  # it really waited for the health check
@@ -88,9 +92,10 @@ async def test_slow_engine_that_becomes_healthy_within_the_timeout_succeeds(
     assert info is not None and info["State"]["Health"]["Status"] == "healthy"
 
 
-async def test_engine_without_healthcheck_is_ready_once_it_ran_for_the_stability_window(
+async def test_no_healthcheck_ready_after_window(
     make_activities: MakeActivities, docker: aiodocker.Docker, images: EngineImages, game_id: str
 ) -> None:
+    """Engine without healthcheck is ready once it ran for the stability window."""
     acts = make_activities(engine_min_running_s=2.0)
     t0 = time.monotonic()
     outcome = await start(acts, game_id, images.ignores_term)
@@ -103,10 +108,12 @@ async def test_engine_without_healthcheck_is_ready_once_it_ran_for_the_stability
     assert seconds_since(info["State"]["StartedAt"]) >= 2.0 - 0.05
 
 
-async def test_replay_of_an_engine_running_longer_than_the_window_does_not_wait_again(
+async def test_replay_after_window_does_not_wait(
     make_activities: MakeActivities, images: EngineImages, game_id: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Counted from State.StartedAt, not from when this attempt first looked: one look suffices."""
+    """Replay of an engine running longer than the window does not wait again.
+
+    Counted from State.StartedAt, not from when this attempt first looked: one look suffices."""
     acts = make_activities(engine_min_running_s=1.0)
     first = await start(acts, game_id, images.ignores_term)  # returns once it has run for 1 s
     looks = 0
@@ -125,10 +132,12 @@ async def test_replay_of_an_engine_running_longer_than_the_window_does_not_wait_
 
 
 @pytest.mark.parametrize("image", ["exits_at_once", "exits_soon"])
-async def test_engine_without_healthcheck_crashing_at_start_is_always_container_exited(
+async def test_no_healthcheck_crash_is_container_exited(
     image: str, make_activities: MakeActivities, docker: aiodocker.Docker, images: EngineImages
 ) -> None:
-    """Measured before the window existed: the at-once image was reported a success in 4-5 of 10 starts
+    """Engine without healthcheck crashing at start is always `container_exited`.
+
+    Measured before the window existed: the at-once image was reported a success in 4-5 of 10 starts
     (the first inspect found it still running), the 0.3 s one in all of them. With the default window
     (1 s) every start must be container_exited with the log tail, and leave nothing."""
     acts = make_activities()
@@ -160,7 +169,8 @@ class ScriptedGateway(DockerGateway):
         return {"State": {"Status": "running", "Running": True, **state}, "RestartCount": restarts}
 
 
-async def test_stability_window_counts_from_started_at_and_restarts_count_again() -> None:
+async def test_stability_window_counts_from_started_at() -> None:
+    """Stability window counts from `StartedAt` and restarts count again."""
     settings = settings_for("unix:///nonexistent.sock", start_timeout_s=2.0, engine_min_running_s=0.5)
     loop = asyncio.get_running_loop()
 
@@ -217,9 +227,10 @@ async def test_replay_of_a_starting_engine_waits_until_it_is_healthy(
     assert (await first_start) == EngineOutcome(container_id=info["Id"], replay=False)
 
 
-async def test_engine_oom_killed_before_healthy_fails_container_exited_saying_so(
+async def test_oom_killed_engine_is_container_exited(
     make_activities: MakeActivities, docker: aiodocker.Docker, images: EngineImages, game_id: str
 ) -> None:
+    """Engine oom killed before healthy fails `container_exited` saying so."""
     acts = make_activities(engine_memory_bytes=16 * 1024 * 1024)
     err = await expect_error(start(acts, game_id, images.oom), ErrorCode.CONTAINER_EXITED)
     assert "(OOM-killed)" in err.message
@@ -241,10 +252,12 @@ async def stoppable_dockerd() -> AsyncIterator[RestartableDockerd]:
         yield daemon
 
 
-async def test_engine_stopped_by_its_daemon_shutting_down_is_docker_unavailable_not_container_exited(
+async def test_daemon_shutdown_is_docker_unavailable(
     stoppable_dockerd: RestartableDockerd,
 ) -> None:
-    """dockerd on SIGTERM closes its listener at once, then stops its containers while it still answers
+    """Engine stopped by its daemon shutting down is `docker_unavailable` not `container_exited`.
+
+    dockerd on SIGTERM closes its listener at once, then stops its containers while it still answers
     on open connections: the waiting start sees its engine `exited with code 0`. That is the daemon
     going away, not the engine failing: retryable DockerUnavailable, not a permanent container_exited."""
     daemon = stoppable_dockerd

@@ -33,9 +33,10 @@ from tests.unit.activities.docker.engines import (
 pytestmark = pytest.mark.docker
 
 
-async def test_fresh_start_runs_hardened_labelled_engine_reachable_by_name_on_game_network(
+async def test_fresh_start_runs_hardened_engine(
     make_activities: MakeActivities, docker: aiodocker.Docker, images: EngineImages, game_id: str
 ) -> None:
+    """Fresh start runs hardened labelled engine reachable by name on game network."""
     network = f"rtjobs-test-{uuid.uuid4().hex[:8]}"
     acts = make_activities(game_network=network, engine_cap_add=["NET_BIND_SERVICE"])
     beats: list[tuple[Any, ...]] = []
@@ -115,10 +116,12 @@ async def test_retried_attempt_finding_its_own_container_is_a_fresh_start(
     assert retried == EngineOutcome(container_id=first.container_id, replay=False)
 
 
-async def test_retried_attempt_without_heartbeat_details_knows_its_container_by_the_job_run_label(
+async def test_retried_attempt_knows_container_by_label(
     make_activities: MakeActivities, docker: aiodocker.Docker, images: EngineImages, game_id: str
 ) -> None:
-    """The worker died before any heartbeat carried the id: the `galaxy.job-run` label still tells."""
+    """Retried attempt without heartbeat details knows its container by the job run label.
+
+    The worker died before any heartbeat carried the id: the `galaxy.job-run` label still tells."""
     acts = make_activities()
     env = job_env()
     first = await env.run(acts.ensure_engine_running, EnsureEngineRunning(game_id=game_id, image=images.healthy))
@@ -143,9 +146,10 @@ async def test_start_conflicts_with_our_container_running_another_image(
     assert info is not None and info["Id"] == first.container_id and info["State"]["Running"]
 
 
-async def test_start_conflicts_with_a_foreign_container_and_leaves_it_alone(
+async def test_start_conflicts_with_foreign_container(
     make_activities: MakeActivities, docker: aiodocker.Docker, images: EngineImages, game_id: str
 ) -> None:
+    """Start conflicts with a foreign container and leaves it alone."""
     foreign = await foreign_container(docker, game_id, images.healthy)
     err = await expect_error(start(make_activities(), game_id, images.healthy), ErrorCode.CONTAINER_CONFLICT)
     assert "not managed by rtjobs" in err.message
@@ -185,13 +189,14 @@ async def test_cancelled_start_removes_the_container_it_made(
     assert await inspect(docker, container_name(game_id)) is None
 
 
-async def test_concurrently_created_container_of_ours_is_adopted_after_a_409(
+async def test_our_raced_container_is_adopted(
     make_activities: MakeActivities,
     docker: aiodocker.Docker,
     images: EngineImages,
     game_id: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Concurrently created container of ours is adopted after a 409."""
     other = await start(make_activities(), game_id, images.healthy)
     acts = make_activities()
     real_inspect = acts.gateway.inspect
@@ -208,13 +213,14 @@ async def test_concurrently_created_container_of_ours_is_adopted_after_a_409(
     assert outcome == EngineOutcome(container_id=other.container_id, replay=True)
 
 
-async def test_concurrently_created_foreign_container_is_a_clean_conflict_after_a_409(
+async def test_foreign_raced_container_is_a_conflict(
     make_activities: MakeActivities,
     docker: aiodocker.Docker,
     images: EngineImages,
     game_id: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Concurrently created foreign container is a clean conflict after a 409."""
     foreign = await foreign_container(docker, game_id, images.healthy)
     acts = make_activities()
     real_inspect = acts.gateway.inspect

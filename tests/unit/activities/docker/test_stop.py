@@ -87,9 +87,10 @@ def job_run_of(env: ActivityEnvironment) -> str:
     return f"{env.info.workflow_id}/{env.info.workflow_run_id}"
 
 
-async def test_remove_failed_start_removes_this_runs_containers_in_any_state_and_nothing_else(
+async def test_remove_failed_start_removes_only_its_own(
     make_activities: MakeActivities, docker: aiodocker.Docker, images: EngineImages, game_id: str
 ) -> None:
+    """`remove_failed_start` removes this run's containers in any state and nothing else."""
     acts = make_activities()
     env = job_env()
     run = job_run_of(env)
@@ -143,9 +144,8 @@ async def test_remove_failed_start_removes_this_runs_containers_in_any_state_and
                 await docker.containers.container(container_id).delete(force=True, v=True)
 
 
-async def test_remove_failed_start_with_docker_unreachable_is_retryable_docker_unavailable(
-    docker_engine: DockerEngine, tmp_path: Any
-) -> None:
+async def test_remove_failed_start_without_docker(docker_engine: DockerEngine, tmp_path: Any) -> None:
+    """`remove_failed_start` with Docker unreachable is retryable `docker_unavailable`."""
     acts = EngineActivities(settings_for(f"unix://{tmp_path}/no-docker.sock"))
     try:
         err = await expect_error(

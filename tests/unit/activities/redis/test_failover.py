@@ -210,7 +210,8 @@ async def pending_failure(handle: WorkflowHandle[Any, str]) -> tuple[int, str]:
 
 
 @pytest.mark.slow
-async def test_paused_replica_holds_publishes_retryably_then_they_land_once(client: Client, task_queue: str) -> None:
+async def test_paused_replica_holds_publishes(client: Client, task_queue: str) -> None:
+    """Paused replica holds publishes retryably then they land once."""
     pair = await asyncio.to_thread(PrimaryWithReplica().start)
     try:
         async with publishing_worker(client, task_queue, pair.url, min_replicas=1):

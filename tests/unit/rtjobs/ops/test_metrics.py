@@ -68,7 +68,7 @@ async def result_of(handle: WorkflowHandle[Any, JobResult]) -> tuple[str, str]:
     return result.outcome, result.error_code
 
 
-async def test_jobs_of_every_outcome_move_each_metric_by_exactly_what_happened(
+async def test_every_outcome_moves_its_metrics(
     client: Client,
     processes: list[Process],
     worker_env: dict[str, str],
@@ -77,6 +77,7 @@ async def test_jobs_of_every_outcome_move_each_metric_by_exactly_what_happened(
     task_queue: str,
     games: list[str],
 ) -> None:
+    """Jobs of every outcome move each metric by exactly what happened."""
     address = f"127.0.0.1:{free_port()}"
     scrape = Scraper(address)
     env = {

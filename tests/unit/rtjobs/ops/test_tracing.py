@@ -40,9 +40,8 @@ async def game(docker: aiodocker.Docker) -> AsyncIterator[str]:
     await remove_game_containers(docker, game_id)
 
 
-async def test_a_start_job_is_one_trace_of_workflow_docker_step_and_publish_spans(
-    client: Client, make_settings: MakeSettings, game: str
-) -> None:
+async def test_start_job_is_one_trace(client: Client, make_settings: MakeSettings, game: str) -> None:
+    """A start job is one trace of workflow Docker step and publish spans."""
     exporter = InMemorySpanExporter()
     provider = create_tracer_provider()  # as tracing.otlp_provider makes it, with an in-memory exporter
     provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -108,9 +107,10 @@ class Collector:
             await self._runner.cleanup()
 
 
-async def test_the_worker_process_exports_a_jobs_spans_over_otlp_where_the_otel_variables_say(
+async def test_worker_exports_spans_over_otlp(
     client: Client, processes: list[Process], worker_env: dict[str, str]
 ) -> None:
+    """The worker process exports a job's spans over OTLP where the OTEL variables say."""
     collector = await Collector().start()
     try:
         env = {**worker_env, "OTEL_EXPORTER_OTLP_ENDPOINT": collector.url, "OTEL_BSP_SCHEDULE_DELAY": "100"}
