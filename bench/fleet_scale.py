@@ -14,7 +14,7 @@ workflows; its Docker is absent, so it reports no host itself), and per scale po
   real `send_report`, staggered as unsynchronised workers are; 100 games per host (1k / 10k / 100k games
   in all); placements begin once the fleet's listing shows every host, each live (`Fleet.views`);
 - `--placements` placements of new games through the real activity body (`PlacementActivities.place_game
-  _engine`, with a real client, as `tests/test_placement.py` calls it), `--concurrency` in flight spread
+  _engine`, with a real client, as `tests/unit/activities/test_placement.py` calls it), `--concurrency` in flight spread
   over `--placers` instances (one per worker process of a real fleet: each keeps its own listing of the
   hosts and batches its own reservations per host). The activity is called directly, not as a job's local
   activity: the local activity's own cost does not depend on the fleet's size and would only add a job

@@ -121,7 +121,8 @@ class HostSurvey(BaseModel):
 def in_line(containers: list[ContainerSeen], recorded_id: str | None) -> bool:
     """Nothing off with the game, whatever the time and the settings: a record names the host, and each
     of its containers here runs and is the one the record names (or the record names none). The plan
-    (`workflows.reconcile.plan`) finds nothing for exactly these games (tests/test_reconcile_survey.py)."""
+    (`workflows.reconcile.plan`) finds nothing for exactly these games
+    (tests/unit/contract/test_reconcile_survey.py)."""
     return (
         recorded_id is not None
         and bool(containers)

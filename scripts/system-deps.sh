@@ -3,7 +3,7 @@
 # answers), redis-sentinel (the Sentinel topology tests; without it they run `redis-server --sentinel`),
 # Debian's docker.io (dockerd, for the private Docker engine of the tests), busybox-static (the
 # rootfs of the offline-built test engine images) and haproxy (the Docker socket proxy of
-# deploy/docker-socket-proxy, run by tests/test_socket_proxy.py), chromium and its chromedriver (the
+# deploy/docker-socket-proxy, run by tests/unit/deploy/test_socket_proxy.py), chromium and its chromedriver (the
 # UI test, tests/reliability/test_dev_stack.py), prometheus (promtool: the alert rules and dashboard
 # queries of deploy/, tests/test_deploy_manifests.py) and mmdebstrap (the Debian base image of the
 # worker image's build test, tests/reliability/test_image.py).

@@ -4,21 +4,20 @@ container cleanup, and the environment of `python worker.py` children pointed at
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from tests.reliability.runs import remove_game_containers
 from tests.support.docker_engine import TEST_IMAGES, DockerEngine
 from tests.support.fleet import fleet_daemons_fixture, fleet_fixture  # noqa: F401  (fixtures of test_fleet*.py)
 from tests.support.processes import process_env
 from tests.support.redis_server import RedisServer
+from tests.support.runs import remove_game_containers
+from tests.support.stack import WorkerEnv, stack  # noqa: F401  (the scenarios' fixture)
 
 # The stream entries must survive the restart of Redis that scenario 1 does: AOF, fsync on every write.
 DURABLE = ["--appendonly", "yes", "--appendfsync", "always"]
-
-WorkerEnv = Callable[..., dict[str, str]]
 
 
 @pytest.fixture

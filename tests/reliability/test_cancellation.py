@@ -12,75 +12,45 @@ import time
 
 import pytest
 from temporalio.client import WorkflowExecutionStatus
-from temporalio.testing import WorkflowEnvironment
 
 from contract.engine import ENSURE_RUNNING_ACTIVITY
 from contract.policies import PUBLISH_ACTIVITY
-from tests.reliability.conftest import WorkerEnv
-from tests.reliability.runs import (
+from tests.reliability.test_worker_kill import until_containers_exist
+from tests.support.runs import (
     STOP_REPLAY,
-    assert_no_orphans,
-    assert_one_entry_per_run,
     results,
-    start_runs,
-    stop_replay_runs,
     until_pending,
 )
-from tests.reliability.test_worker_kill import until_containers_exist
-from tests.support.docker_engine import DockerEngine
-from tests.support.processes import Process, start_ready_worker
-from tests.support.redis_server import RedisServer
+from tests.support.stack import Stack, run_jobs
 
 CANCELLED = frozenset({("failure", "cancelled")})
 
 
 @pytest.mark.docker
-async def test_cancel_while_engine_starts(
-    processes: list[Process],
-    worker_env_for: WorkerEnv,
-    docker_engine: DockerEngine,
-    own_redis: RedisServer,
-    temporal_env: WorkflowEnvironment,
-    task_queue: str,
-    results_stream: str,
-    game_prefix: str,
-) -> None:
-    await start_ready_worker(processes, worker_env_for(DOCKER_HOST=docker_engine.url))
-    game = f"{game_prefix}-c"
-    [run] = await start_runs(
-        temporal_env.client, task_queue, [game], image=docker_engine.images.never_healthy, accepted=CANCELLED
-    )
+async def test_cancel_while_engine_starts(stack: Stack) -> None:
+    await stack.start_worker()
+    [game] = stack.games("c", 1)
+    [run] = await stack.start([game], image=stack.images.never_healthy, accepted=CANCELLED)
     await until_pending([run], ENSURE_RUNNING_ACTIVITY)
-    await until_containers_exist(docker_engine.url, [game])
+    await until_containers_exist(stack.docker_url, [game])
     await run.handle.cancel()
     asked = time.monotonic()
-    [result] = await results([run], 60)
+    [result] = (await run_jobs(stack, [run], timeout_s=60)).finished
     took = time.monotonic() - asked
     print(f"\n[cancel while starting] result {result.outcome}/{result.error_code} {took:.1f}s after the cancel request")
-    await assert_no_orphans(docker_engine.url, [run], [result])
-    await assert_one_entry_per_run(own_redis.url, results_stream, [run])
 
 
 @pytest.mark.docker
-async def test_cancel_while_publish_is_retried(
-    processes: list[Process],
-    worker_env_for: WorkerEnv,
-    docker_engine: DockerEngine,
-    own_redis: RedisServer,
-    temporal_env: WorkflowEnvironment,
-    task_queue: str,
-    results_stream: str,
-    game_prefix: str,
-) -> None:
-    await start_ready_worker(processes, worker_env_for(DOCKER_HOST=docker_engine.url))
-    own_redis.stop()
-    [run] = await stop_replay_runs(temporal_env.client, task_queue, [f"{game_prefix}-p"])
+async def test_cancel_while_publish_is_retried(stack: Stack) -> None:
+    await stack.start_worker()
+    stack.redis.stop()
+    [run] = await stack.stop_replays(stack.games("p", 1))
     await until_pending([run], PUBLISH_ACTIVITY, min_attempt=2, timeout_s=20)
     await run.handle.cancel()
     await asyncio.sleep(2.0)
     desc = await run.handle.describe()
     assert desc.status == WorkflowExecutionStatus.RUNNING, "the job must wait for its publish, cancelled or not"
-    own_redis.start()
+    stack.redis.start()
     back = time.monotonic()
     [result] = await results([run], 30)
     took = time.monotonic() - back
@@ -90,4 +60,4 @@ async def test_cancel_while_publish_is_retried(
         f"\n[cancel while publishing] workflow {desc.status.name if desc.status else None}, "
         f"result {result.outcome}/{result.error_code}, landed {took:.1f}s after Redis returned"
     )
-    await assert_one_entry_per_run(own_redis.url, results_stream, [run])
+    await run_jobs(stack, [run], orphans=False)

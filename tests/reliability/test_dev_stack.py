@@ -215,9 +215,8 @@ def _save(name: str, tmp_path: Path) -> Path:
 # --- item 0: the quick start on what `make run` started ------------------------------------------------
 
 
-def test_make_run_starts_redis_docker_and_demo_image_and_the_quick_start_succeeds(
-    dev_stack: DevStack, tmp_path: Path
-) -> None:
+def test_make_run_and_the_quick_start(dev_stack: DevStack, tmp_path: Path) -> None:
+    """`make run` starts Redis, Docker and the demo image, and the quick start succeeds."""
     out = dev_stack.output()
     assert re.search(rf"Redis: started redis-server \(pid \d+\) on 127\.0\.0\.1:{dev_stack.redis_port}", out), out
     assert f"at unix://{dev_stack.clone}/.state/docker/docker.sock" in out, out
@@ -332,9 +331,8 @@ def _rendered_text(chrome: webdriver.Chrome) -> str:
     return "\n".join(parts)
 
 
-def test_ui_lists_jobs_by_game_id_and_shows_a_jobs_step_and_activity_summaries(
-    dev_stack: DevStack, browser: tuple[webdriver.Chrome, str], tmp_path: Path
-) -> None:
+def test_ui_lists_and_shows_jobs(dev_stack: DevStack, browser: tuple[webdriver.Chrome, str], tmp_path: Path) -> None:
+    """The UI lists jobs by `game_id` and shows a job's step and activity summaries."""
     chrome, base = browser
     started = dev_stack.rtjobs("start", "g-ui", "--wait")
     assert started.returncode == 0, started.stderr
@@ -416,7 +414,8 @@ async def _cancel(temporal_port: int, workflow_id: str) -> None:
 # --- item 0: SIGTERM stops all of it --------------------------------------------------------------------
 
 
-def test_sigterm_stops_the_worker_and_everything_the_dev_stack_started(dev_stack: DevStack) -> None:
+def test_sigterm_stops_the_dev_stack(dev_stack: DevStack) -> None:
+    """SIGTERM stops the worker and everything the dev stack started."""
     engines = asyncio.run(_engines(dev_stack.docker_url))
     networks = asyncio.run(_networks(dev_stack.docker_url))
     engine_pids = [int(c["State"]["Pid"]) for c in engines]

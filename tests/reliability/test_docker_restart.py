@@ -40,8 +40,13 @@ from contract.engine import (
 )
 from contract.models import LABEL_JOB_RUN
 from contract.policies import DOCKER_RETRY_POLICY, PUBLISH_ACTIVITY
-from tests.reliability.conftest import WorkerEnv
-from tests.reliability.runs import (
+from tests.reliability.test_worker_kill import until_containers_exist
+from tests.support.docker_engine import TEST_IMAGES, build_test_images
+from tests.support.docker_relay import DockerRelay
+from tests.support.processes import Process, start_ready_worker
+from tests.support.redis_server import RedisServer
+from tests.support.restartable_dockerd import RestartableDockerd, own_dockerd
+from tests.support.runs import (
     ActivityRun,
     Handle,
     activity_runs,
@@ -52,12 +57,7 @@ from tests.reliability.runs import (
     start_runs,
     until_pending,
 )
-from tests.reliability.test_worker_kill import until_containers_exist
-from tests.support.docker_engine import TEST_IMAGES, build_test_images
-from tests.support.docker_relay import DockerRelay
-from tests.support.processes import Process, start_ready_worker
-from tests.support.redis_server import RedisServer
-from tests.support.restartable_dockerd import RestartableDockerd, own_dockerd
+from tests.support.stack import WorkerEnv
 
 POSSIBLE = frozenset(
     {

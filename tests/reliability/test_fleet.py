@@ -16,7 +16,6 @@ import pytest
 
 from contract.hosts import HostView
 from contract.lock import lock_workflow_id
-from tests.reliability.runs import Run
 from tests.support.fleet import (
     FRESH,
     HANG_S,
@@ -31,6 +30,7 @@ from tests.support.fleet import (
     run_jobs,
     start_on,
 )
+from tests.support.runs import Run
 from workflows.search import RUNTIME_HOST
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -78,7 +78,8 @@ async def test_thirty_games_at_once_spread_over_the_hosts_one_engine_each(fleet:
     print(f"\n[30 at once] engines per host {dict(sorted(per_host.items()))}")
 
 
-async def test_capacity_full_only_the_overflow_fails_and_nothing_is_made_for_it(fleet: Fleet) -> None:
+async def test_full_capacity_fails_only_the_overflow(fleet: Fleet) -> None:
+    """Capacity full only the overflow fails and nothing is made for it."""
     fleet.settings["RTJOBS_HOST_MAX_ENGINES"] = "2"
     await fleet.start_workers()
     ids = game_ids(7)
@@ -96,7 +97,8 @@ async def test_capacity_full_only_the_overflow_fails_and_nothing_is_made_for_it(
     assert turn.placement is None, turn
 
 
-async def test_replays_and_stops_of_placed_games_reach_their_host_every_time(fleet: Fleet) -> None:
+async def test_replays_and_stops_reach_their_host(fleet: Fleet) -> None:
+    """Replays and stops of placed games reach their host every time."""
     # Two places a host: six games started together take two on each (each host's reserve checks it).
     fleet.settings["RTJOBS_HOST_MAX_ENGINES"] = "2"
     await fleet.start_workers()

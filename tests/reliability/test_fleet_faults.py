@@ -16,7 +16,6 @@ from collections import Counter
 import pytest
 
 from contract.engine import ENSURE_REMOVED_ACTIVITY
-from tests.reliability.runs import Run, results
 from tests.support.fleet import (
     FRESH,
     HANG_S,
@@ -36,6 +35,7 @@ from tests.support.fleet import (
     start_on,
     until_stream_holds,
 )
+from tests.support.runs import Run, results
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -79,7 +79,8 @@ async def fits_the_hosts(fleet: Fleet, runs: list[Run], timeout_s: float) -> dic
     return where
 
 
-async def test_two_workers_on_one_engine_share_its_queue_and_one_may_die_mid_load(fleet: Fleet) -> None:
+async def test_two_workers_share_one_engines_queue(fleet: Fleet) -> None:
+    """Two workers on one engine share its queue and one may die mid load."""
     fleet.settings["RTJOBS_HOST_MAX_ENGINES"] = "20"
     await fleet.start_workers()
     await fleet.start_worker("h1")

@@ -74,9 +74,10 @@ async def twin_fleet(
         yield made
 
 
-async def test_two_engines_sharing_a_key_file_and_a_name_are_two_hosts_each_serving_its_own_games(
+async def test_engines_sharing_a_key_file_are_two_hosts(
     twin_fleet: Fleet,
 ) -> None:
+    """Two engines sharing a key file and a name are two hosts each serving its own games."""
     fleet = twin_fleet
     a, b = fleet.hosts["a"], fleet.hosts["b"]
     assert a.engine_id == b.engine_id  # the premise: Docker cannot tell them apart
@@ -106,8 +107,10 @@ async def test_two_engines_sharing_a_key_file_and_a_name_are_two_hosts_each_serv
     await one_entry_per_run(fleet, [*start_runs, *stop_runs], HANG_S)
 
 
-async def test_a_host_whose_marker_was_removed_takes_back_its_id_from_the_games_it_runs(twin_fleet: Fleet) -> None:
-    """A pruned marker (or an upgrade from the release keyed by the engine ID): the worker finds its
+async def test_removed_marker_takes_back_its_id(twin_fleet: Fleet) -> None:
+    """A host whose marker was removed takes back its id from the games it runs.
+
+    A pruned marker (or an upgrade from the release keyed by the engine ID): the worker finds its
     engines' games on the fleet's hosts and keeps their host's id and queue, so their jobs still reach it."""
     fleet = twin_fleet
     a = fleet.hosts["a"]
@@ -176,9 +179,8 @@ class RacingGateway(DockerGateway):
         return await super().call(what, fn, code, **kwargs)
 
 
-async def test_workers_making_the_marker_at_once_all_adopt_the_one_id_it_holds(
-    engine_url: str, docker: aiodocker.Docker
-) -> None:
+async def test_workers_racing_for_the_marker_adopt_one_id(engine_url: str, docker: aiodocker.Docker) -> None:
+    """Workers making the marker at once all adopt the one id it holds."""
     barrier = asyncio.Barrier(RACERS)
     gateways = [RacingGateway(Settings(docker_host=engine_url), barrier) for _ in range(RACERS)]
     try:
@@ -198,9 +200,8 @@ async def make_engine_container(docker: aiodocker.Docker, game_id: str) -> None:
     )
 
 
-async def test_a_missing_marker_over_engines_of_ours_takes_the_id_the_fleet_knows_them_under(
-    engine_url: str, docker: aiodocker.Docker
-) -> None:
+async def test_missing_marker_takes_the_fleets_id(engine_url: str, docker: aiodocker.Docker) -> None:
+    """A missing marker over engines of ours takes the id the fleet knows them under."""
     await make_engine_container(docker, "g-adopt")
     asked: list[Sequence[str]] = []
 

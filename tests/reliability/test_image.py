@@ -22,8 +22,11 @@ from temporalio.testing import WorkflowEnvironment
 
 from contract.engine import ENSURE_RUNNING_ACTIVITY
 from rtjobs.client import start_job
-from tests.reliability.conftest import WorkerEnv
-from tests.reliability.runs import (
+from tests.support import worker_image as wi
+from tests.support.docker_engine import TEST_IMAGES, DockerEngine, EngineUnavailable, PrivateDockerd, build_test_images
+from tests.support.processes import WORKER_READY
+from tests.support.redis_server import RedisServer, free_port
+from tests.support.runs import (
     FRESH_SUCCESS,
     Run,
     activity_runs,
@@ -32,10 +35,7 @@ from tests.reliability.runs import (
     results,
     until_pending,
 )
-from tests.support import worker_image as wi
-from tests.support.docker_engine import TEST_IMAGES, DockerEngine, EngineUnavailable, PrivateDockerd, build_test_images
-from tests.support.processes import WORKER_READY
-from tests.support.redis_server import RedisServer, free_port
+from tests.support.stack import WorkerEnv
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
 

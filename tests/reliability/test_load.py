@@ -33,17 +33,13 @@ import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client
-from temporalio.testing import WorkflowEnvironment
 
 from contract.models import LABEL_GAME_ID, JobResult, JobStatus
 from contract.settings import Settings
 from rtjobs.client import start_job, stop_job
-from tests.reliability.conftest import WorkerEnv
-from tests.reliability.runs import Run
-from tests.support.docker_engine import DockerEngine
 from tests.support.proc_stats import ProcSampler
-from tests.support.processes import Process, start_ready_worker
-from tests.support.redis_server import RedisServer
+from tests.support.runs import Run
+from tests.support.stack import Stack
 from tests.support.streams import read_entries_at
 
 START, STOP = "start", "stop"
@@ -281,24 +277,15 @@ async def containers_by_game(docker_url: str, prefix: str) -> dict[str, list[dic
 
 @pytest.mark.slow
 @pytest.mark.docker
-async def test_500_jobs_in_flight(
-    processes: list[Process],
-    worker_env_for: WorkerEnv,
-    docker_engine: DockerEngine,
-    own_redis: RedisServer,
-    temporal_env: WorkflowEnvironment,
-    task_queue: str,
-    results_stream: str,
-    game_prefix: str,
-) -> None:
-    worker = await start_ready_worker(processes, worker_env_for(DOCKER_HOST=docker_engine.url))
-    client = temporal_env.client
-    games = plan(game_prefix)
+async def test_500_jobs_in_flight(stack: Stack) -> None:
+    worker = await stack.start_worker()
+    client = stack.client
+    games = plan(stack.game_prefix)
 
     async with ProcSampler(worker.proc.pid) as sampler:
         t0 = time.monotonic()
         sent = await asyncio.gather(
-            *(send_game(client, task_queue, docker_engine.images.healthy, g, jobs) for g, jobs in games.items())
+            *(send_game(client, stack.task_queue, stack.images.healthy, g, jobs) for g, jobs in games.items())
         )
         sent_s = time.monotonic() - t0
         runs = [p for game_runs in sent for p in game_runs]
@@ -317,7 +304,7 @@ async def test_500_jobs_in_flight(
 
     # Exactly one entry per run, under the id the run recorded, with the run's own result.
     ids = await entry_ids(runs)
-    entries = dict(await read_entries_at(own_redis.url, results_stream))
+    entries = dict(await read_entries_at(stack.redis.url, stack.stream))
     assert len(entries) == TOTAL_JOBS, f"{len(entries)} entries for {TOTAL_JOBS} job runs"
     assert len(set(ids)) == TOTAL_JOBS, "two runs name the same entry"
     for planned, entry_id, result in zip(runs, ids, finished, strict=True):
@@ -339,7 +326,7 @@ async def test_500_jobs_in_flight(
             out_of_order.append((game_runs, game_ids))
         position += n
 
-    found = await containers_by_game(docker_engine.url, game_prefix)
+    found = await containers_by_game(stack.docker_url, stack.game_prefix)
     strays = {g: [c["Id"][:12] for c in cs] for g, cs in found.items() if g not in left_running}
     assert not strays, f"containers left by games whose last job removed (or never made) one: {strays}"
     for game_id, container_id in left_running.items():

@@ -25,7 +25,6 @@ from activities.publish import redis_client
 from contract.lock import LockGrant
 from contract.models import LABEL_GAME_ID, LABEL_MANAGED_BY, MANAGED_BY, container_name
 from contract.reconcile import RECONCILE_WORKFLOW, Action, EngineEvent, FindingKind, ReconcileSummary, schedule_id
-from tests.reliability.runs import results
 from tests.support.fleet import (
     FLEET_IMAGE,
     FRESH,
@@ -39,6 +38,7 @@ from tests.support.fleet import (
     send,
     start_on,
 )
+from tests.support.runs import results
 from tests.support.streams import read_entries_at
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -243,7 +243,8 @@ async def test_orphans_of_every_kind_on_both_hosts_and_a_start_in_flight(fleet: 
     await fleet_redis_delete(fleet, events_stream)
 
 
-async def test_the_schedule_exists_and_fires_within_the_grace_period_nothing_is_removed(fleet: Fleet) -> None:
+async def test_schedule_fires_within_the_grace_period(fleet: Fleet) -> None:
+    """The schedule exists and fires within the grace period nothing is removed."""
     fleet.settings.update(RTJOBS_RECONCILE_EVERY="2s", RTJOBS_RECONCILE_GRACE_S="3600")
     await fleet.start_workers()
     unrecorded, exited = game_ids(2, "sched")
@@ -290,7 +291,8 @@ async def test_the_schedule_exists_and_fires_within_the_grace_period_nothing_is_
     assert (await containers_on(fleet.hosts[H2]))[container_name(exited)] == (exited_id, "exited")
 
 
-async def test_a_host_whose_docker_engine_stopped_is_reported_and_nothing_is_changed_there(fleet: Fleet) -> None:
+async def test_host_with_stopped_engine_is_only_reported(fleet: Fleet) -> None:
+    """A host whose Docker engine stopped is reported and nothing is changed there."""
     fleet.settings["RTJOBS_RECONCILE_GRACE_S"] = "0"
     await fleet.start_workers()
     [exited] = game_ids(1, "down")

@@ -11,15 +11,11 @@ import time
 
 import pytest
 from temporalio.api.enums.v1 import EventType
-from temporalio.testing import WorkflowEnvironment
 
 from contract.policies import PUBLISH_ACTIVITY
-from tests.reliability.conftest import WorkerEnv
-from tests.reliability.runs import Run, assert_one_entry_per_run, stop_replay_runs, until_entries, until_pending
-from tests.support.docker_engine import DockerEngine
 from tests.support.fault_proxy import FaultProxy
-from tests.support.processes import Process, start_ready_worker
-from tests.support.redis_server import RedisServer
+from tests.support.runs import Run, until_entries, until_pending
+from tests.support.stack import Stack, run_jobs
 
 JOBS = 20
 DOWNTIME_S = 12.0  # inside the brief's 5-20 s; past the backoff's 10 s cap, so retries are at their slowest
@@ -59,33 +55,23 @@ async def publish_trail(run: Run) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.docker
-async def test_redis_restart_lands_every_held_result_once(
-    processes: list[Process],
-    worker_env_for: WorkerEnv,
-    docker_engine: DockerEngine,
-    own_redis: RedisServer,
-    temporal_env: WorkflowEnvironment,
-    task_queue: str,
-    results_stream: str,
-    game_prefix: str,
-) -> None:
-    await start_ready_worker(processes, worker_env_for(DOCKER_HOST=docker_engine.url))
-    client = temporal_env.client
+async def test_redis_restart_lands_every_held_result_once(stack: Stack) -> None:
+    await stack.start_worker()
     # A few results land before the outage: the restart (AOF) must neither lose nor repeat them.
-    early = await stop_replay_runs(client, task_queue, [f"{game_prefix}-early-{i}" for i in range(3)])
-    await until_entries(own_redis.url, results_stream, len(early), 30)
+    early = await stack.stop_replays(stack.games("early-", 3))
+    await until_entries(stack.redis.url, stack.stream, len(early), 30)
 
-    own_redis.stop()
+    stack.redis.stop()
     stopped = time.monotonic()
-    held = await stop_replay_runs(client, task_queue, [f"{game_prefix}-{i}" for i in range(JOBS)])
+    held = await stack.stop_replays(stack.games("", JOBS))
     await until_pending(held, PUBLISH_ACTIVITY, min_attempt=2, timeout_s=HELD_WAIT_S)  # each failed once, at least
     await asyncio.sleep(max(0.0, DOWNTIME_S - (time.monotonic() - stopped)))
-    own_redis.start()
+    stack.redis.start()
     back = time.monotonic()
     downtime = back - stopped
 
     runs = early + held
-    entries = await until_entries(own_redis.url, results_stream, len(runs), RECOVERY_BOUND_S)
+    entries = await until_entries(stack.redis.url, stack.stream, len(runs), RECOVERY_BOUND_S)
     recovery = time.monotonic() - back
     if len(entries) < len(runs):
         landed = {fields["game_id"] for _id, fields in entries}
@@ -94,7 +80,7 @@ async def test_redis_restart_lands_every_held_result_once(
         pytest.fail(
             f"{len(missing)} held results not landed {recovery:.1f}s after Redis returned; one job's publish: {trail}"
         )
-    await assert_one_entry_per_run(own_redis.url, results_stream, runs)
+    await run_jobs(stack, runs, orphans=False)
     attempts = await publish_attempts(held)
     print(
         f"\n[redis restart] {JOBS} held results, Redis down {downtime:.1f}s; last entry {recovery:.2f}s after "
@@ -104,21 +90,12 @@ async def test_redis_restart_lands_every_held_result_once(
 
 
 @pytest.mark.docker
-async def test_lost_replies_never_double_an_entry(
-    processes: list[Process],
-    worker_env_for: WorkerEnv,
-    docker_engine: DockerEngine,
-    own_redis: RedisServer,
-    temporal_env: WorkflowEnvironment,
-    task_queue: str,
-    results_stream: str,
-    game_prefix: str,
-) -> None:
-    async with FaultProxy(own_redis.port, drop_share=0.3, seed=7) as proxy:
-        await start_ready_worker(processes, worker_env_for(DOCKER_HOST=docker_engine.url, REDIS_URL=proxy.url))
-        runs = await stop_replay_runs(temporal_env.client, task_queue, [f"{game_prefix}-{i}" for i in range(JOBS)])
+async def test_lost_replies_never_double_an_entry(stack: Stack) -> None:
+    async with FaultProxy(stack.redis.port, drop_share=0.3, seed=7) as proxy:
+        await stack.start_worker(REDIS_URL=proxy.url)
+        runs = await stack.stop_replays(stack.games("", JOBS))
         began = time.monotonic()
-        entries = await assert_one_entry_per_run(own_redis.url, results_stream, runs)
+        entries = (await run_jobs(stack, runs, orphans=False)).entries
         took = time.monotonic() - began
         attempts = await publish_attempts(runs)
     print(

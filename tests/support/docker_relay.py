@@ -12,7 +12,7 @@ server disconnect; aiohttp's one retry of an idempotent request on a new connect
 
 It also records each request's method and target (`requests`), read from the client's byte stream
 (keep-alive connections, Content-Length and chunked bodies): the socket proxy's allowlist is derived
-from what the worker really sent (tests/test_socket_proxy.py).
+from what the worker really sent (tests/unit/deploy/test_socket_proxy.py).
 """
 
 from __future__ import annotations

@@ -41,7 +41,6 @@ from contract.policies import PUBLISH_ACTIVITY
 from contract.reconcile import schedule_id
 from contract.settings import Settings
 from rtjobs.client import start_job, stop_job
-from tests.reliability.runs import Run, activity_runs, results
 from tests.support.docker_engine import (
     IMAGE_CHANGES,
     EngineUnavailable,
@@ -52,6 +51,7 @@ from tests.support.docker_engine import (
 )
 from tests.support.processes import ROOT, Process, process_env
 from tests.support.restartable_dockerd import RestartableDockerd
+from tests.support.runs import Run, activity_runs, results
 from tests.support.streams import read_entries_at
 from workflows.search import RUNTIME_HOST
 
@@ -450,7 +450,7 @@ async def one_entry_per_run(fleet: Fleet, runs: list[Run], timeout_s: float) -> 
     """Every run ended with an accepted outcome, and its result is on the stream exactly once, under
     the entry id the run recorded; the stream holds nothing else. Returned in stream order.
 
-    (`tests.reliability.runs.assert_one_entry_per_run`, for a few hundred runs: that one's `status`
+    (`tests.support.runs.assert_one_entry_per_run`, for a few hundred runs: that one's `status`
     queries, one after the other, take a minute on this machine.)"""
     finished = await results(runs, timeout_s)
     entries = await read_entries_at(fleet.redis_url, fleet.stream)

@@ -1,0 +1,1 @@
+"""Fast tests, one folder per directory of the code they exercise."""

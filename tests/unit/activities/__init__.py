@@ -1,0 +1,1 @@
+"""Tests of activities/: each activity against the real part it talks to."""

@@ -1,0 +1,1 @@
+"""Tests of api/: the AsyncAPI file and the JSON Schemas."""

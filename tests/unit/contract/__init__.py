@@ -1,0 +1,1 @@
+"""Tests of contract/: the wire models, input rules and the reconcile survey."""

@@ -1,0 +1,1 @@
+"""Tests of rtjobs/: the sandbox, the workers' builders, the dev stack."""

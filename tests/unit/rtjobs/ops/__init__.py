@@ -1,0 +1,1 @@
+"""Tests of rtjobs/ops/: health, metrics and tracing of a real worker."""

@@ -1,0 +1,1 @@
+"""Workflows that report on the sandbox they run in (tests/unit/rtjobs/test_sandbox.py)."""

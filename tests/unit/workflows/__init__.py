@@ -1,0 +1,1 @@
+"""Tests of workflows/: the workflows on the real dev server, with stand-in activities."""
