@@ -203,7 +203,8 @@ class EngineActivities:
 
     async def _runs_image(self, info: Inspect, image: str) -> bool:
         """Same image id as the requested reference resolves to locally (a re-pointed tag is another
-        image); when the reference does not resolve here, the same normalized reference."""
+        image); when the reference does not resolve here, the same normalized reference.
+        """
         image_id = await self.gateway.image_id(image)
         if image_id:
             return image_id == info.get("Image")
@@ -267,7 +268,8 @@ class EngineActivities:
 
     async def _remove_quietly(self, container_id: str, name: str) -> None:
         """Cleanup after a failed or cancelled start: best effort, never masks the original error
-        (what it cannot remove, `remove_failed_start` removes later)."""
+        (what it cannot remove, `remove_failed_start` removes later).
+        """
         try:
             await self.gateway.remove(container_id, ErrorCode.CONTAINER_START_FAILED)
         except (ApplicationError, DockerError) as err:

@@ -208,7 +208,8 @@ class DockerGateway:
     async def pull(self, image: str, progress: Callable[[PullProgress], None] | None = None) -> None:
         """Pull a locally absent image with the registry's credentials (activities.registry_auth, read
         now): bounded by RTJOBS_DOCKER_PULL_TIMEOUT_S, errors in its stream count, a refused login says
-        so; `progress` gets the pull's progress (activities.pull_progress) as it goes."""
+        so; `progress` gets the pull's progress (activities.pull_progress) as it goes.
+        """
         what = f"pull of {image}"
         registry = registry_of(image)
         auth_file = self._settings.registry_auth_path
@@ -252,7 +253,8 @@ class DockerGateway:
     def _pull_stream(self, image: str, credentials: RegistryCredentials | None) -> AsyncIterator[Any]:
         """`POST /images/create`'s JSON stream, with our own `X-Registry-Auth`: aiodocker's `images.pull`
         replaces the header's server address by the reference's first component and refuses a reference
-        without one (`ubuntu`), which a Docker Hub login must be able to pull."""
+        without one (`ubuntu`), which a Docker Hub login must be able to pull.
+        """
         name, _, digest = image.partition("@")
         params = {"fromImage": image}
         if not digest and ":" not in name.rsplit("/", 1)[-1]:

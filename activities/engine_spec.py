@@ -73,7 +73,8 @@ _HOST_MODES = ("NetworkMode", "PidMode", "IpcMode", "UTSMode", "UsernsMode", "Cg
 
 def scratch_options(settings: Settings) -> str:
     """The scratch tmpfs's options: owned by the engine's user when it is numeric (`uid[:gid]`), so it can
-    write there whatever mode the image's /tmp gives the mount; a named user relies on the mode alone."""
+    write there whatever mode the image's /tmp gives the mount; a named user relies on the mode alone.
+    """
     options = SCRATCH_OPTIONS
     uid, _, gid = settings.engine_user.partition(":")
     if uid.isdigit():

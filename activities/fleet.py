@@ -84,7 +84,8 @@ async def send_report(client: Client, task_queue: str, report: HostReport) -> No
 @dataclass
 class Survey:
     """Every host's view that answered, and the hosts that did not (busy past the query's deadline, or
-    their workflow failing its tasks): one host's silence does not hide the rest of the fleet."""
+    their workflow failing its tasks): one host's silence does not hide the rest of the fleet.
+    """
 
     views: list[HostView]
     unanswered: dict[str, str]  # host name → why
@@ -111,7 +112,8 @@ class Fleet:
 
         The placements that find the list stale at one moment wait for one listing together: one each
         would ask the server's visibility store for the whole fleet as many times as placements are in
-        flight, every HOSTS_FRESH_S (a `fresh` caller lists anew, and the others may join it)."""
+        flight, every HOSTS_FRESH_S (a `fresh` caller lists anew, and the others may join it).
+        """
         listed = self._listed
         if not fresh and listed is not None and time.monotonic() - listed.at <= HOSTS_FRESH_S:
             return listed.hosts
@@ -155,7 +157,8 @@ class Fleet:
         rpc_timeout: timedelta = QUERY_TIMEOUT,
     ) -> T | None:
         """The host's workflow's answer; None when it has none running (never reported, or forgotten:
-        a closed workflow still answers queries, with its last state)."""
+        a closed workflow still answers queries, with its last state).
+        """
         try:
             answer: T = await self._handle(host_id).query(
                 query,
@@ -178,7 +181,8 @@ class Fleet:
 
     async def views(self) -> list[HostView]:
         """Every host's view, by name; a host that ended meanwhile is left out, one that did not answer fails
-        the call (for callers that need the whole fleet; `survey` gives what answered)."""
+        the call (for callers that need the whole fleet; `survey` gives what answered).
+        """
         survey = await self.survey()
         if survey.unanswered:
             name, why = next(iter(survey.unanswered.items()))
@@ -208,7 +212,8 @@ class Fleet:
 
     async def find(self, game_id: str, *, exclude: Iterable[str] = ()) -> list[HostRef]:
         """The hosts whose report lists the game, asked one by one: a record that was lost is found
-        again from the hosts themselves (`exclude`: hosts just seen without it)."""
+        again from the hosts themselves (`exclude`: hosts just seen without it).
+        """
         skip = set(exclude)
         hosts = [h for h in await self.hosts(fresh=True) if h.host_id not in skip]
         found = await fan_out(hosts, lambda h: self.has_games(h, [game_id]))

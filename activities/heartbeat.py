@@ -35,7 +35,8 @@ def recorded_container_id() -> str:
 
 class Heartbeat:
     """Beats every second from a side task, carrying the id of the container this job created and,
-    once a pull began, its progress."""
+    once a pull began, its progress.
+    """
 
     def __init__(self, container_id: str) -> None:
         self.container_id = container_id

@@ -91,7 +91,8 @@ class HostFacts:
 async def identify_host(gateway: DockerGateway, settings: Settings, adopt: Adopt | None = None) -> HostFacts:
     """The host's id (its marker volume, made on first use), the engine's capacity (`GET /info`), and
     its game network's driver (if made). `adopt` is asked only when the marker is missing while
-    containers of ours run here (see `host_marker`)."""
+    containers of ours run here (see `host_marker`).
+    """
     code = ErrorCode.DOCKER_UNAVAILABLE
     info = await gateway.call("docker info", gateway.client.system.info, code, timeout_s=IDENTIFY_TIMEOUT_S)
     engine_id = str(info.get("ID") or "")
@@ -121,7 +122,8 @@ async def host_marker(
 
     A new marker gets a fresh uuid4, unless containers of ours already run here (a marker pruned
     away, e.g. by `docker volume prune`): then the host the fleet has their games on
-    (`adopt`) keeps its id, so their placements and queue stay valid."""
+    (`adopt`) keeps its id, so their placements and queue stay valid.
+    """
     found = await _read_marker(gateway)
     if found is not None:
         return found
@@ -195,7 +197,8 @@ async def _games_here(gateway: DockerGateway) -> list[str]:
 def adopt_from_fleet(client: Client, task_queue: str) -> Adopt:
     """Asks the fleet's hosts (their `has_games` query) which of them holds these games: the id most of
     them are found under. No host yet: None (a new fleet). A failure raises, so the worker asks again
-    later rather than give engines that the fleet placed here a new, unknown host."""
+    later rather than give engines that the fleet placed here a new, unknown host.
+    """
 
     async def adopt(games: Sequence[str]) -> str | None:
         fleet = Fleet(client, task_queue)
@@ -236,7 +239,8 @@ def _capacity(info: Mapping[str, Any], settings: Settings) -> tuple[int, str]:
 
 class HostReporter:
     """Reports the host to its workflow now and then every RTJOBS_HOST_REPORT_EVERY_S: a host whose
-    workers all stop reporting gets no new engines, and its games wait for it (RTJOBS_HOST_WAIT_S)."""
+    workers all stop reporting gets no new engines, and its games wait for it (RTJOBS_HOST_WAIT_S).
+    """
 
     def __init__(self, client: Client, gateway: DockerGateway, settings: Settings, facts: HostFacts) -> None:
         self._client = client

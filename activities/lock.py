@@ -1,6 +1,7 @@
 """The client side of a game's lock (`workflows/lock.py`): the activities that acquire it for a holder
 (a workflow cannot update-with-start), check whether a holder still runs, and send the signals a job's
-publish hands over."""
+publish hands over.
+"""
 
 from __future__ import annotations
 
@@ -58,7 +59,8 @@ FRESH_RUNS = (
 class FollowUpSignals:
     """The publish activity's hand-over (`PublishRequest.then_signal`): the signals a job would send
     itself after its publish, sent by the activity right after the entry is appended, so the job's
-    next workflow task is its last."""
+    next workflow task is its last.
+    """
 
     def __init__(self, client: Client) -> None:
         self._client = client
@@ -95,7 +97,8 @@ class LockActivities:
         """The acquire: update-with-start of the game's lock, answered with the grant (and the lock's
         engine record) at once when the game is idle. Asking again is answered from the lock's state
         (the holder gets its grant again), so every ask has an update id of its own: a fixed one would
-        get the answer stored in a terminated run instead of asking the new one."""
+        get the answer stored in a terminated run instead of asking the new one.
+        """
         await self._settle(request)
         task_queue = activity.info().task_queue
         try:
@@ -132,7 +135,8 @@ class LockActivities:
     async def acquire_game_lock_again(self, request: LockRequest) -> LockGrant:
         """A waiting job's re-ask: the `GRANT_FOR_QUERY` query of the game's open lock, which writes no
         history and spends none of the run's update budget; only a run that does not know the request
-        (it is gone, or a new run lost it) is asked by update-with-start, as the first time."""
+        (it is gone, or a new run lost it) is asked by update-with-start, as the first time.
+        """
         handle = self._client.get_workflow_handle(lock_workflow_id(request.game_id, activity.info().task_queue))
         try:
             known: LockGrant | None = await handle.query(
@@ -171,7 +175,8 @@ class LockActivities:
     @activity.defn(name=HOLDER_RUNNING_ACTIVITY)
     async def game_lock_holder_running(self, check: HolderCheck) -> bool:
         """Whether the job holding the lock still runs. A job reset by an operator runs on as a new run of
-        the same chain (same first run id): it still holds the lock, so the latest run is asked."""
+        the same chain (same first run id): it still holds the lock, so the latest run is asked.
+        """
         run_id = None if check.first_run_id else check.run_id
         try:
             desc = await self._client.get_workflow_handle(check.workflow_id, run_id=run_id).describe()

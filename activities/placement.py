@@ -69,7 +69,8 @@ class _Queue:
 
 class PlacementActivities:
     """Holds the worker's Temporal client (a host is reserved by update, which a workflow cannot send),
-    its list of each fleet's hosts, and the reservations waiting to be sent together."""
+    its list of each fleet's hosts, and the reservations waiting to be sent together.
+    """
 
     def __init__(self, client: Client) -> None:
         self._client = client
@@ -89,7 +90,8 @@ class PlacementActivities:
 
     async def place(self, task_queue: str, request: PlaceRequest) -> PlaceAnswer:
         """Where the game's engine is (a lost record: asked of every host), or for a start of a game
-        without one, the host reserved for it."""
+        without one, the host reserved for it.
+        """
         fleet = self.fleet(task_queue)
         for host_id in request.absent_on:
             # The job found no container there: the host's report (if it lists the game) is stale.
@@ -110,7 +112,8 @@ class PlacementActivities:
     async def host_liveness(self, host: HostRef) -> HostLiveness:
         """How long the host's workers have been silent, from its workflow's record of their reports (a
         query: no history). A host that cannot be asked counts as "just heard": a Docker step is never
-        given up on because the coordination layer is slow."""
+        given up on because the coordination layer is slow.
+        """
         try:
             view = await self.fleet(activity.info().task_queue).view(host.host_id)
         except RPCError as err:
@@ -148,7 +151,8 @@ class PlacementActivities:
 
     async def _choose_from_all(self, fleet: Fleet, ask: ReserveRequest) -> PlaceAnswer:
         """The samples found no room: every host is asked, so the answer is true for the whole fleet
-        (asked once more when the hosts that had room were taken meanwhile by other placements)."""
+        (asked once more when the hosts that had room were taken meanwhile by other placements).
+        """
         for _ in range(2):
             survey = await fleet.survey()
             views = survey.views

@@ -63,7 +63,8 @@ class ResultPublisher:
 
     With `min_replicas` > 0 a publish succeeds only once that many replicas acknowledged the entry
     (`WAIT min_replicas wait_timeout_ms` after the script); fewer raise the retryable
-    `ResultNotReplicated`, so an acknowledged result survives the primary's failover."""
+    `ResultNotReplicated`, so an acknowledged result survives the primary's failover.
+    """
 
     def __init__(
         self,
@@ -102,7 +103,8 @@ class ResultPublisher:
     async def _run_script(self, keys: list[str], argv: list[Any]) -> Any:
         """EVALSHA (in a Cluster, redis-py routes it by its keys to the stream slot's primary, following
         MOVED after a failover); on NOSCRIPT (first use, a restarted or promoted server, SCRIPT FLUSH)
-        load the script and run it again."""
+        load the script and run it again.
+        """
         try:
             return await self._redis.evalsha(self._sha, len(keys), *keys, *argv)
         except NoScriptError:
@@ -111,7 +113,8 @@ class ResultPublisher:
 
     async def _load_script(self) -> None:
         """SCRIPT LOAD where the script runs. In a Cluster only on the stream slot's primary: redis-py's
-        own `script_load` goes to every primary and fails while any of them is down."""
+        own `script_load` goes to every primary and fails while any of them is down.
+        """
         if isinstance(self._redis, RedisCluster):
             node = await stream_primary(self._redis, self._stream)
             await self._redis.execute_command("SCRIPT LOAD", _PUBLISH_ONCE_LUA, target_nodes=node)
@@ -135,7 +138,8 @@ class ResultPublisher:
     async def _script_then_wait(self, keys: list[str], argv: list[Any]) -> tuple[Any, Any]:
         """The script, then `WAIT`, in one pipeline: one round trip on one connection. That matters:
         WAIT counts the replicas that acknowledged the writes made *on its own connection*; sent on
-        another pooled connection it could count replicas that never saw this entry."""
+        another pooled connection it could count replicas that never saw this entry.
+        """
         script = ("EVALSHA", self._sha, len(keys), *keys, *argv)
         wait = ("WAIT", self._min_replicas, self._wait_timeout_ms)
         if not isinstance(self._redis, RedisCluster):

@@ -44,7 +44,8 @@ class _Layer:
 @dataclass
 class PullTracker:
     """Folds the stream's messages into a `PullProgress`; `report` gets a snapshot at most every
-    PROGRESS_EVERY_S and once more at the end (`finish`)."""
+    PROGRESS_EVERY_S and once more at the end (`finish`).
+    """
 
     image: str
     report: Callable[[PullProgress], None]

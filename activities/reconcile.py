@@ -93,7 +93,8 @@ def seen(info: Inspect) -> ContainerSeen | None:
 
 class ReconcileDockerActivities:
     """On the host's queue: what Docker holds of ours (compared with the records), and removal of what no
-    one runs."""
+    one runs.
+    """
 
     def __init__(self, gateway: DockerGateway, client: Client) -> None:
         self._gateway = gateway
@@ -102,7 +103,8 @@ class ReconcileDockerActivities:
     @activity.defn(name=SURVEY_ACTIVITY)
     async def reconcile_survey(self, request: SurveyRequest) -> HostSurvey:
         """The games where the containers of ours here and the records naming the host disagree (the
-        others are counted only): a bounded result however many games the host holds."""
+        others are counted only): a bounded result however many games the host holds.
+        """
         containers = await self._ours(ours_filters())
         records = await placement_records(self._client, request.host, request.task_queue)
         return survey(containers, records, request.start)
@@ -114,7 +116,8 @@ class ReconcileDockerActivities:
 
     async def _ours(self, filters: dict[str, list[str]]) -> list[ContainerSeen]:
         """Listed, then each one that does not run inspected for when it stopped (the list has no
-        such time); a running one is taken from the list as it is."""
+        such time); a running one is taken from the list as it is.
+        """
         listed = await self._gateway.call(
             "list engine containers", lambda: self._gateway.client.containers.list(all=True, filters=filters), _CODE
         )
@@ -165,7 +168,8 @@ async def placement_records(client: Client, host: HostRef, task_queue: str) -> l
 
     Found by their `RuntimeHost` search attribute (the host's name), each confirmed by its own `placement`
     query: visibility lags, the workflow's answer does not. A game whose record a listing missed is still
-    found through its container; only a record of an engine that is gone waits for the next run."""
+    found through its container; only a record of an engine that is gone waits for the next run.
+    """
     name = host.name.replace("\\", "\\\\").replace('"', '\\"')
     query = (
         f'WorkflowType="{LOCK_WORKFLOW}" AND {RUNTIME_HOST.name}="{name}" '
@@ -193,7 +197,8 @@ async def placement_records(client: Client, host: HostRef, task_queue: str) -> l
 
 class EngineEventPublisher:
     """On the shared queue: engine events to their own stream, through the results' publisher (the same
-    once-only script, replication wait and trimming), keyed by the reconcile run and the game."""
+    once-only script, replication wait and trimming), keyed by the reconcile run and the game.
+    """
 
     def __init__(self, redis: RedisClient, settings: Settings) -> None:
         self._stream = settings.engine_events_stream

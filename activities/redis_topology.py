@@ -163,13 +163,15 @@ def _db(text: str, form: str) -> int:
 def _one_reconnect() -> Retry:
     """After a connection error, one immediate retry: a pooled connection that went stale while Redis
     (or the primary) was away fails its first command, which would otherwise cost a whole activity
-    backoff (up to 10 s). Resending is safe: the publish script is idempotent."""
+    backoff (up to 10 s). Resending is safe: the publish script is idempotent.
+    """
     return Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
 
 
 class SentinelPrimary(Redis):
     """The client of a Sentinel-watched primary (`Sentinel.master_for`); closing it closes the
-    connections to the sentinels too."""
+    connections to the sentinels too.
+    """
 
     sentinels: Sentinel | None = None
 
@@ -183,7 +185,8 @@ def redis_client(url: str) -> RedisClient:
     """One client per process for the topology the URL names (see the module docstring).
 
     Nothing connects here: the first command does (the worker's start-up check, `check_reachable`).
-    A URL whose form or options are wrong raises `RedisUrlError`."""
+    A URL whose form or options are wrong raises `RedisUrlError`.
+    """
     topology = parse_redis_url(url)
     try:
         return _build(url, topology)
@@ -225,7 +228,8 @@ def _build(url: str, topology: RedisTopology) -> RedisClient:
 
 async def stream_primary(client: RedisCluster, stream: str) -> ClusterNode:
     """The primary that serves the stream's slot (the idempotency keys share it: hash tag), from the
-    client's slot map, discovered first if this is the client's first call."""
+    client's slot map, discovered first if this is the client's first call.
+    """
     await client.initialize()
     node = client.get_node_from_key(stream)
     if node is None:  # only asked of replicas; kept for the type checker
@@ -237,7 +241,8 @@ async def check_reachable(client: RedisClient, stream: str) -> None:
     """PING the server that holds the stream, through the client the jobs use: a standalone server; in a
     Cluster the primary of the stream's slot after discovering the nodes from the seeds (a node that
     is down elsewhere in the cluster does not fail the check); under Sentinel the primary the
-    sentinels name (an unknown primary name fails here)."""
+    sentinels name (an unknown primary name fails here).
+    """
     if isinstance(client, RedisCluster):
         try:
             node = await stream_primary(client, stream)
@@ -255,7 +260,8 @@ async def check_reachable(client: RedisClient, stream: str) -> None:
 
 async def check_wait_allowed(client: RedisClient, stream: str) -> None:
     """`WAIT 0 0` answers at once (zero replicas are always enough), so it only proves the ACL user may
-    run WAIT, which every publish runs when `RTJOBS_REDIS_MIN_REPLICAS` > 0."""
+    run WAIT, which every publish runs when `RTJOBS_REDIS_MIN_REPLICAS` > 0.
+    """
     if isinstance(client, RedisCluster):
         await client.wait(0, 0, target_nodes=await stream_primary(client, stream))
     else:
@@ -292,7 +298,8 @@ class MemoryPolicy:
 
 class PolicyUnreadable(Exception):
     """Neither `INFO memory` nor `CONFIG GET` answered: the user's ACL refuses both, or they are renamed
-    or disabled (managed services do that)."""
+    or disabled (managed services do that).
+    """
 
 
 async def memory_policies(client: RedisClient, stream: str) -> tuple[list[MemoryPolicy], list[str]]:
@@ -319,7 +326,8 @@ async def memory_policies(client: RedisClient, stream: str) -> tuple[list[Memory
 
 async def _memory_policy(client: RedisClient, node: ClusterNode | None, name: str) -> MemoryPolicy:
     """`INFO memory` (the documented ACL grants `+info|memory` only), else `CONFIG GET` (a user with
-    `+config|get`); refusals or unknown commands on both raise `PolicyUnreadable` with both answers."""
+    `+config|get`); refusals or unknown commands on both raise `PolicyUnreadable` with both answers.
+    """
     where: dict[str, Any] = {"target_nodes": node} if node is not None else {}
     try:
         info = await client.execute_command("INFO", "memory", **where)

@@ -69,7 +69,8 @@ def registry_of(image: str) -> str:
 
 def hostname_of(key: str) -> str:
     """A config key as the registry it names: without `http(s)://` and anything after the host
-    (the Docker CLI's ConvertToHostname)."""
+    (the Docker CLI's ConvertToHostname).
+    """
     stripped = key.strip()
     for scheme in ("https://", "http://"):
         if stripped.lower().startswith(scheme):
@@ -89,7 +90,8 @@ def _names(registry: str) -> frozenset[str]:
 
 def matching_key(keys: list[str], registry: str) -> str | None:
     """The config key for `registry`: the exact server address first, else the first key (in file
-    order) whose hostname is one of the registry's names."""
+    order) whose hostname is one of the registry's names.
+    """
     exact = server_address_for(registry)
     if exact in keys:
         return exact
@@ -170,7 +172,8 @@ def from_auths(config: dict[str, Any], registry: str, path: Path) -> RegistryCre
 
 async def from_helper(helper: str, registry: str, path: Path, timeout_s: float) -> RegistryCredentials | None:
     """Ask `docker-credential-HELPER get` (the server address on stdin, JSON on stdout); None when it
-    holds nothing for the registry."""
+    holds nothing for the registry.
+    """
     program = f"docker-credential-{helper}"
     where = f"credential helper {program} (from {path})"
     address = server_address_for(registry)

@@ -53,7 +53,8 @@ def next_id(stream_id: StreamId) -> StreamId:
 class TrimPass:
     """What one pass decided: the MINID used (None: nothing may be trimmed), how many entries went, and
     which group, if any, keeps entries older than the retention (it has not acknowledged, or not even
-    been delivered, entries that old)."""
+    been delivered, entries that old).
+    """
 
     min_id: str | None
     trimmed: int
@@ -122,7 +123,8 @@ class ResultRetention:
     async def _group_bound(self, group: dict[str, Any]) -> StreamId:
         """The lowest id the group may still need: its oldest pending entry, else the first entry it
         has not been delivered. XINFO is read before XPENDING, so deliveries in between (all newer than
-        the last-delivered id read) cannot raise the bound past an unacknowledged entry."""
+        the last-delivered id read) cannot raise the bound past an unacknowledged entry.
+        """
         undelivered = next_id(parse_id(str(group["last-delivered-id"])))
         summary = await self._redis.xpending(self._stream, str(group["name"]))
         oldest_pending = summary.get("min")
@@ -132,7 +134,8 @@ class ResultRetention:
 
     async def run(self) -> None:
         """Trim now, then every interval, until cancelled; a failed pass is logged and retried on the
-        next one (the worker's jobs never depend on it)."""
+        next one (the worker's jobs never depend on it).
+        """
         while True:
             try:
                 self._log(await self.trim_once())

@@ -122,7 +122,8 @@ def server_args(partitions: int, eager: bool) -> list[str]:
 async def print_timeline(client: Client, workflow_id: str, since: int | None = None) -> int:
     """Where one workflow's time went: each history event (with its activity type or marker name) in ms
     since the workflow started (or since `since`, ms since the epoch), and the gap to the event before.
-    Returns when the workflow started."""
+    Returns when the workflow started.
+    """
     events = [e async for e in client.get_workflow_handle(workflow_id).fetch_history_events()]
     started = events[0].event_time.ToMilliseconds()
     t0 = started if since is None else since
@@ -189,7 +190,8 @@ async def run_scenario(
     entries: int = 1,
 ) -> tuple[dict[str, float], list[str]]:
     """The figures, and the games: `games` are those of an earlier scenario, whose next entry is timed
-    (else n new games); `entries`: how many entries each call of `start` makes (the last is timed)."""
+    (else n new games); `entries`: how many entries each call of `start` makes (the last is timed).
+    """
     nth = (len(clock.seen[games[0]]) if games else 0) + entries
     games = games or [f"{prefix}-{uuid.uuid4().hex[:6]}-{i}" for i in range(n)]
     sent: dict[str, float] = {}

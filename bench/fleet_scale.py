@@ -119,7 +119,8 @@ class _Container:
 
 class StandInDocker:
     """What `HostReporter` asks of its Docker engine (`gateway.call(..., client.containers.list)`): the
-    containers of ours, one per game the host holds. Games placed here join it, as a started engine would."""
+    containers of ours, one per game the host holds. Games placed here join it, as a started engine would.
+    """
 
     def __init__(self, games: list[str]) -> None:
         self.games = set(games)
@@ -135,7 +136,8 @@ class StandInDocker:
 
 class CountedWarnings(logging.Filter):
     """Counts the reporters' "could not report host" warnings (a thousand hosts refused at once would
-    flood the output) instead of printing them."""
+    flood the output) instead of printing them.
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -200,7 +202,8 @@ def largest_payload(message: Message) -> int:
 async def coordination_history(client: Client, task_queue: str, causes: Counter[str]) -> dict[str, float]:
     """Figures of every run of every workflow on the coordination queue: every host's workflow, each run of
     its continue-as-new chain (followed through the histories as well, should the listing lag behind), and
-    any run started afresh. The workflows still running are ended first (their reporters have stopped)."""
+    any run started afresh. The workflows still running are ended first (their reporters have stopped).
+    """
     listed: list[WorkflowExecution] = [e async for e in client.list_workflows(f"TaskQueue = '{task_queue}'")]
 
     async def terminate(workflow_id: str) -> None:
@@ -279,7 +282,8 @@ async def stand_in_hosts(
     client: Client, settings: Settings, hosts: int, games_per_host: int
 ) -> AsyncIterator[dict[str, StandInDocker]]:
     """`hosts` reporters, each reporting once now (all hosts known), then every report interval from a
-    random moment on (workers of a fleet do not start in step)."""
+    random moment on (workers of a fleet do not start in step).
+    """
     dockers: dict[str, StandInDocker] = {}
     reporters: list[HostReporter] = []
     for i in range(hosts):
@@ -315,7 +319,8 @@ async def stand_in_hosts(
 
 async def hosts_live(client: Client, task_queue: str, hosts: int, budget_s: float) -> int:
     """How many hosts the fleet's listing shows live (each by its own workflow, `Fleet.views`, what
-    placement samples from) once it shows all, or when `budget_s` ran out."""
+    placement samples from) once it shows all, or when `budget_s` ran out.
+    """
     fleet = Fleet(client, task_queue)
     deadline = time.monotonic() + budget_s
     live = 0
@@ -329,7 +334,8 @@ async def hosts_live(client: Client, task_queue: str, hosts: int, budget_s: floa
 
 def counting_fallbacks(placer: PlacementActivities, result: PointResult) -> PlacementActivities:
     """The placer, counting its placements whose samples found no room (then every host is asked: the
-    cost that two-choice sampling is meant to avoid, so it is counted rather than inferred)."""
+    cost that two-choice sampling is meant to avoid, so it is counted rather than inferred).
+    """
     choose_from_all = placer._choose_from_all
 
     async def counted(fleet: Fleet, ask: ReserveRequest) -> PlaceAnswer:
@@ -461,7 +467,8 @@ def row(r: PointResult) -> list[str]:
 
 def cache_told(args: argparse.Namespace) -> str:
     """The benchmark's worker's workflow cache: the product's default (its environment is not passed on),
-    unless `--worker-cache` sized it."""
+    unless `--worker-cache` sized it.
+    """
     default = Settings.model_fields["max_cached_workflows"].default
     return f"{default} (the default)" if args.worker_cache is None else f"{args.worker_cache}"
 

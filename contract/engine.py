@@ -105,7 +105,8 @@ class PullProgress(BaseModel):
 
 def pull_progress_of(details: Sequence[Any]) -> PullProgress | None:
     """The pull progress in the heartbeat details of a pending `ensure_engine_running` (decoded
-    payloads, as a describe of the job's workflow gives them), or None when it carries none."""
+    payloads, as a describe of the job's workflow gives them), or None when it carries none.
+    """
     if len(details) < 2 or not isinstance(details[1], dict) or details[1].get("kind") != "pull":
         return None
     try:

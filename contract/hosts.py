@@ -68,7 +68,8 @@ def host_workflow_id(task_queue: str, host_id: str) -> str:
 
 def host_queue(task_queue: str, host_id: str) -> str:
     """The task queue of one Docker engine's activities, derived from the fleet's queue and the
-    host's stable id, so that every worker on that engine (and no other) polls it."""
+    host's stable id, so that every worker on that engine (and no other) polls it.
+    """
     return f"{task_queue}@host-{_QUEUE_UNSAFE.sub('-', host_id).strip('-').lower()}"
 
 
@@ -85,7 +86,8 @@ class HostRef(BaseModel):
 class HostLiveness(BaseModel):
     """What the registry knows of one host's workers now: `known` False once it was forgotten (or is
     not yet known to a registry run started afresh); `live` as `rtjobs hosts` says it (a report within
-    LIVE_REPORTS of its intervals); `silent_s`: seconds since its last report."""
+    LIVE_REPORTS of its intervals); `silent_s`: seconds since its last report.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -162,7 +164,8 @@ class PlaceRequest(BaseModel):
 class PlaceBatch(BaseModel):
     """Placements asked by one worker's jobs at about the same time, sent as one update: the server holds
     at most 10 updates of a workflow in flight (by default), so a thousand starts placed one update each
-    would crowd each other out with refused calls."""
+    would crowd each other out with refused calls.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -172,7 +175,8 @@ class PlaceBatch(BaseModel):
 class PlaceAnswer(BaseModel):
     """`found`: hosts whose inventory (or a reservation) has the game; `chosen`: the host reserved for
     a new engine (only when `create` and nothing was found); `why`: why nothing was chosen;
-    `live_hosts`: how many hosts could serve a job right now."""
+    `live_hosts`: how many hosts could serve a job right now.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -252,7 +256,8 @@ class RegistryState(BaseModel):
 
 class HostState(BaseModel):
     """A host's workflow's input and what it carries across continue-as-new: one host's record and
-    the engines reserved there for starts not reported yet (bounded by the host's capacity)."""
+    the engines reserved there for starts not reported yet (bounded by the host's capacity).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -263,7 +268,8 @@ class HostState(BaseModel):
 
 class HostProbe(BaseModel):
     """A host's load, as a placement samples it (a query: no history). `mine`: a reservation of this
-    host is the asking job's own (its retry is answered with the same host)."""
+    host is the asking job's own (its retry is answered with the same host).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -300,7 +306,8 @@ class ReserveBatch(BaseModel):
 class ReserveAnswer(BaseModel):
     """`reserved`: the place is the job's (or was already); `found`: the host's report has the game
     (the job must use it, never make a second one); otherwise `why` the host refused (full, draining,
-    no live worker)."""
+    no live worker).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -95,7 +95,8 @@ class ImagePattern:
 def parse_pattern(text: str) -> ImagePattern:
     """One `RTJOBS_IMAGE_ALLOW` entry: `REPO` (or `REPO:*`), `REPO:GLOB` (tags; never a digest reference),
     `REPO@*`, `REPO@sha256:HEX`, `PREFIX/*` (any depth; may take `:GLOB` or `@*`) or `*` (any image).
-    REPO and PREFIX are normalised like references; `*` never stands for part of a path component."""
+    REPO and PREFIX are normalised like references; `*` never stands for part of a path component.
+    """
     entry = text.strip()
     if entry == "*":
         return ImagePattern(entry, "", True, None, None)

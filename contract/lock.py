@@ -1,5 +1,6 @@
 """Names and messages of a game's lock (`workflows/lock.py`), shared by the lock, its holders
-(`workflows/lock_holder.py`) and the client side (`activities/lock.py`); no I/O."""
+(`workflows/lock_holder.py`) and the client side (`activities/lock.py`); no I/O.
+"""
 
 from __future__ import annotations
 
@@ -79,7 +80,8 @@ class LockRequest(BaseModel):
 
 class LockRelease(BaseModel):
     """`after`: what the job learnt about the game's engine; None leaves the engine record as it was
-    (and is all that releases of earlier versions carry)."""
+    (and is all that releases of earlier versions carry).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -101,8 +101,9 @@ def is_valid_image_ref(value: str) -> bool:
 
 
 def shown(value: str, limit: int = 80) -> str:
-    """A bad value as an error message quotes it: at most `limit` characters of its repr (one astral
-    character is ten, `\\U000d391f`), so the message still has room to name every other bad field."""
+    r"""A bad value as an error message quotes it: at most `limit` characters of its repr (one astral
+    character is ten, `\U000d391f`), so the message still has room to name every other bad field.
+    """
     quoted = repr(value[:limit])
     return quoted if len(quoted) <= limit else quoted[: limit - 2] + "…" + quoted[-1]
 
@@ -251,7 +252,8 @@ class JobStatus(BaseModel):
 class FollowUpSignal(BaseModel):
     """A signal the publish activity sends once the entry is on the stream (the fleet's hand-over: the
     host hears what the job changed, then the game's lock is released). `arg` is the signal's
-    payload as JSON-safe data; the receiving workflow decodes it into its own model."""
+    payload as JSON-safe data; the receiving workflow decodes it into its own model.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

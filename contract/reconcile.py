@@ -68,7 +68,8 @@ class ContainerSeen(BaseModel):
     @property
     def since(self) -> datetime:
         """Since when it has been in its state: a container that ran for a week and exited a second
-        ago is a second old for the grace period, not a week."""
+        ago is a second old for the grace period, not a week.
+        """
         if self.finished_at is not None and self.finished_at > self.created_at:
             return self.finished_at
         return self.created_at
@@ -86,7 +87,8 @@ class RecordSeen(BaseModel):
 class SurveyRequest(BaseModel):
     """The host, the fleet's queue (its games' locks hold the engine records), and where in the games that
     are off the listing starts when not all fit (a fraction of their number, drawn by the run): a later run
-    starts elsewhere, so games that are off for good but only reported never keep the others out."""
+    starts elsewhere, so games that are off for good but only reported never keep the others out.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -97,7 +99,8 @@ class SurveyRequest(BaseModel):
 
 class GameSeen(BaseModel):
     """One game where something is off: its containers of ours on the host and its record's container id
-    (None: no record names the host; "": one does, the container id unknown)."""
+    (None: no record names the host; "": one does, the container id unknown).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -108,7 +111,8 @@ class GameSeen(BaseModel):
 
 class HostSurvey(BaseModel):
     """What a run works from: the numbers of containers and records, the games that are off (by game id),
-    and how many more are off than were listed (found again by a later run)."""
+    and how many more are off than were listed (found again by a later run).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -122,7 +126,8 @@ def in_line(containers: list[ContainerSeen], recorded_id: str | None) -> bool:
     """Nothing off with the game, whatever the time and the settings: a record names the host, and each
     of its containers here runs and is the one the record names (or the record names none). The plan
     (`workflows.reconcile.plan`) finds nothing for exactly these games
-    (tests/unit/contract/test_reconcile_survey.py)."""
+    (tests/unit/contract/test_reconcile_survey.py).
+    """
     return (
         recorded_id is not None
         and bool(containers)
@@ -139,7 +144,8 @@ def survey(
 ) -> HostSurvey:
     """The games that are off (a pure comparison), listed within `max_games` and `budget` bytes of JSON:
     from the game at `start` (a fraction of their number) on, round to the start again; a game whose row
-    does not fit is counted, and the next ones still tried."""
+    does not fit is counted, and the next ones still tried.
+    """
     by_game: dict[str, list[ContainerSeen]] = {}
     for c in containers:
         by_game.setdefault(c.game_id, []).append(c)
@@ -181,7 +187,8 @@ class RemoveContainer(BaseModel):
 class ReconcileRequest(BaseModel):
     """One run for one host. The worker's settings come in the request (a workflow cannot read the
     environment): the schedule carries those of the worker that last created or updated it, a CLI run
-    those of the CLI's environment."""
+    those of the CLI's environment.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -243,7 +250,8 @@ class Finding(BaseModel):
 class ReconcileSummary(BaseModel):
     """The run's result: what the host held, what was off, what was done; `error` when the host could
     not be reconciled (its Docker engine did not answer, no worker serves it): nothing was changed
-    there after that point."""
+    there after that point.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -294,7 +302,8 @@ class EngineEvent(BaseModel):
     a game's engine that the Lobby was told runs (a job's success) and that reconciliation found gone or
     not running (`engine_lost`: its record cleared), or removed because no record named it
     (`engine_removed`, only with RTJOBS_RECONCILE_REMOVE_UNKNOWN). Not `runtime:job_results`, whose
-    contract is one entry per job run: these come from no job. Flat string fields, as the results."""
+    contract is one entry per job run: these come from no job. Flat string fields, as the results.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -27,7 +27,8 @@ _HOST_PORT = r"^(?:(?:[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5})?$"
 
 class Settings(BaseSettings):
     """Every `RTJOBS_*` variable (and the aliases below); docs/configuration.md is generated from the
-    descriptions here (`make docs`)."""
+    descriptions here (`make docs`).
+    """
 
     model_config = SettingsConfigDict(env_prefix="RTJOBS_", extra="ignore", frozen=True)
 
@@ -420,7 +421,8 @@ _DURATION_UNITS_S = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 
 def parse_duration(text: str) -> timedelta | None:
     """`7d`, `12h`, `30m`, `45s` or a sum like `1d12h` (empty: None, i.e. off). A bare number is
-    refused: operators mean days, hours or seconds, and a wrong guess would trim too early."""
+    refused: operators mean days, hours or seconds, and a wrong guess would trim too early.
+    """
     compact = text.strip().lower().replace(" ", "")
     if not compact:
         return None
@@ -437,7 +439,8 @@ _SECRET_OPTION = re.compile(r"(^|&)((?:sentinel_)?password)=[^&]*", re.IGNORECAS
 
 def redact_url(url: str) -> str:
     """A URL fit for logs: the password (and a bare token in the user part) replaced by `***`, and so
-    are the `password` / `sentinel_password` query options (redis-py and the Sentinel URL read them)."""
+    are the `password` / `sentinel_password` query options (redis-py and the Sentinel URL read them).
+    """
     parts = urlsplit(url)
     query = _SECRET_OPTION.sub(r"\1\2=***", parts.query)
     if "@" not in parts.netloc and query == parts.query:

@@ -51,7 +51,8 @@ class ConnectionFlags:
 
 def connect_config(flags: ConnectionFlags | None = None) -> ClientConnectConfig:
     """Temporal connection options from the SDK's envconfig: `flags` over TEMPORAL_* env over the config
-    file's profile (TEMPORAL_PROFILE, `flags.profile`) over the defaults."""
+    file's profile (TEMPORAL_PROFILE, `flags.profile`) over the defaults.
+    """
     given = flags or ConnectionFlags()
     profile = ClientConfigProfile.load(profile=given.profile)
     profile = replace(
@@ -84,7 +85,8 @@ async def connect(
     plugins: Sequence[Plugin] = (),
 ) -> Client:
     """A client with the pydantic data converter (the only converter the project uses); the worker
-    passes its metrics runtime and tracing plugin."""
+    passes its metrics runtime and tracing plugin.
+    """
     options = config if config is not None else connect_config()
     converter = pydantic_data_converter
     return await Client.connect(
@@ -98,7 +100,8 @@ async def connect(
 
 async def pull_progress(client: Client, handle: WorkflowHandle[Any, Any]) -> PullProgress | None:
     """How far the image pull of a running start job got, from its pending Docker step's last
-    heartbeat (docs/registries.md); None when it is not pulling and has not pulled."""
+    heartbeat (docs/registries.md); None when it is not pulling and has not pulled.
+    """
     description = await handle.describe()
     for pending in description.raw_description.pending_activities:
         if pending.activity_type.name == ENSURE_RUNNING_ACTIVITY and pending.heartbeat_details.payloads:

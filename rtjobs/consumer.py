@@ -1,5 +1,6 @@
 """Reading the result stream as one consumer of a consumer group: the Game Lobby's way (`rtjobs results
---group` reads with it)."""
+--group` reads with it).
+"""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ class GroupReader:
     after. A consumer that dies between the two leaves the entry pending: under the same consumer name it
     is read again at the next start; under any other, XAUTOCLAIM hands it over once it has been idle for
     the claim time. Duplicates are possible, losses are not; entries deleted from the stream while pending
-    (trimmed, XDEL) cannot be processed, and are passed to `lost` by id."""
+    (trimmed, XDEL) cannot be processed, and are passed to `lost` by id.
+    """
 
     def __init__(
         self,
@@ -42,7 +44,8 @@ class GroupReader:
 
     async def ensure_group(self, *, new_only: bool) -> str | None:
         """XGROUP CREATE ... MKSTREAM at 0 (every entry the stream still holds), or at $ with
-        `new_only`; an existing group is left as it is. Returns where a new group starts (None: it existed)."""
+        `new_only`; an existing group is left as it is. Returns where a new group starts (None: it existed).
+        """
         start = "$" if new_only else "0"
         try:
             await self._redis.xgroup_create(self._stream, self._group, id=start, mkstream=True)
@@ -54,7 +57,8 @@ class GroupReader:
 
     async def consume(self, *, follow: bool, claim_idle_ms: int) -> None:
         """Own pending entries first, then (each round) entries dead consumers left pending, then new
-        ones; without `follow`, until a round finds nothing. The group must exist (`ensure_group`)."""
+        ones; without `follow`, until a round finds nothing. The group must exist (`ensure_group`).
+        """
         await self._own_pending()
         while True:
             claimed = await self._claim_abandoned(claim_idle_ms)

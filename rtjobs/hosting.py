@@ -34,7 +34,8 @@ async def serving(
     client: Client, settings: Settings, redis: RedisClient, engine: EngineActivities
 ) -> AsyncIterator[list[Worker]]:
     """Both workers polling until the block ends (then shut down gracefully, host queue last); yields the
-    Workers started so far (the host queue's joins once Docker answers), which /healthz watches."""
+    Workers started so far (the host queue's joins once Docker answers), which /healthz watches.
+    """
     workers: list[Worker] = []
     async with contextlib.AsyncExitStack() as stack:
         facts = await _identify(client, engine, settings)
@@ -107,7 +108,8 @@ async def _serve_host(
 async def _check_fleet(client: Client, settings: Settings, facts: HostFacts) -> None:
     """Warnings an operator of a fleet needs at start-up: a game network the other hosts' engines cannot
     share (a local bridge), a host name another host already uses, and a host id that looks shared by
-    two engines (a clone with its Docker state: its marker volume was copied)."""
+    two engines (a clone with its Docker state: its marker volume was copied).
+    """
     hint = facts.clone_hint()
     if hint:
         log.warning("%s", hint)

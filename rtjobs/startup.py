@@ -55,7 +55,8 @@ async def open_dev(
     settings: Settings, stack: contextlib.AsyncExitStack, runtime: Runtime | None, plugins: Sequence[ClientPlugin]
 ) -> tuple[Client, Settings]:
     """`--dev`: the embedded Temporal dev server, then Redis, Docker and an engine image where none is
-    configured or answering (`rtjobs.dev`, imported only here: the production image leaves it out)."""
+    configured or answering (`rtjobs.dev`, imported only here: the production image leaves it out).
+    """
     try:
         from rtjobs.dev import server
         from rtjobs.dev import stack as dev_stack
@@ -84,7 +85,8 @@ async def connect_temporal(
 
 def open_runtime(settings: Settings, *, dev: bool) -> Runtime:
     """The SDK runtime: the SDK Core's own log lines through the worker's log (its format), and /metrics at
-    RTJOBS_METRICS_ADDRESS when on (under --dev by default)."""
+    RTJOBS_METRICS_ADDRESS when on (under --dev by default).
+    """
     address = settings.metrics_bind(dev=dev)
     if address is None:
         return Runtime(telemetry=TelemetryConfig(logging=core_logging()))
@@ -98,7 +100,8 @@ def open_runtime(settings: Settings, *, dev: bool) -> Runtime:
 
 def open_tracing(stack: contextlib.AsyncExitStack) -> list[ClientPlugin]:
     """The tracing plugin when the OTEL_* variables ask for it (rtjobs.ops.tracing); the client hands it to every
-    Worker. Spans still buffered are flushed at exit."""
+    Worker. Spans still buffered are flushed at exit.
+    """
     if not tracing.wanted():
         return []
     try:
@@ -126,7 +129,8 @@ async def open_redis(settings: Settings, stack: contextlib.AsyncExitStack) -> Re
     check tests what jobs will use: PING the server holding the stream (Cluster: its slot's primary,
     found from the seeds; Sentinel: the primary the sentinels name), and with
     RTJOBS_REDIS_MIN_REPLICAS > 0 that the user may run WAIT, and that no primary may evict our keys
-    (`check_eviction`). Each failure is one line, no password."""
+    (`check_eviction`). Each failure is one line, no password.
+    """
     url = settings.redis_url
     try:
         client = redis_client(url)
@@ -159,7 +163,8 @@ async def check_eviction(client: RedisClient, settings: Settings, where: str) ->
     idempotency key a retried publish appends the result twice; with an evicted stream results are lost.
     Safe: `maxmemory 0` (no limit: Redis never evicts) or `maxmemory-policy noeviction` (writes fail when
     full and are retried), on every primary (`memory_policies`). A policy that cannot be read refuses
-    too, unless RTJOBS_REDIS_ASSUME_NOEVICTION: a silent double result is what this check exists to prevent."""
+    too, unless RTJOBS_REDIS_ASSUME_NOEVICTION: a silent double result is what this check exists to prevent.
+    """
     url = settings.redis_url
     try:
         async with asyncio.timeout(REDIS_CHECK_TIMEOUT_S):

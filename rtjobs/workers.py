@@ -1,5 +1,6 @@
 """The process's Workers, one per task queue: the shared queue (`build_worker`), the coordination queue
-(`build_coordination_worker`) and the host's own queue (`build_host_worker`)."""
+(`build_coordination_worker`) and the host's own queue (`build_host_worker`).
+"""
 
 from __future__ import annotations
 
@@ -48,7 +49,8 @@ def deployment(
     """Every Worker of the process registers as the one deployment version (all its task queues move
     together), or none does. The behaviour is the Worker's default, not the workflows' own
     (`@workflow.defn(versioning_behavior=...)`): the server refuses a workflow task that declares one from
-    an unversioned worker (SDK 1.35), and the worker must run unversioned without the variables."""
+    an unversioned worker (SDK 1.35), and the worker must run unversioned without the variables.
+    """
     if settings.deployment_name is None or settings.worker_build_id is None:
         return None
     version = WorkerDeploymentVersion(deployment_name=settings.deployment_name, build_id=settings.worker_build_id)
@@ -60,7 +62,8 @@ def collector_paused() -> Iterator[None]:
     """No cyclic garbage collection while a Worker validates its workflows in the sandbox: on Python 3.10
     and 3.11 a collector's finalizer that imports inside the sandbox's (non-re-entrant) module lock fails
     the validation with `KeyError: <thread id>` (CPython issue 91351, temporalio/sdk-python#585); seen
-    once in a CI run as "Failed validating workflow RuntimeHost"."""
+    once in a CI run as "Failed validating workflow RuntimeHost".
+    """
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -72,7 +75,8 @@ def collector_paused() -> Iterator[None]:
 
 def build_worker(client: Client, settings: Settings, redis: RedisClient) -> Worker:
     """The shared queue's worker: every workflow, the publish, the lock and placement activities (the
-    Docker activities run on each host's own queue: `build_host_worker`)."""
+    Docker activities run on each host's own queue: `build_host_worker`).
+    """
     publisher = ResultPublisher(
         redis,
         stream=settings.results_stream,
@@ -109,7 +113,8 @@ def build_worker(client: Client, settings: Settings, redis: RedisClient) -> Work
 
 def build_coordination_worker(client: Client, settings: Settings) -> Worker:
     """The coordination queue's worker: the per-game and per-host workflows, with a workflow
-    task slot pool of their own (`contract.lock.coordination_queue` says why), and the lock's holder check."""
+    task slot pool of their own (`contract.lock.coordination_queue` says why), and the lock's holder check.
+    """
     with collector_paused():
         return Worker(
             client,
@@ -130,7 +135,8 @@ def build_coordination_worker(client: Client, settings: Settings) -> Worker:
 
 def host_docker_concurrency(settings: Settings, facts: HostFacts) -> int:
     """How many Docker steps this worker runs at once: RTJOBS_HOST_DOCKER_CONCURRENCY, else derived from
-    the host's capacity (`contract.settings.host_docker_concurrency_for`)."""
+    the host's capacity (`contract.settings.host_docker_concurrency_for`).
+    """
     if settings.host_docker_concurrency is not None:
         return settings.host_docker_concurrency
     return host_docker_concurrency_for(facts.capacity)

@@ -5,7 +5,7 @@
 # rootfs of the offline-built test engine images) and haproxy (the Docker socket proxy of
 # deploy/docker-socket-proxy, run by tests/unit/deploy/test_socket_proxy.py), chromium and its chromedriver (the
 # UI test, tests/reliability/test_dev_stack.py), prometheus (promtool: the alert rules and dashboard
-# queries of deploy/, tests/test_deploy_manifests.py) and mmdebstrap (the Debian base image of the
+# queries of deploy/, tests/unit/deploy/test_manifests.py) and mmdebstrap (the Debian base image of the
 # worker image's build test, tests/reliability/test_image.py).
 # `system-deps.sh run`: only what `make run`'s dev stack uses (rtjobs/dev/stack.py): redis-server, dockerd and
 # busybox-static (the demo engine image), iproute2 (to free a stopped dockerd's bridges).

@@ -1,5 +1,6 @@
 """A job or `RuntimeReconcile` telling a host's workflow of an engine it made or removed, so that the
-host counts it at once instead of at its workers' next report."""
+host counts it at once instead of at its workers' next report.
+"""
 
 from __future__ import annotations
 

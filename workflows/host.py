@@ -159,7 +159,8 @@ class RuntimeHost:
     @workflow.update(name=FORGET_UPDATE)
     def forget(self, command: HostCommand) -> HostView:
         """The host is gone for good: the workflow ends with its inventory, so its games may start
-        elsewhere. A worker of that engine that reports again brings the host back with what runs there."""
+        elsewhere. A worker of that engine that reports again brings the host back with what runs there.
+        """
         view = self._view(workflow.now())
         self._forgotten = True
         record = self._state.record

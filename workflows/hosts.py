@@ -106,7 +106,8 @@ class RuntimeHostRegistry:
     @workflow.update(name=PLACE_BATCH_UPDATE)
     def place_batch(self, batch: PlaceBatch) -> PlaceBatchAnswer:
         """The same answers as one `place` update per request in this order (each sees the reservations
-        of those before it), in one update and one history entry."""
+        of those before it), in one update and one history entry.
+        """
         now = workflow.now()
         answers = [self._place(request, now) for request in batch.requests]
         self._counted()
@@ -150,7 +151,8 @@ class RuntimeHostRegistry:
     @workflow.update(name=FORGET_UPDATE)
     def forget(self, command: HostCommand) -> HostView:
         """The host is gone for good: its inventory goes, so its games may start elsewhere. A worker
-        of that engine that reports again brings the host back with what really runs there."""
+        of that engine that reports again brings the host back with what really runs there.
+        """
         record = self._find(command.host)
         view = self._view(record, workflow.now())
         del self._state.hosts[record.host.host_id]
@@ -165,7 +167,8 @@ class RuntimeHostRegistry:
     def locate(self, game_id: str) -> PlaceAnswer:
         """Where the game's engine is, read-only: what a stop of a game without a known placement asks.
         A query, not an update: it writes no history and is not bounded by the server's limit on a
-        workflow's updates in flight (10 by default), so many stops at once do not queue on it."""
+        workflow's updates in flight (10 by default), so many stops at once do not queue on it.
+        """
         return PlaceAnswer(found=self._found(game_id))
 
     @workflow.query(name=HOSTS_QUERY)

@@ -1,6 +1,7 @@
 """A job's outcome on the worker's metrics endpoint, recorded by the workflow through the SDK's workflow
 meter: it records nothing while a history replays, so a job counts once however often its workflow is
-replayed (after eviction, on another worker, in the replay tests)."""
+replayed (after eviction, on another worker, in the replay tests).
+"""
 
 from __future__ import annotations
 

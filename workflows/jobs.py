@@ -232,7 +232,8 @@ class _RuntimeJob(LockHolder):
     ) -> T:
         """The step's result, asking the host's liveness while it is not done: a busy host is waited
         for; one without a live worker for RTJOBS_HOST_WAIT_S (`give_up_silent`), or that was forgotten,
-        has its step cancelled and fails with `docker_unavailable`. A step that finished meanwhile counts."""
+        has its step cancelled and fails with `docker_unavailable`. A step that finished meanwhile counts.
+        """
         every = HOST_CHECK_FIRST
         wait_s = self.host_wait.total_seconds()
         began = workflow.time()
@@ -290,7 +291,8 @@ class _RuntimeJob(LockHolder):
 
     async def _where(self, game_id: str, *, create: bool, absent_on: list[str]) -> HostRef | None:
         """The host of the game's engine, from the fleet; for a start without one, the host chosen
-        for it. None: the game has no engine anywhere (only when not `create`)."""
+        for it. None: the game has no engine anywhere (only when not `create`).
+        """
         waited = timedelta()
         while True:
             self._step(f"{self.kind} job for game {game_id}: finding the game's host")
@@ -335,7 +337,8 @@ class _RuntimeJob(LockHolder):
 
     def _engine_change(self, game_id: str, result: JobResult) -> EngineChanged | None:
         """What the host should count at once (a new engine; a reservation that came to nothing),
-        without waiting for the host's next report; None: nothing it does not know."""
+        without waiting for the host's next report; None: nothing it does not know.
+        """
         host = self._host
         if host is None:
             return None
@@ -355,7 +358,8 @@ class _RuntimeJob(LockHolder):
 
     def _hand_over(self, game_id: str, result: JobResult) -> list[FollowUpSignal]:
         """The signals the job would send after its publish (the host's word, then the release), for
-        the publish activity to send in this order once the entry is appended."""
+        the publish activity to send in this order once the entry is appended.
+        """
         queue = workflow.info().task_queue
         signals = []
         change = self._engine_change(game_id, result)
@@ -484,7 +488,8 @@ class StartRuntimeJob(_RuntimeJob):
     async def _on_the_games_host(self, game_id: str, image: str | None, summary: str) -> EngineOutcome:
         """On the host the game's engine lives on (replay, or a stopped one made anew there); without
         one anywhere, on the host chosen for it. A host found without the container (a stale
-        record) sends the job back to the fleet, told so: a game never gets a second engine."""
+        record) sends the job back to the fleet, told so: a game never gets a second engine.
+        """
         host = self._recorded_host()
         absent_on: list[str] = []
         for _ in range(WHERE_ROUNDS):
@@ -544,7 +549,8 @@ class StopRuntimeJob(_RuntimeJob):
 
 def search_value(game_id: str) -> str:
     """The game id as a `GameId` value: whole when valid (at most 51 ASCII characters); an invalid one
-    (its job reports invalid_request) cut to what the server accepts, counted as the server counts."""
+    (its job reports invalid_request) cut to what the server accepts, counted as the server counts.
+    """
     value = game_id[:SEARCH_VALUE_MAX_BYTES]
     while len(json.dumps(value)) > SEARCH_VALUE_MAX_BYTES:
         value = value[: len(value) * 3 // 4]

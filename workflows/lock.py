@@ -92,7 +92,8 @@ class RuntimeGameLock:
     @workflow.query(name=GRANT_FOR_QUERY)
     def grant_for(self, request: LockRequest) -> LockGrant | None:
         """A waiting job's re-ask, answered without writing history: its grant if it holds the lock, not
-        granted if it waits (or was served already), None if this run never heard of it."""
+        granted if it waits (or was served already), None if this run never heard of it.
+        """
         if self._holds(request):
             return self._holder_grant()
         known = {w.run_id for w in self._waiting} | set(self._recent)

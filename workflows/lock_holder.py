@@ -88,7 +88,8 @@ def _holder(request: LockRequest) -> str:
 async def _request_lock(request: LockRequest, *, again: bool = False) -> LockGrant:
     """One request: an update-with-start of the game's lock (the `ACQUIRE_ACTIVITY` local activity),
     answered at once with the grant when the game is idle; otherwise the grant signal follows. Asked
-    `again`, the `ACQUIRE_AGAIN_ACTIVITY` activity queries first and updates only if the request is lost."""
+    `again`, the `ACQUIRE_AGAIN_ACTIVITY` activity queries first and updates only if the request is lost.
+    """
     grant: LockGrant = await workflow.execute_local_activity(
         ACQUIRE_AGAIN_ACTIVITY if again else ACQUIRE_ACTIVITY,
         request,

@@ -76,7 +76,8 @@ RECORDS_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attem
 @dataclass
 class Plan:
     """What is off with one game on the host and what to do; `after`: what the game's record becomes
-    (None: left as it is)."""
+    (None: left as it is).
+    """
 
     findings: list[Finding] = field(default_factory=list)
     after: PlacementNote | None = None
@@ -163,7 +164,8 @@ def _found(
 
 def engine_event(finding: Finding, host: HostRef, now: datetime) -> EngineEvent | None:
     """The Lobby's news of an engine it was told runs, found gone or not running (its record cleared),
-    or of a running engine removed because nothing recorded it; None for everything else."""
+    or of a running engine removed because nothing recorded it; None for everything else.
+    """
     if not finding.done:
         return None
     if Action.REMOVED_UNKNOWN in finding.actions:
@@ -239,7 +241,8 @@ class RuntimeReconcile(LockHolder):
 
     async def _survey(self, request: ReconcileRequest, summary: ReconcileSummary) -> list[GameSeen]:
         """The games that are off, compared on the host (bounded: `contract.reconcile.survey`); where the
-        listing starts among them when not all fit is drawn anew by each run."""
+        listing starts among them when not all fit is drawn anew by each run.
+        """
         survey = SurveyRequest(
             host=request.host, task_queue=workflow.info().task_queue, start=workflow.random().random()
         )
@@ -257,7 +260,8 @@ class RuntimeReconcile(LockHolder):
 
     async def _reconcile_game(self, request: ReconcileRequest, game_id: str) -> list[Finding]:
         """Holding the game's lock: its containers looked at again, the plan made from what is there and
-        what the record says now, then done; the release carries the record's new state."""
+        what the record says now, then done; the release carries the record's new state.
+        """
         record = await self._acquire(game_id)
         after: PlacementNote | None = None
         try:
@@ -364,7 +368,8 @@ class RuntimeReconcile(LockHolder):
 
     async def _acquire(self, game_id: str) -> LockGrant:
         """The game's lock, acquired exactly as a job acquires it (so the lock serialises us with its
-        jobs), and its grant: the lock's engine record."""
+        jobs), and its grant: the lock's engine record.
+        """
         info = workflow.info()
         request = LockRequest(
             game_id=game_id,

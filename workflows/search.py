@@ -1,5 +1,6 @@
 """Search attributes that let the Temporal UI and `temporal workflow list` find a game's jobs, and
-the games placed on a host."""
+the games placed on a host.
+"""
 
 from __future__ import annotations
 

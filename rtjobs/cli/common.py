@@ -1,5 +1,6 @@
 """What the command groups share: the one-line error, argument types checked against the contract, and the
-Temporal connection."""
+Temporal connection.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ class CliError(Exception):
 
 class Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (and exit 2), not the usage block; the epilog (a command's
-    examples) is printed as written."""
+    examples) is printed as written.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
@@ -101,7 +103,8 @@ def name(what: str) -> Callable[[str], str]:
 
 async def connect_temporal(args: argparse.Namespace) -> Client:
     """The client of the command's connection flags over what the worker would use (TEMPORAL_ADDRESS etc.);
-    a bad profile or unreachable is a `CliError`."""
+    a bad profile or unreachable is a `CliError`.
+    """
     try:
         config = connect_config(connection_flags(args))
     except Exception as err:  # (the SDK's envconfig: an unknown profile, an unreadable file)

@@ -1,5 +1,6 @@
 """`rtjobs hosts` and `rtjobs host drain|undrain|forget HOST`: the fleet's Docker hosts (one `RuntimeHost`
-workflow each, `activities/fleet.py`) on RTJOBS_TASK_QUEUE."""
+workflow each, `activities/fleet.py`) on RTJOBS_TASK_QUEUE.
+"""
 
 from __future__ import annotations
 
@@ -100,7 +101,8 @@ class Hosts:
 
     async def release_games(self, view: HostView) -> int:
         """Signal `forget_host` to every running per-game workflow of this fleet placed on the host;
-        how many got it (one that ended meanwhile is skipped)."""
+        how many got it (one that ended meanwhile is skipped).
+        """
         host = view.name.replace("\\", "\\\\").replace('"', '\\"')
         query = (
             f'WorkflowType="{LOCK_WORKFLOW}" AND {RUNTIME_HOST.name}="{host}" '

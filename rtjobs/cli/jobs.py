@@ -121,7 +121,8 @@ async def wait_with_progress(
 ) -> JobResult:
     """Await the result while showing the job's progress. On a terminal, one status line: a spinner, the
     time, and the image pull's progress while `pulls` (asked about once a second) has one, else the current
-    step. Elsewhere one line per new step, nothing else (logs stay readable)."""
+    step. Elsewhere one line per new step, nothing else (logs stay readable).
+    """
     result_task = asyncio.ensure_future(handle.result())
     status = StatusLine(out) if out.isatty() else None
     spinner = itertools.cycle("|/-\\")

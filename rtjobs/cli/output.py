@@ -1,5 +1,6 @@
 """What every command prints (`-o text|json`): a table of text cells fitted to the terminal, JSON objects one
-per line, and the one overwritten status line of a terminal."""
+per line, and the one overwritten status line of a terminal.
+"""
 
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ class Table:
     """Columns two spaces apart, each as wide as its least width or its widest cell of the rows printed
     together (the header included). A table printed row by row (a followed stream) keeps its columns aligned
     as long as the cells fit the least widths. On a terminal the widest columns give way until a line fits
-    its width, their cells cut with "…"; elsewhere (a pipe, a file) nothing is cut."""
+    its width, their cells cut with "…"; elsewhere (a pipe, a file) nothing is cut.
+    """
 
     def __init__(self, *columns: Column) -> None:
         self._columns = columns
@@ -54,7 +56,8 @@ class Table:
 
 def fit(widths: Sequence[int], limit: int) -> list[int]:
     """Column widths whose line (gaps included) is at most `limit`: the widest column narrowed first,
-    none below `MIN_CELL` (the line may then still be wider)."""
+    none below `MIN_CELL` (the line may then still be wider).
+    """
     fitted = list(widths)
     excess = sum(fitted) + len(GAP) * (len(fitted) - 1) - limit
     while excess > 0:
@@ -73,7 +76,8 @@ def cut(text: str, width: int) -> str:
 
 def print_json(value: Any, *, out: TextIO | None = None) -> None:
     """`value` as one line of JSON (pydantic models as their JSON form): a command's result, or one entry of
-    a stream (JSON Lines)."""
+    a stream (JSON Lines).
+    """
     print(json.dumps(value, default=_jsonable), file=out or sys.stdout)
 
 
@@ -84,8 +88,9 @@ def _jsonable(value: object) -> Any:
 
 
 class StatusLine:
-    """One line of a terminal, rewritten in place (`\\r`, the rest of the old text cleared), cut to the
-    terminal's width so that it never wraps."""
+    r"""One line of a terminal, rewritten in place (`\r`, the rest of the old text cleared), cut to the
+    terminal's width so that it never wraps.
+    """
 
     def __init__(self, out: TextIO) -> None:
         self._out = out

@@ -1,5 +1,6 @@
 """`rtjobs reconcile`: reconcile the hosts' engines with their games' records now (drift: orphaned engines,
-stale records), and print what was found and done."""
+stale records), and print what was found and done.
+"""
 
 from __future__ import annotations
 
@@ -47,7 +48,8 @@ def add_commands(commands: Commands) -> None:
 async def run_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     """One `RuntimeReconcile` run per host (all at once), with this environment's reconcile settings;
     exit 1 when a host could not be reconciled. Hosts without a live worker are skipped unless named:
-    their Docker step would only wait out RTJOBS_HOST_WAIT_S."""
+    their Docker step would only wait out RTJOBS_HOST_WAIT_S.
+    """
     client = await connect_temporal(args)
     views = await Hosts(client, settings.task_queue).hosts()
     if args.host is not None:

@@ -1,5 +1,6 @@
 """`rtjobs results`: the result stream's recent entries, `--follow` new ones, or `--group` read as one
-consumer of a consumer group (`rtjobs.consumer`, the Game Lobby's way)."""
+consumer of a consumer group (`rtjobs.consumer`, the Game Lobby's way).
+"""
 
 from __future__ import annotations
 

@@ -136,7 +136,8 @@ async def ensure_demo_image(url: str) -> bool:
     """The demo engine image in the engine at `url`; True when it was built now (False: it was there).
 
     Built only when absent: a rebuilt image has another id, and an engine of the earlier one would
-    then count as running another image (its next start would replace it)."""
+    then count as running another image (its next start would replace it).
+    """
     async with aiodocker.Docker(url=url) as docker:
         try:
             await docker.images.inspect(DEMO_IMAGE)
@@ -162,7 +163,8 @@ async def engine_answers(url: str, timeout_s: float = 3.0) -> bool:
 
 class PrivateDockerd:
     """A dockerd of our own under `root` (a new temp dir when None); `stop()` ends it and whatever it
-    left running, `close()` also deletes the directory."""
+    left running, `close()` also deletes the directory.
+    """
 
     def __init__(self, root: Path | None = None, storage_driver: str = "vfs") -> None:
         binary = shutil.which("dockerd")
@@ -223,7 +225,8 @@ class PrivateDockerd:
 
     def adopt(self) -> int | None:
         """The pid of a daemon of ours still answering here (left by a run that was killed), which
-        `stop()` then ends too; None when there is none (then `start()` makes one)."""
+        `stop()` then ends too; None when there is none (then `start()` makes one).
+        """
         pid = _pid_in(self.pidfile, "dockerd")
         if pid is None or not self._ping():
             return None
@@ -324,7 +327,8 @@ def running(pid: int) -> bool:
 
 def wait_gone(pids: list[int], timeout_s: float = 10.0) -> None:
     """Wait until none of `pids` runs: a SIGKILL is delivered, not awaited, and a process that still
-    exits holds its mounts and network devices."""
+    exits holds its mounts and network devices.
+    """
     deadline = time.monotonic() + timeout_s
     while any(running(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -404,7 +408,8 @@ def stop_process(proc: subprocess.Popen[bytes] | None, grace_s: float = 10.0) ->
 
 async def start(settings: Settings, stack: contextlib.AsyncExitStack) -> Settings:
     """Redis, Docker and the engine image for `--dev`: the settings pointed at what is used, and what
-    was started registered on `stack` to be stopped."""
+    was started registered on `stack` to be stopped.
+    """
     given = settings.model_fields_set
     update: dict[str, object] = {}
     if "redis_url" in given:

@@ -35,7 +35,8 @@ _REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Servic
 
 class Health:
     """What the endpoints report on: the Workers the process runs (`workers`, filled while they start)
-    and the clients of its dependencies."""
+    and the clients of its dependencies.
+    """
 
     def __init__(
         self, client: Client, redis: RedisClient, engine: EngineActivities, *, stream: str, redis_url: str

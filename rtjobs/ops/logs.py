@@ -69,7 +69,8 @@ class _JobFormatter(logging.Formatter):
 
     def formatException(self, ei: Any) -> str:
         """Outside DEBUG, an exception is its last line (`Type: message`), not a folded traceback:
-        a retried activity failure would otherwise fill the log."""
+        a retried activity failure would otherwise fill the log.
+        """
         if self._tracebacks:
             return super().formatException(ei)
         return f"{ei[0].__name__}: {ei[1]}" if ei and ei[0] is not None else ""
@@ -91,7 +92,8 @@ class JobEventFormatter(_JobFormatter):
 
 class JsonFormatter(_JobFormatter):
     """`json`: one object per line: `time` (RFC 3339, UTC), `level`, `logger`, `message`, the job's context,
-    and `exception` (a string: the traceback at DEBUG, else `Type: message`)."""
+    and `exception` (a string: the traceback at DEBUG, else `Type: message`).
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -112,7 +114,8 @@ class JsonFormatter(_JobFormatter):
 
 def configure_logging(level: str, log_format: LogFormat = "text") -> None:
     """The root logger at `level`, on stderr, in `log_format` (tracebacks only at DEBUG); Python warnings
-    go through it too, so that every line has the format."""
+    go through it too, so that every line has the format.
+    """
     tracebacks = level == "DEBUG"
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
@@ -130,7 +133,8 @@ def configure_logging(level: str, log_format: LogFormat = "text") -> None:
 
 def core_logging() -> LoggingConfig:
     """The SDK Core's log lines (its default levels) forwarded to the `temporalio.core` logger, instead of its
-    own format on stderr."""
+    own format on stderr.
+    """
     return LoggingConfig(
         filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
         forwarding=LogForwardingConfig(logger=logging.getLogger(CORE_LOGGER), append_target_to_name=False),

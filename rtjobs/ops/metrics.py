@@ -30,7 +30,8 @@ DOCKER_STEPS = {ENSURE_RUNNING_ACTIVITY: JobKind.START.value, ENSURE_REMOVED_ACT
 def prometheus_runtime(bind_address: str, *, core_logs: LoggingConfig = LoggingConfig.default) -> Runtime:
     """A runtime serving `http://<bind_address>/metrics`, with units and suffixes as Prometheus expects
     them (`_seconds`, `_total`), so standard queries and the SDK's dashboards work unchanged; `core_logs`:
-    where the SDK Core's own log lines go."""
+    where the SDK Core's own log lines go.
+    """
     return Runtime(
         telemetry=TelemetryConfig(
             logging=core_logs,
@@ -47,7 +48,8 @@ def prometheus_runtime(bind_address: str, *, core_logs: LoggingConfig = LoggingC
 
 class ActivityMetrics(Interceptor):
     """Times each Docker step attempt (labelled with this worker's host) and counts publish attempts and
-    failures by reason."""
+    failures by reason.
+    """
 
     def __init__(self, host: str) -> None:
         self._host = host

@@ -41,7 +41,8 @@ def endpoint(env: Mapping[str, str] = os.environ) -> str:
 
 def plugin() -> OpenTelemetryPlugin:
     """The SDK's plugin, with its spans for each workflow, activity, signal and update (given to the client,
-    which hands it to every Worker)."""
+    which hands it to every Worker).
+    """
     from temporalio.contrib.opentelemetry import OpenTelemetryPlugin
 
     return OpenTelemetryPlugin(add_temporal_spans=True)

@@ -1,5 +1,6 @@
 """Fixtures of the end-to-end tests: the real worker (`rtjobs.workers.build_worker`) on the test's queue
-and stream, and game ids whose containers are removed at teardown."""
+and stream, and game ids whose containers are removed at teardown.
+"""
 
 from __future__ import annotations
 

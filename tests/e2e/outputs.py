@@ -1,5 +1,6 @@
 """Reading what end-to-end jobs leave: results, stream entries, containers and the runs' histories; the
-`temporal` CLI as another starter. Every wait only stops a hang: speed is measured in bench/."""
+`temporal` CLI as another starter. Every wait only stops a hang: speed is measured in bench/.
+"""
 
 from __future__ import annotations
 

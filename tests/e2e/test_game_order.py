@@ -1,5 +1,6 @@
 """End to end, one game and several jobs: they run one at a time, in the order they were started, also
-when an earlier job's first workflow task comes late within the settle window."""
+when an earlier job's first workflow task comes late within the settle window.
+"""
 
 from __future__ import annotations
 
@@ -116,7 +117,8 @@ async def test_late_first_task_still_runs_first(
     The times leave room for a slow machine (the server fires a start delay with about 1 s
     granularity): the stop's first task comes 2-3 s after its start, so the start's first task has
     1.5-2.5 s to run before it; the window is the largest allowed (5 s), so the stop's late task
-    still has 2-3 s to ask for its turn before the start asks."""
+    still has 2-3 s to ask for its turn before the start asks.
+    """
     settings = make_settings(order_settle_s=5.0)
     gid = games()
     async with real_worker(client, settings):

@@ -3,7 +3,8 @@
 Each test has its own task queue, result stream and game ids, and removes its games' containers.
 What a test claims is checked on the real outputs: the stream entries, Docker's own view of the
 game's containers, and the workflow histories on the server. Here: start, stop, their replays, a
-cancelled start, and the image policy."""
+cancelled start, and the image policy.
+"""
 
 from __future__ import annotations
 
@@ -165,7 +166,8 @@ async def test_image_policy_and_lock_down(
 
     The default policy (RTJOBS_IMAGE_ALLOW unset) admits the engine image's repository only: the same
     repository name on another registry is refused before Docker sees it; the allowed one runs read-only
-    as 65534 with its scratch tmpfs (the test image's HEALTHCHECK passes under those defaults)."""
+    as 65534 with its scratch tmpfs (the test image's HEALTHCHECK passes under those defaults).
+    """
     refused_gid, allowed_gid = games(), games()
     impostor = f"127.0.0.1:9/{images.healthy}"  # other registry, same repository name; nothing answers there
     refused = await result_of(await start_job(client, refused_gid, image=impostor, task_queue=worker.task_queue))

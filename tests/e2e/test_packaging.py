@@ -1,6 +1,7 @@
 """The package as it installs: one wheel with the project's packages and `worker` as its only top-level names,
 the `rtjobs` console script, the version; the CLI without the worker's modules; `--dev` without the
-development stack (as in the production image) refused in one line."""
+development stack (as in the production image) refused in one line.
+"""
 
 from __future__ import annotations
 
@@ -58,7 +59,8 @@ def test_the_wheel_installs_only_the_projects_top_level_names(tmp_path: Path) ->
 
 def test_an_install_without_the_dev_stack(tmp_path: Path) -> None:
     """As the image installs it (the Dockerfile removes rtjobs/dev first): the rest of the package builds and
-    runs, and `--dev` is refused in one line."""
+    runs, and `--dev` is refused in one line.
+    """
     sources = stage_sources(tmp_path / "src")
     shutil.rmtree(sources / "rtjobs" / "dev")
     wheel = build_wheel(sources, tmp_path / "dist")

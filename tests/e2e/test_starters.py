@@ -1,5 +1,6 @@
 """End to end, as starters and operators meet the worker: the `temporal` CLI with raw JSON, the search
-attributes, bad input, the status query and a job id started twice."""
+attributes, bad input, the status query and a job id started twice.
+"""
 
 from __future__ import annotations
 
@@ -52,7 +53,8 @@ async def test_job_started_by_the_temporal_cli(
 ) -> None:
     """Job started by the temporal cli with raw json gives the same entries.
 
-    What a Go (or any other) starter sends: a plain JSON object, no Python types involved."""
+    What a Go (or any other) starter sends: a plain JSON object, no Python types involved.
+    """
     gid = games()
     start_id, stop_id = f"cli-start-{gid}", f"cli-stop-{gid}"
     common = [*server_args(temporal_env), "--task-queue", worker.task_queue]

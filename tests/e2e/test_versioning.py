@@ -1,6 +1,7 @@
 """Safe deploys with Worker Versioning, on a dev server of the test's own: build v1 serves jobs; a v1 job is
 held in flight (its image pull waits on a registry the test holds); build v2 starts and is made current with
-the rollout command of the README; the held job finishes on v1, new jobs run on v2, and v1 drains."""
+the rollout command of the README; the held job finishes on v1, new jobs run on v2, and v1 drains.
+"""
 
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ DRAINAGE_CONFIG = [
 
 class HeldRegistry:
     """A registry on loopback whose first answer waits until `release()`: a pull from it (and so the Docker
-    step of a start naming it) is in flight for exactly as long as the test wants."""
+    step of a start naming it) is in flight for exactly as long as the test wants.
+    """
 
     def __init__(self) -> None:
         self.asked = asyncio.Event()

@@ -1,5 +1,6 @@
 """Fixtures of the fault suite: a redis-server per test (restartable, durable), game ids with their
-container cleanup, and the environment of `python worker.py` children pointed at the test's parts."""
+container cleanup, and the environment of `python worker.py` children pointed at the test's parts.
+"""
 
 from __future__ import annotations
 

@@ -96,7 +96,8 @@ class DevStack:
 
     def rtjobs(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         """The clone's `rtjobs` with TEMPORAL_ADDRESS exported, as the quick start runs it; the command
-        and its output go into the transcript (stderr first: its progress lines come before the table)."""
+        and its output go into the transcript (stderr first: its progress lines come before the table).
+        """
         cli_env = process_env(TEMPORAL_ADDRESS=f"127.0.0.1:{self.temporal_port}", **(env or {}))
         done = subprocess.run(
             [sys.executable, "-c", "from rtjobs.cli import main; main()", *args],
@@ -181,7 +182,8 @@ def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
 
 def _kill_leftovers(stack: DevStack) -> None:
     """After a failed test: SIGTERM the worker (the dev stack stops what it started, frees the daemon's
-    bridges and mounts), and SIGKILL whatever still names the clone's path after that."""
+    bridges and mounts), and SIGKILL whatever still names the clone's path after that.
+    """
     if stack.make.poll() is None:
         with contextlib.suppress(AssertionError, ProcessLookupError):
             os.kill(stack.worker_pid(), signal.SIGTERM)
@@ -268,14 +270,16 @@ def test_make_run_and_the_quick_start(dev_stack: DevStack, tmp_path: Path) -> No
 @pytest.fixture
 def browser(dev_stack: DevStack) -> Iterator[tuple[webdriver.Chrome, str]]:
     """Debian's chromium, headless, in a network namespace of its own (tests/support/browser.py says
-    why), and the dev server UI's address as it reaches it."""
+    why), and the dev server UI's address as it reaches it.
+    """
     with isolated_chrome(dev_stack.ui_port) as (chrome, base):
         yield chrome, base
 
 
 def _page_shows(chrome: webdriver.Chrome, url: str, *texts: str) -> str:
     """Open `url` and wait until the rendered page's text holds every one of `texts` (the UI renders
-    with JavaScript after load, and a job page's current details come from a query to the worker)."""
+    with JavaScript after load, and a job page's current details come from a query to the worker).
+    """
     chrome.get(url)
 
     def shown(driver: webdriver.Chrome) -> str | bool:

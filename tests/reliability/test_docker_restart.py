@@ -164,7 +164,8 @@ async def test_docker_hangs_past_the_start_budget(
 ) -> None:
     """The daemon hangs (SIGSTOP) just as the start's create reaches it and stays hung until the job has
     spent its budget and published `docker_unavailable`; thawed, it makes the container. The job must
-    complete only after its clean-up removed that container, and leave nothing of it."""
+    complete only after its clean-up removed that container, and leave nothing of it.
+    """
     async with DockerRelay(dockerd.socket, dockerd.dir / "relay.sock") as relay:
         env = worker_env_for(DOCKER_HOST=relay.url, RTJOBS_DOCKER_CALL_TIMEOUT_S=str(HUNG_CALL_DEADLINE_S))
         await start_ready_worker(processes, env)
@@ -248,7 +249,8 @@ async def until_closed(handle: Handle, activity_type: str, timeout_s: float) -> 
 
 async def until_between_attempts(handle: Handle, activity_type: str, timeout_s: float) -> int:
     """Wait until `activity_type` has failed an attempt and its next one is at least
-    THAW_BEFORE_NEXT_ATTEMPT_S away; returns the number of that next attempt."""
+    THAW_BEFORE_NEXT_ATTEMPT_S away; returns the number of that next attempt.
+    """
     deadline = time.monotonic() + timeout_s
     while True:
         desc = await handle.describe()

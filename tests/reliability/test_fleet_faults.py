@@ -50,7 +50,8 @@ UNAVAILABLE = frozenset({("failure", "docker_unavailable")})
 
 def inversions(done: list[Done]) -> int:
     """Jobs of a game that ran before one of the same game sent earlier (the README's stated limit of
-    start order: a job whose first workflow task sat in a backlog is ordered at its arrival)."""
+    start order: a job whose first workflow task sat in a backlog is ordered at its arrival).
+    """
     sent_index = {d.run.handle.id: int(d.run.handle.id.rsplit("-", 1)[1]) for d in done}
     seen: dict[str, int] = {}
     count = 0
@@ -64,7 +65,8 @@ def inversions(done: list[Done]) -> int:
 
 async def fits_the_hosts(fleet: Fleet, runs: list[Run], timeout_s: float) -> dict[str, str]:
     """The verdict (see the module's docstring); also that the hosts count every engine where it
-    is. Returns the host of each game left with an engine."""
+    is. Returns the host of each game left with an engine.
+    """
     done = await one_entry_per_run(fleet, runs, timeout_s)
     state = replay_states(done)
     where = await assert_engines_as(fleet, state)

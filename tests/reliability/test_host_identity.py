@@ -111,7 +111,8 @@ async def test_removed_marker_takes_back_its_id(twin_fleet: Fleet) -> None:
     """A host whose marker was removed takes back its id from the games it runs.
 
     A pruned marker (or an upgrade from the release keyed by the engine ID): the worker finds its
-    engines' games on the fleet's hosts and keeps their host's id and queue, so their jobs still reach it."""
+    engines' games on the fleet's hosts and keeps their host's id and queue, so their jobs still reach it.
+    """
     fleet = twin_fleet
     a = fleet.hosts["a"]
     await fleet.start_worker("a")
@@ -167,7 +168,8 @@ async def clean(docker: aiodocker.Docker) -> None:
 
 class RacingGateway(DockerGateway):
     """Holds its marker create until every racer has reached its own: each has seen no marker and
-    chosen an id of its own, so the race is certain, not left to timing."""
+    chosen an id of its own, so the race is certain, not left to timing.
+    """
 
     def __init__(self, settings: Settings, barrier: asyncio.Barrier) -> None:
         super().__init__(settings)

@@ -75,7 +75,8 @@ def start_private_dockerd() -> PrivateDockerd:
 @pytest.fixture
 async def image_engine() -> AsyncIterator[DockerEngine]:
     """A private dockerd of the test's own on overlay2. The session's engine stores images on vfs, where
-    every build step copies the whole root file system: the build took 10 minutes there."""
+    every build step copies the whole root file system: the build took 10 minutes there.
+    """
     try:
         private = await asyncio.to_thread(start_private_dockerd)
     except EngineUnavailable as err:

@@ -189,7 +189,8 @@ def in_order(ids: list[str]) -> bool:
 async def first_task_delays(runs: list[PlannedRun]) -> list[str]:
     """Evidence for an order failure: per run, its start time and how long after it the run's first
     workflow task started and its lock request was made (an acquire activity scheduled, or a local
-    activity's marker recorded)."""
+    activity's marker recorded).
+    """
     lines = []
     for planned in runs:
         events = [e async for e in planned.run.handle.fetch_history_events()]
@@ -215,7 +216,8 @@ async def start_and_lock_times(runs: list[PlannedRun]) -> list[tuple[float, floa
 
 async def unexplained_inversions(game_runs: list[PlannedRun], game_ids: list[str]) -> list[str]:
     """Pairs run out of start order that the settle window does not explain: job A started before B,
-    B's entry came first, yet A asked for its turn within the settle window after B's start."""
+    B's entry came first, yet A asked for its turn within the settle window after B's start.
+    """
     times = await start_and_lock_times(game_runs)
     keys = [entry_key(i) for i in game_ids]
     bad = []

@@ -56,7 +56,8 @@ async def two_hosts() -> AsyncIterator[dict[str, FleetHost]]:
 
 async def plant(host: FleetHost, game_id: str, state: str, *, ours: bool = True) -> str:
     """A container named as the game's engine, made by hand: ours (labelled) or foreign; `running`,
-    `exited` (its command ended) or `created` (never started)."""
+    `exited` (its command ended) or `created` (never started).
+    """
     labels = {LABEL_GAME_ID: game_id, LABEL_MANAGED_BY: MANAGED_BY} if ours else {"owner": "someone-else"}
     config: dict[str, Any] = {"Image": FLEET_IMAGE, "Labels": labels, "HostConfig": {"NetworkMode": "none"}}
     if state == "exited":

@@ -1,5 +1,6 @@
 """Scenario 4: the Temporal server itself is SIGKILLed mid-run and restarted on its persisted SQLite
-file and port; the worker and the client reconnect by themselves and every job finishes, once."""
+file and port; the worker and the client reconnect by themselves and every job finishes, once.
+"""
 
 from __future__ import annotations
 

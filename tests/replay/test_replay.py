@@ -129,7 +129,8 @@ def _markers(events: Any) -> set[str]:
 @pytest.mark.parametrize("version", [v for v in VERSIONS if v in PATCHED_IN])
 def test_a_later_version_records_its_patch(version: str) -> None:
     """A version after 1.0 is recorded from code that asks its patch: else its histories would replay
-    the old branch only, and the new one would go untested."""
+    the old branch only, and the new one would go untested.
+    """
     patch, names = PATCHED_IN[version]
     for name in sorted(names):
         assert patch in _markers(load(name, version).events), (version, name)
@@ -138,7 +139,8 @@ def test_a_later_version_records_its_patch(version: str) -> None:
 def test_a_game_workflow_that_lost_its_record_stays() -> None:
     """1.1: the silent host's game, its clean-up ended by a forget: its workflow holds that its record
     is lost and waits for the next job instead of ending when idle (a new run would take the game for one
-    without an engine)."""
+    without an engine).
+    """
     events = load("game_lock_lost", "1.1").events
     closing = {
         EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED,
@@ -161,7 +163,8 @@ CLEAN_UP_FIRST = {"start_container_exited", "start_cancelled", "start_silent_hos
 @pytest.mark.parametrize("name", sorted(set(EXPECTED) - {"start_bad_payload"}))
 def test_the_publish_hands_the_turn_on(name: str) -> None:
     """The publish activity sends the registry's word and the release; the job sends no signal after its
-    publish, unless it cleans up first (then it releases itself, after the clean-up)."""
+    publish, unless it cleans up first (then it releases itself, after the clean-up).
+    """
     for version in VERSIONS:
         events = load(name, version).events
         sent = [e for e in events if e.event_type == EventType.EVENT_TYPE_SIGNAL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED]
@@ -186,7 +189,8 @@ def test_silent_hosts_step_is_given_up() -> None:
     """A silent host's step is given up and its clean up waits for the host.
 
     The step on the silent host was cancelled (never started), the failure published, and the clean-up
-    scheduled there too, ended by the host being forgotten; the liveness asked between (local activities)."""
+    scheduled there too, ended by the host being forgotten; the liveness asked between (local activities).
+    """
     events = load("start_silent_host").events
     assert _scheduled("start_silent_host") == ["ensure_engine_running", "publish_job_result", "remove_failed_start"]
     kinds = [e.event_type for e in events]
@@ -199,7 +203,8 @@ def test_silent_hosts_step_is_given_up() -> None:
 def test_a_retried_docker_step_is_replayed(version: str) -> None:
     """Replay covers a step that succeeded on a retry: Temporal records a retried activity's earlier
     attempts only in its last attempt's started event, so that is where the first attempt's
-    DockerUnavailable must show (else the history is just another fresh start)."""
+    DockerUnavailable must show (else the history is just another fresh start).
+    """
     events = load("start_retried_step", version).events
     [scheduled] = [
         e.event_id
@@ -263,7 +268,8 @@ def test_recorded_history_is_the_scenario_it_is_named_for(version: str, name: st
 @pytest.mark.parametrize("version", VERSIONS)
 def test_lock_history_granted_two_jobs(version: str) -> None:
     """The idle game's turn is the answer of the first job's take_turn update; only the job that waited
-    gets a grant signal."""
+    gets a grant signal.
+    """
     events = load("game_lock", version).events
     grants = [
         e
@@ -277,7 +283,8 @@ def test_lock_history_granted_two_jobs(version: str) -> None:
 
 def test_the_continued_lock_history_carried_its_waiters() -> None:
     """The game's workflow continued as new between turns (told to by the server, its updates near the
-    limit) with jobs still waiting: the continue-as-new branch of its loop is replayed."""
+    limit) with jobs still waiting: the continue-as-new branch of its loop is replayed.
+    """
     events = load("game_lock_continued").events
     last = events[-1]
     assert last.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW

@@ -38,7 +38,8 @@ def _setns(fd: int) -> None:
 
 def listen_in(namespace: Path) -> socket.socket:
     """A listening TCP socket on 127.0.0.1 (a free port) of `namespace`: made by a thread that enters
-    the namespace and leaves it again (a socket stays in the namespace it was made in)."""
+    the namespace and leaves it again (a socket stays in the namespace it was made in).
+    """
     made: list[socket.socket] = []
     failed: list[BaseException] = []
 
@@ -70,7 +71,8 @@ def listen_in(namespace: Path) -> socket.socket:
 
 class Relay:
     """Accepts on `listener` (in the browser's namespace) and pipes each connection to 127.0.0.1:`port`
-    of the host, a thread per direction."""
+    of the host, a thread per direction.
+    """
 
     def __init__(self, listener: socket.socket, port: int) -> None:
         self.listener = listener
@@ -118,7 +120,8 @@ def _pipe(src: socket.socket, dst: socket.socket) -> None:
 @contextlib.contextmanager
 def isolated_chrome(port: int, *, window: tuple[int, int] = (1440, 1000)) -> Iterator[tuple[webdriver.Chrome, str]]:
     """Headless Chromium in a network namespace of its own, and the base URL under which it reaches
-    127.0.0.1:`port` of the host. Skipped (a failure under CI=true) without chromium, chromedriver or root."""
+    127.0.0.1:`port` of the host. Skipped (a failure under CI=true) without chromium, chromedriver or root.
+    """
     chromium, driver, ip = shutil.which("chromium"), shutil.which("chromedriver"), shutil.which("ip")
     if chromium is None or driver is None or ip is None:
         pytest.skip("chromium, chromium-driver and iproute2 are needed (scripts/system-deps.sh installs them)")

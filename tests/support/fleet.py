@@ -73,7 +73,8 @@ QUERY_CONCURRENCY = 16
 
 class FleetDockerd(RestartableDockerd):
     """A private dockerd with its own trust key, hence its own engine ID (see the module's docstring),
-    or with the key file `key_path` that other daemons use too (hence their engine ID)."""
+    or with the key file `key_path` that other daemons use too (hence their engine ID).
+    """
 
     def __init__(self, key_path: Path | None = None) -> None:
         super().__init__()
@@ -105,7 +106,8 @@ async def fleet_hosts(
     """One private dockerd per name, with the fleet's engine image and its host marker (made here, as a
     worker would, so that a test knows each host's id up front), closed whatever happens; the test is
     skipped (a failure under CI=true) where no private dockerd can run. `shared_key`: every daemon uses
-    one key file, so all report the same engine ID."""
+    one key file, so all report the same engine ID.
+    """
     names = list(names)
     key_dir = tempfile.TemporaryDirectory(prefix="rtjobs-shared-key-")
     key_path = Path(key_dir.name) / "key.json" if shared_key else None
@@ -283,7 +285,8 @@ class Fleet:
         """Kill every worker, then remove every container the test's jobs made (the daemons stay).
 
         Each worker's warnings (counted) and last lines are printed first: a failed test shows them
-        (pytest's captured teardown output), since a killed worker's log file goes with it."""
+        (pytest's captured teardown output), since a killed worker's log file goes with it.
+        """
         for fleet_host in self.hosts.values():  # (the reconcile tests turn the schedules on)
             with contextlib.suppress(RPCError):
                 await self.client.get_schedule_handle(schedule_id(self.task_queue, fleet_host.host_id)).delete()
@@ -317,7 +320,8 @@ async def open_fleet(
     hosts: dict[str, FleetHost], temporal_env: WorkflowEnvironment, redis_url: str, task_queue: str, stream: str
 ) -> AsyncIterator[Fleet]:
     """A fleet on these hosts with no worker yet (the test sets `fleet.settings` first), closed whatever
-    happens: its workers killed and its jobs' containers removed, the daemons left for the next test."""
+    happens: its workers killed and its jobs' containers removed, the daemons left for the next test.
+    """
     made = Fleet(hosts=hosts, client=temporal_env.client, task_queue=task_queue, stream=stream, redis_url=redis_url)
     try:
         yield made
@@ -347,7 +351,8 @@ async def fleet_fixture(
     fleet_daemons: dict[str, FleetHost], temporal_env: WorkflowEnvironment, redis_url: str, task_queue: str, stream: str
 ) -> AsyncIterator[Fleet]:
     """The test's fleet: its own task queue (so its own registry and host queues) and stream; no worker
-    yet (the test sets `fleet.settings` first)."""
+    yet (the test sets `fleet.settings` first).
+    """
     async with open_fleet(fleet_daemons, temporal_env, redis_url, task_queue, stream) as made:
         yield made
 
@@ -386,7 +391,8 @@ async def start_on(
     fleet: Fleet, per_host: Mapping[str, list[str]], timeout_s: float
 ) -> tuple[list[Run], dict[str, JobResult]]:
     """Fresh starts of each host's games, started while the fleet's other hosts are drained: placement
-    samples hosts at random, so a test that needs games on a given host puts them there."""
+    samples hosts at random, so a test that needs games on a given host puts them there.
+    """
     hosts = TemporalFleet(fleet.client, fleet.task_queue)
     runs: list[Run] = []
     finished: dict[str, JobResult] = {}
@@ -406,7 +412,8 @@ async def start_on(
 
 async def send_games(fleet: Fleet, plan: Mapping[str, list[str]], accepted: frozenset[tuple[str, str]]) -> list[Run]:
     """Every game's jobs, games all at once; a game's jobs one after the other (each sent once the one
-    before was accepted), as the Runtime Manager sends them."""
+    before was accepted), as the Runtime Manager sends them.
+    """
 
     async def game(game_id: str, kinds: list[str]) -> list[Run]:
         return [await send(fleet, kind, game_id, accepted, job=f"{i}") for i, kind in enumerate(kinds)]
@@ -451,7 +458,8 @@ async def one_entry_per_run(fleet: Fleet, runs: list[Run], timeout_s: float) -> 
     the entry id the run recorded; the stream holds nothing else. Returned in stream order.
 
     (`tests.support.runs.assert_one_entry_per_run`, for a few hundred runs: that one's `status`
-    queries, one after the other, take a minute on this machine.)"""
+    queries, one after the other, take a minute on this machine.)
+    """
     finished = await results(runs, timeout_s)
     entries = await read_entries_at(fleet.redis_url, fleet.stream)
     assert len(entries) == len(runs), f"{len(entries)} entries for {len(runs)} runs: {entries}"
@@ -485,7 +493,8 @@ def replay_states(done: list[Done]) -> dict[str, str | None]:
     removes it, a fresh start makes a new one. Returns each game's running container id (None: none).
 
     A stop may report `replay_no_op` for an engine it did remove: its first attempt removed it and
-    died with its worker; the retry finds nothing (as on a single host)."""
+    died with its worker; the retry finds nothing (as on a single host).
+    """
     state: dict[str, str | None] = {}
     for d in done:
         game, result = d.run.game_id, d.result
@@ -507,7 +516,8 @@ def replay_states(done: list[Done]) -> dict[str, str | None]:
 async def assert_engines_as(fleet: Fleet, expected: Mapping[str, str | None]) -> dict[str, str]:
     """Each game has exactly the engine `expected` says (a running container of that id on one host)
     or none on any host, and a game's own workflow, when it knows the placement, names that host.
-    Returns the host of each game that has an engine."""
+    Returns the host of each game that has an engine.
+    """
     by_game = await fleet.engines_by_game()
     where: dict[str, str] = {}
     for game_id, container_id in expected.items():

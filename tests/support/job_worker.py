@@ -57,7 +57,8 @@ def e2e_settings(*, docker_url: str, redis_url: str, task_queue: str, stream: st
 @contextlib.asynccontextmanager
 async def real_worker(client: Client, settings: Settings) -> AsyncIterator[None]:
     """`rtjobs.hosting.serving` (the shared queue's and the host queue's workers, the host's reports) until
-    the block ends; clients closed after."""
+    the block ends; clients closed after.
+    """
     redis = redis_client(settings.redis_url)
     engine = EngineActivities(settings)
     try:

@@ -400,7 +400,8 @@ SECURITY_DOC = Path(__file__).resolve().parents[2] / "docs" / "security.md"
 
 def documented_acl(prefix: str) -> list[str]:
     """The rules of the one line of docs/security.md that starts with `prefix` (`ACL SETUSER <user>`
-    or `redis-cli [-p N] ACL SETUSER <user>`): the words after the user name, shell quoting undone."""
+    or `redis-cli [-p N] ACL SETUSER <user>`): the words after the user name, shell quoting undone.
+    """
     lines = [ln.strip() for ln in SECURITY_DOC.read_text().splitlines() if ln.strip().startswith(prefix)]
     assert len(lines) == 1, f"expected one line starting {prefix!r} in {SECURITY_DOC}, found {lines}"
     words = shlex.split(lines[0])

@@ -54,7 +54,8 @@ class RestartableDockerd(PrivateDockerd):
 
     def freeze(self, timeout_s: float = 5.0) -> None:
         """SIGSTOP the daemon and return once every one of its threads is stopped (so that no byte
-        sent after this returns is read before `thaw`)."""
+        sent after this returns is read before `thaw`).
+        """
         if self.proc is None or self.proc.poll() is not None:
             raise RuntimeError("no running dockerd to freeze")
         self.frozen = True
@@ -75,7 +76,8 @@ class RestartableDockerd(PrivateDockerd):
     @contextlib.contextmanager
     def thawed_at_exit(self) -> Iterator[RestartableDockerd]:
         """Whatever happens in the block (a failed assertion, a cancelled test), the daemon is thawed
-        when it ends, so that it can be stopped."""
+        when it ends, so that it can be stopped.
+        """
         try:
             yield self
         finally:
@@ -103,7 +105,8 @@ async def own_dockerd(
     prepare: Callable[[aiodocker.Docker], Awaitable[object]],
 ) -> AsyncIterator[RestartableDockerd]:
     """A dockerd of the test's own (it may stop, freeze or restart it), prepared by `prepare` (e.g. the
-    test images), closed whatever happens; the test is skipped (a failure under CI=true) without one."""
+    test images), closed whatever happens; the test is skipped (a failure under CI=true) without one.
+    """
     try:
         static_busybox()
         daemon = RestartableDockerd().start()

@@ -55,7 +55,8 @@ async def stop_replay_runs(client: Client, task_queue: str, game_ids: Iterable[s
 
 async def pending_attempt(handle: Handle, activity_type: str) -> int:
     """The attempt number of the run's pending `activity_type`: 0 until its first attempt started;
-    a later attempt counts also while it waits out its backoff (an earlier one failed)."""
+    a later attempt counts also while it waits out its backoff (an earlier one failed).
+    """
     desc = await handle.describe()
     for pending in desc.raw_description.pending_activities:
         if pending.activity_type.name == activity_type and (
@@ -106,7 +107,8 @@ async def until_entries(redis_url: str, stream: str, count: int, timeout_s: floa
 
 async def assert_one_entry_per_run(redis_url: str, stream: str, runs: list[Run], timeout_s: float = 90) -> list[Entry]:
     """The verdict: every run ended, its result is on the stream exactly once, under the entry id the
-    run recorded, with an accepted outcome and code; and the stream holds nothing else."""
+    run recorded, with an accepted outcome and code; and the stream holds nothing else.
+    """
     finished = await results(runs, timeout_s)
     entries = await read_entries_at(redis_url, stream)
     by_id = dict(entries)

@@ -91,7 +91,8 @@ class ProxyUnavailable(RuntimeError):
 
 class HAProxy:
     """`haproxy -db -f deploy/docker-socket-proxy/haproxy.cfg` in front of `upstream`, listening on its
-    own socket in a short temp dir (unix socket paths are limited to 107 bytes)."""
+    own socket in a short temp dir (unix socket paths are limited to 107 bytes).
+    """
 
     def __init__(self, upstream: Path) -> None:
         binary = shutil.which("haproxy") or next(
@@ -188,7 +189,8 @@ def raw_request(
     timeout_s: float = 15.0,
 ) -> RawResponse:
     """One HTTP/1.1 request on a new connection to a unix socket, written byte for byte as given
-    (no client library normalising it), then `Connection: close`; the status and the body read."""
+    (no client library normalising it), then `Connection: close`; the status and the body read.
+    """
     head = [f"{method} {target} HTTP/1.1", "Host: docker", "Connection: close"]
     head += [f"{k}: {v}" for k, v in headers]
     if chunked:

@@ -92,7 +92,8 @@ async def run_jobs(
 ) -> Verdict:
     """Wait for every run, then check the contract's promise: exactly one entry per run, the one the
     run published, with an accepted outcome; and (unless `orphans=False`) no container left but a
-    successful start's own."""
+    successful start's own.
+    """
     finished = await results(runs, timeout_s)
     if orphans:
         await assert_no_orphans(docker_url or stack.docker_url, runs, finished)

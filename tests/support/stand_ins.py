@@ -177,7 +177,8 @@ async def job_worker(
 
 async def until_listed(client: Client, task_queue: str, host_ids: Iterable[str], timeout_s: float = 30.0) -> None:
     """Until the server's workflow listing shows these hosts' workflows (it trails their start a little):
-    what the fleet's placement samples and `rtjobs hosts` lists."""
+    what the fleet's placement samples and `rtjobs hosts` lists.
+    """
     want = set(host_ids)
     fleet = Fleet(client, task_queue)
     deadline = asyncio.get_running_loop().time() + timeout_s

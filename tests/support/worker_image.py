@@ -97,7 +97,8 @@ def base_rootfs() -> tuple[Path, bool]:
 
 def stage_sources(into: Path) -> Path:
     """A copy of what the build needs from the repository (pyproject.toml names the project's packages and
-    modules), so that pip's in-tree build leaves nothing in the checkout."""
+    modules), so that pip's in-tree build leaves nothing in the checkout.
+    """
     setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     names = ["Dockerfile", "pyproject.toml", "README.md", CONSTRAINTS, *(f"{m}.py" for m in setuptools["py-modules"])]
     into.mkdir(parents=True)
@@ -213,7 +214,8 @@ async def import_base(docker: aiodocker.Docker, rootfs: Path) -> str:
 
 async def build_image(docker: aiodocker.Docker, context: bytes, tag: str, buildargs: dict[str, str]) -> list[str]:
     """`docker build` through the Engine API (the classic builder); the build's output lines. A failed
-    step raises with the output that led to it."""
+    step raises with the output that led to it.
+    """
     lines: list[str] = []
     try:
         async for message in docker.images.build(

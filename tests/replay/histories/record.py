@@ -155,7 +155,8 @@ class Recorder:
     async def retried_step(self) -> None:
         """A start whose Docker step failed its first attempt and succeeded on a retry: Docker is
         unreachable for the game's requests (the relay cuts them, as a daemon gone away would) until
-        the first attempt has failed (DockerUnavailable, retryable), then answers again."""
+        the first attempt has failed (DockerUnavailable, retryable), then answers again.
+        """
         if self.relay is None:
             raise SystemExit("start_retried_step: needs the relay in front of a unix-socket Docker engine")
         gid = self.game()
@@ -191,7 +192,8 @@ class Recorder:
     async def silent_host(self) -> None:
         """A start placed on a host whose workers then fall silent (a host that reported once, whose
         queue nobody polls): the step is given up after RTJOBS_HOST_WAIT_S (`docker_unavailable`), the
-        clean-up waits for the host, and ends once an operator forgets it."""
+        clean-up waits for the host, and ends once an operator forgets it.
+        """
         tq = self.settings.task_queue
         fleet = Fleet(self.client, tq)
         [real] = await fleet.views()
@@ -246,7 +248,8 @@ class Recorder:
         record whose engine was removed by hand: one reconcile run removes, adopts and clears.
 
         With a grace of 0 it acts on every container of ours on the engine: record with a Docker engine
-        of your own (unset DOCKER_HOST: a private dockerd), never one that others' engines run on."""
+        of your own (unset DOCKER_HOST: a private dockerd), never one that others' engines run on.
+        """
         tq = self.settings.task_queue
         gone = self.game()
         await self.finish("-", await start_job(self.client, gone, task_queue=tq), "", save=False)
@@ -281,7 +284,8 @@ class Recorder:
 async def lock_continued(engine: DockerEngine, out: Path, only: set[str] | None = None) -> None:
     """The game's workflow continuing as new between turns with waiters: on a server that allows a run
     3 updates (`history.maxTotalUpdates`), it is told to continue as new after the first take_turn
-    updates; three jobs queued behind a slow start are carried into the next run."""
+    updates; three jobs queued behind a slow start are carried into the next run.
+    """
     env = await start_dev_server(["history.maxTotalUpdates=3"])
     settings = recording_settings(engine)
     recorder = Recorder(env.client, engine, settings, out, only)

@@ -1,6 +1,7 @@
 """The fleet's listing of its hosts is shared by the placements in flight: a stale list is listed again
 once for all of them, not once each (at 100 placements in flight that was 73 listings of the whole
-fleet in 16 s, up to 15 s each, and the placements' p99 went from 0.2 to 7.8 s: bench/fleet_scale.py)."""
+fleet in 16 s, up to 15 s each, and the placements' p99 went from 0.2 to 7.8 s: bench/fleet_scale.py).
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """A host whose workflow does not answer (busy past the query's deadline, its tasks failing) hides nothing else:
 `rtjobs hosts` and placement's last resort see every host that answered, and placement never says "no host has
-free capacity" while a host it could not ask might have some (the attempt fails, and is retried)."""
+free capacity" while a host it could not ask might have some (the attempt fails, and is retried).
+"""
 
 from __future__ import annotations
 

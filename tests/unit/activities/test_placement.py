@@ -1,6 +1,7 @@
 """The placement activities against the real dev server and the real `RuntimeHost` workflows: a burst
 of placements fills hosts to their capacity and never past it; a retried placement
-gets its own host again; a game's engine is looked for on the hosts only when its record was lost."""
+gets its own host again; a game's engine is looked for on the hosts only when its record was lost.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """Registry credentials (activities/registry_auth.py) and pull progress (activities/pull_progress.py):
-parsing and matching as the Docker CLI does, then pulls from a loopback registry that requires a login."""
+parsing and matching as the Docker CLI does, then pulls from a loopback registry that requires a login.
+"""
 
 from __future__ import annotations
 
@@ -305,7 +306,8 @@ class PrivateImage:
 @pytest.fixture
 async def private_image(docker: aiodocker.Docker, images: EngineImages) -> AsyncIterator[PrivateImage]:
     """The healthy engine as a 3-layer image in a loopback registry that wants USER / PASSWORD; the
-    image is removed from the engine afterwards."""
+    image is removed from the engine afterwards.
+    """
     registry = await TinyRegistry(credentials=(USER, PASSWORD)).start()
     config = (await docker.images.inspect(images.healthy))["Config"]
     repo = f"rtjobs-test/private-{uuid.uuid4().hex[:8]}"

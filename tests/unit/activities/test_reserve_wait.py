@@ -1,6 +1,7 @@
 """A host's workflow that does not answer a reservation fails the placements waiting on it, not every later
 one: the reservations of one worker to one host go one update at a time, and an update that never ended
-kept the next ones queued behind it (bench/fleet_scale.py at 1,000 hosts: one placement retried for 900 s)."""
+kept the next ones queued behind it (bench/fleet_scale.py at 1,000 hosts: one placement retried for 900 s).
+"""
 
 from __future__ import annotations
 

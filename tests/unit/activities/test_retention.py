@@ -40,7 +40,7 @@ def retention_of(redis: aioredis.Redis, stream: str) -> ResultRetention:
 
 
 async def add_at(redis: aioredis.Redis, stream: str, ms: int, n: int) -> list[str]:
-    """`n` entries with ids `ms-0`, `ms-1`, …"""
+    """`n` entries with ids `ms-0`, `ms-1` and so on."""
     return [str(await redis.xadd(stream, FIELDS, id=f"{ms}-{i}")) for i in range(n)]  # type: ignore[arg-type]
 
 

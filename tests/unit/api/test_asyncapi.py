@@ -104,7 +104,8 @@ async def test_written_engine_events_match_the_schema(redis_url: str, redis: aio
     """Engine events the activity wrote validate against the payload schema.
 
     Through the worker's publisher (its once-only key per reconcile run and game): a second publish of
-    the same game in the same run appends nothing."""
+    the same game in the same run appends nothing.
+    """
     client = redis_client(redis_url)
     events = [
         EngineEvent(

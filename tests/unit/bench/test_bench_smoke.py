@@ -1,7 +1,8 @@
 """The fleet scale benchmark's quick mode runs end to end on the real parts (dev server, `python worker.py`,
 the hosts' real workflows and placement activity) and prints its figures: a benchmark that broke would otherwise
 only be noticed when someone needs the numbers. The figures are checked for presence and consistency
-(every placement answered with a host), never for speed."""
+(every placement answered with a host), never for speed.
+"""
 
 from __future__ import annotations
 

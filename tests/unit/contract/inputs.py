@@ -1,5 +1,6 @@
 """Job inputs for the bad-input tests, written from the contract text (not imported from contract.models):
-hypothesis strategies whose every generated field carries whether it is valid, and the cases made of them."""
+hypothesis strategies whose every generated field carries whether it is valid, and the cases made of them.
+"""
 
 from __future__ import annotations
 

@@ -17,7 +17,8 @@ the session loop (it substitutes `hypothesis.inner_test`), the loop the dev serv
 module's one worker live on. Each example is a *batch* of jobs run concurrently, so sixty inputs
 cost a few seconds; the shrink phase is off because each re-run costs real workflows, and the
 failure report names every offending payload anyway. The explicit tests below pin one case per
-bug category so a regression is named without hypothesis."""
+bug category so a regression is named without hypothesis.
+"""
 
 from __future__ import annotations
 
@@ -341,7 +342,8 @@ async def test_category(rig: Rig, workflow: str, payload: dict[str, Any], bad_fi
 async def test_non_object_input_fails_saying_so(rig: Rig, payload: Any) -> None:
     """Non object input fails saying an object with `game_id` is needed.
 
-    Operators read this message in the UI: it must say what the input should have been."""
+    Operators read this message in the UI: it must say what the input should have been.
+    """
     await check_batch(rig, [make_case(START, payload)])
 
 
@@ -368,7 +370,7 @@ async def test_huge_game_id_publishes_one_invalid_request(rig: Rig, workflow: st
 
 
 async def test_image_outside_dockers_ascii_tag_grammar_is_invalid_request(rig: Rig) -> None:
-    """Docker's tag grammar `[\\w][\\w.-]*` is ASCII (Go regexp); `busybox:été` is no reference."""
+    r"""Docker's tag grammar `[\w][\w.-]*` is ASCII (Go regexp); `busybox:été` is no reference."""
     case = make_case(START, {"game_id": "g-1", "image": "busybox:\u00e9t\u00e9"})
     await check_batch(rig, [Case(case.workflow, case.payload, case.raw, case.game_id, ("image",))])
 
@@ -376,7 +378,8 @@ async def test_image_outside_dockers_ascii_tag_grammar_is_invalid_request(rig: R
 async def test_worker_serves_a_good_job_after_all_the_bad_input(rig: Rig) -> None:
     """Runs after the tests above on the same worker (module order): it is still healthy. The start and
     the stop of one game run one after the other: started together, their order on the stream is
-    promised only within RTJOBS_ORDER_SETTLE_S, which this rig does not set (the CI flake)."""
+    promised only within RTJOBS_ORDER_SETTLE_S, which this rig does not set (the CI flake).
+    """
     gid = f"after-{uuid.uuid4().hex[:8]}"
     await check_batch(rig, [make_case(START, {"game_id": gid})])
     await check_batch(rig, [make_case(STOP, {"game_id": gid})])

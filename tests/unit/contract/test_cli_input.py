@@ -1,5 +1,6 @@
 """The CLI rejects the inputs the contract rejects before sending anything (exit 2, one line), and
-accepts what it accepts."""
+accepts what it accepts.
+"""
 
 from __future__ import annotations
 

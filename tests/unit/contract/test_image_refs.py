@@ -1,5 +1,6 @@
 """What "a valid image reference" means must be what Docker means: a reference the contract model accepts
-is one a real Docker engine parses (else it would fail as container_start_failed, not invalid_request)."""
+is one a real Docker engine parses (else it would fail as container_start_failed, not invalid_request).
+"""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ async def docker(docker_engine: DockerEngine) -> AsyncIterator[aiodocker.Docker]
 
 async def assert_docker_parses_if_the_model_accepts(docker: aiodocker.Docker, ref: str) -> None:
     """A reference the model rejects never reaches Docker (invalid_request); one it accepts must be one
-    Docker parses: 404 (no such image) for a well-formed reference, 400 for one it cannot parse."""
+    Docker parses: 404 (no such image) for a well-formed reference, 400 for one it cannot parse.
+    """
     try:
         ImageRefAdapter.validate_python(ref)
     except ValidationError:

@@ -127,7 +127,8 @@ def test_listing_everything_exceeds_the_bound() -> None:
     """Listing every container and record would not stay under the bound.
 
     Why the survey: a listing of every container and every record, at 5,000 running engines, is each
-    over 256 KiB."""
+    over 256 KiB.
+    """
     containers, records = host_of("all in line")
     assert payload_size(containers) > BOUND
     assert payload_size(records) > BOUND
@@ -154,7 +155,8 @@ def test_at_5000_games_the_survey_and_the_summary_stay_under_256_kib(scenario: s
 
 def test_games_beyond_the_listing_are_reached_from_another_start() -> None:
     """Listed in game order from the start drawn by the run: runs that start elsewhere list the others, so
-    games off for good (reported only) at the head of the order never keep the rest out."""
+    games off for good (reported only) at the head of the order never keep the rest out.
+    """
     containers, records = host_of("all gone")
     ids = sorted(r.game_id for r in records)
     first = survey(containers, records, start=0.0)

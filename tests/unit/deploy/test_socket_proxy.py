@@ -97,7 +97,8 @@ def settings_for(docker_url: str, redis_url: str, task_queue: str, stream: str, 
 async def worker_like_main(client: Client, settings: Settings) -> AsyncIterator[None]:
     """What `worker.run` does with Docker: the start-up check, then `serving` (it identifies the engine
     with `GET /info`, reports the host with its list of our containers, and polls the shared queue and
-    the host's own queue, where the jobs' Docker steps run)."""
+    the host's own queue, where the jobs' Docker steps run).
+    """
     redis = redis_client(settings.redis_url)
     engine = EngineActivities(settings)
     try:
@@ -124,7 +125,8 @@ async def remove_network(docker: aiodocker.Docker, name: str) -> None:
 async def unmark_private_engine(docker_engine: DockerEngine, docker: aiodocker.Docker) -> bool:
     """Remove the host marker of the tests' own dockerd, so that the worker's identify makes it (and its
     create is seen); an engine given by DOCKER_HOST keeps its marker (its id may be in use). Whether the
-    marker will be made."""
+    marker will be made.
+    """
     if docker_engine.private is None:
         return False
     with contextlib.suppress(DockerError):

@@ -1,5 +1,6 @@
 """RTJOBS_HOST_DOCKER_CONCURRENCY: how many Docker steps a worker runs at once on its host's queue, by
-default derived from the host's capacity, and what the host Worker is really given."""
+default derived from the host's capacity, and what the host Worker is really given.
+"""
 
 from __future__ import annotations
 

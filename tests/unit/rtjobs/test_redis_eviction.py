@@ -61,7 +61,8 @@ def url_of(server: RedisServer) -> str:
 @pytest.mark.parametrize("policy", POLICIES)
 def test_only_noeviction_or_no_memory_limit_is_safe(policy: str) -> None:
     """The keys' TTLs decide: the idempotency keys have one (volatile-* evicts them), the stream has none
-    (only allkeys-* evicts it); a policy this code does not know is taken as the worst."""
+    (only allkeys-* evicts it); a policy this code does not know is taken as the worst.
+    """
     limited = MemoryPolicy("", 2 * MB, policy).at_risk()
     if policy == "noeviction":
         assert limited == ()
@@ -119,7 +120,8 @@ async def test_unreadable_policy_refuses_start(processes: list[Process], worker_
     """An unreadable policy refuses start unless the operator vouches for it.
 
     A user refused INFO and CONFIG: the worker cannot know, so it refuses, naming both ways out; with
-    RTJOBS_REDIS_ASSUME_NOEVICTION=true it starts with one warning."""
+    RTJOBS_REDIS_ASSUME_NOEVICTION=true it starts with one warning.
+    """
     with private_redis(*only_user("-@all +ping")) as server:
         env = {**worker_env, "REDIS_URL": url_of(server)}
         refused = start_worker(processes, env)
@@ -169,7 +171,8 @@ async def test_cluster_check_reads_every_primary() -> None:
     """Cluster check reads every primary and names the one that may evict.
 
     The stream's slot can move to any primary (failover, resharding): an unsafe primary that does not
-    serve the stream now refuses the start too, named in the line."""
+    serve the stream now refuses the start too, named in the line.
+    """
     stream = "runtime:job_results"
     cluster = await asyncio.to_thread(LocalCluster().start)
     client = redis_client(cluster.url())

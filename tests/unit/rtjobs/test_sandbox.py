@@ -1,5 +1,6 @@
 """The workers' sandbox (rtjobs/sandbox.py) against the real sandbox and dev server: runs share the compiled
-code of workflow modules, never their module state, and every restriction still applies."""
+code of workflow modules, never their module state, and every restriction still applies.
+"""
 
 from __future__ import annotations
 

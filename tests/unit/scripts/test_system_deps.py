@@ -1,6 +1,7 @@
 """`scripts/system-deps.sh` fails, with one line naming what is missing and the command that installs it, when it
 cannot install the packages itself (not root): `make run` and `make test` then stop there, not later with a less
-clear error."""
+clear error.
+"""
 
 from __future__ import annotations
 

@@ -68,7 +68,8 @@ async def test_a_busy_host_is_waited_for_past_the_host_wait(
     client: Client, task_queue: str, redis_url: str, redis: aioredis.Redis, stream: str
 ) -> None:
     """One Docker-step slot, two starts: the second waits on the host's queue far longer than
-    RTJOBS_HOST_WAIT_S (2 s) behind the first, and succeeds: the host reports, so it is busy, not dead."""
+    RTJOBS_HOST_WAIT_S (2 s) behind the first, and succeeds: the host reports, so it is busy, not dead.
+    """
     engine = StandInEngine(delay_s=15.0)
     first, second = game(), game()
     async with job_worker(client, task_queue, redis_url, stream, engine, host_wait_s=2.0, host_concurrency=1):
@@ -94,7 +95,8 @@ async def test_silent_hosts_start_is_given_up(
     A start placed on a host that reported once and fell silent: after RTJOBS_HOST_WAIT_S its step
     is given up (`docker_unavailable` naming the host) and published; the job keeps the game's turn
     while its clean-up waits for that host, so the game's next job waits too; once the host is
-    forgotten the clean-up ends, the turn passes and the next start runs on a live host."""
+    forgotten the clean-up ends, the turn passes and the next start runs on a live host.
+    """
     engine = StandInEngine()
     gid = game()
     async with job_worker(client, task_queue, redis_url, stream, engine, host_wait_s=2.0):
@@ -161,7 +163,8 @@ async def test_a_grant_naming_another_game_or_job_is_ignored(
     client: Client, task_queue: str, redis_url: str, redis: aioredis.Redis, stream: str
 ) -> None:
     """A job waiting behind another of its game gets forged grants (another game's; its game's, for
-    another job): neither opens its turn, it runs only after the holder is done."""
+    another job): neither opens its turn, it runs only after the holder is done.
+    """
     engine = StandInEngine(delay_s=8.0)
     gid = game()
     async with job_worker(client, task_queue, redis_url, stream, engine):
@@ -193,7 +196,8 @@ async def test_a_job_started_with_a_timeout_is_refused_at_once(
     client: Client, task_queue: str, redis_url: str, redis: aioredis.Redis, stream: str
 ) -> None:
     """A starter's execution or run timeout would end the job without its result: the job publishes
-    `invalid_request` saying so, before any turn or Docker step."""
+    `invalid_request` saying so, before any turn or Docker step.
+    """
     engine = StandInEngine()
     gids = [game(), game()]
     async with job_worker(client, task_queue, redis_url, stream, engine):
@@ -213,7 +217,8 @@ async def test_a_job_started_with_a_timeout_is_refused_at_once(
 
 class _DeafStart:
     """A start step that does not hear its cancellation and stops heartbeating: the server times it out
-    (heartbeat) instead of the step acknowledging the cancel."""
+    (heartbeat) instead of the step acknowledging the cancel.
+    """
 
     def __init__(self) -> None:
         self.began = asyncio.Event()
@@ -248,7 +253,8 @@ async def test_lock_continues_as_new_in_time(redis_url: str, redis: aioredis.Red
 
     With `history.maxTotalUpdates` at 3 the server suggests continuing as new as a run's updates near
     the limit; the game's workflow does so between turns, so six jobs in a row are all served (each
-    take_turn is an update)."""
+    take_turn is an update).
+    """
     env = await start_dev_server(["history.maxTotalUpdates=3"])
     task_queue, gid, engine = f"tq-{uuid.uuid4().hex[:8]}", game(), StandInEngine()
     try:

@@ -260,7 +260,8 @@ async def test_publish_hands_the_turn_on(
 
     JOB_PATCH_V4: a job with nothing to do after its publish leaves the registry's word and the release
     to the publish activity, which sends them after the append; a failed start that must clean up first
-    still releases the turn itself, after the clean-up."""
+    still releases the turn itself, after the clean-up.
+    """
     gid, engine = game(), StandInEngine()
     async with job_worker(client, task_queue, redis_url, stream, engine):
         started = await start(client, task_queue, StartRuntimeJob.run, {"game_id": gid})

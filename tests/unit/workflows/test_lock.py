@@ -123,7 +123,8 @@ async def test_carried_state_dedups_a_request(
     """State carried over dedups a request in the new run's first task.
 
     A request of a run the previous lock run already served, arriving with the new run's start, is
-    not served twice (before, the signal was handled before run() restored the served runs)."""
+    not served twice (before, the signal was handled before run() restored the served runs).
+    """
     monkeypatch.setattr(contract.lock, "IDLE_EXIT", timedelta(seconds=1))
     gid = game()
     async with job_worker(client, task_queue, redis_url, stream, StandInEngine()):
@@ -195,7 +196,8 @@ async def test_jobs_survive_their_lock_run_being_terminated(
     client: Client, task_queue: str, redis_url: str, redis: aioredis.Redis, stream: str, monkeypatch: Any
 ) -> None:
     """The holder still completes with its published result (its release finds no lock); a waiter sends its
-    request again, gets a turn from a new lock run, and a cancelled waiter reports `cancelled`."""
+    request again, gets a turn from a new lock run, and a cancelled waiter reports `cancelled`.
+    """
     monkeypatch.setattr(contract.lock, "REQUEST_AGAIN_EVERY", timedelta(seconds=1))
     gid, engine = game(), StandInEngine(delay_s=3)
     async with job_worker(client, task_queue, redis_url, stream, engine):

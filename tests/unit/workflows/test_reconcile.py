@@ -45,7 +45,8 @@ LONG_AGO = datetime(2026, 1, 1, tzinfo=UTC)
 class StandIns:
     """A host with an exited container of game `old`, a running engine of game `new`, a record of game
     `lost` on the host whose engine is gone, and game `fine` running as its record says; every call is
-    noted in order."""
+    noted in order.
+    """
 
     def __init__(self, host: HostRef) -> None:
         self.host = host

@@ -1,5 +1,6 @@
 """What the Docker activity tests share: the activities' settings, a fresh job run's environment, and
-the start/stop/inspect calls with the error checks they make."""
+the start/stop/inspect calls with the error checks they make.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """An engine's scratch directory is writable whatever the image's `/tmp` looks like: the tmpfs the worker mounts
 there gets an explicit mode (1777), not the mode of the image's own `/tmp` (Docker's default), so an image whose
-`/tmp` is root's 0755 (an imported root file system) still gets scratch space its uid-65534 engine can write."""
+`/tmp` is root's 0755 (an imported root file system) still gets scratch space its uid-65534 engine can write.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """How the Docker activities fail: an unreachable daemon, the classification of the daemon's answers, and
-the retry policy that follows from it."""
+the retry policy that follows from it.
+"""
 
 from __future__ import annotations
 
@@ -60,7 +61,8 @@ def test_retry_policy_is_bounded_and_never_retries_permanent_codes() -> None:
 
 async def test_docker_call_classification(make_activities: MakeActivities, tmp_path: Any) -> None:
     """The one classification: which daemon answers are retryable (DockerUnavailable), which the
-    permanent code, and that a daemon's error verdict counts only while the daemon still answers."""
+    permanent code, and that a daemon's error verdict counts only while the daemon still answers.
+    """
     gateway = make_activities().gateway
     quick = make_activities(docker_call_timeout_s=0.2).gateway  # for the deadline cases only
     code = ErrorCode.CONTAINER_START_FAILED

@@ -1,6 +1,7 @@
 """The image policy (RTJOBS_IMAGE_ALLOW, RTJOBS_IMAGE_REQUIRE_DIGEST) in the start activity: allowed
 tags and digests run, other tags, repositories and registries are refused before Docker or a registry is
-asked."""
+asked.
+"""
 
 from __future__ import annotations
 
@@ -144,7 +145,8 @@ async def test_a_tag_that_moves_still_runs_the_policy_is_about_names(
     extra_tags: Callable[[str, str], Any],
 ) -> None:
     """Tags are mutable: an allowed tag re-pointed to another image still runs, now that other image.
-    Only RTJOBS_IMAGE_REQUIRE_DIGEST pins content; the allow list is about names."""
+    Only RTJOBS_IMAGE_REQUIRE_DIGEST pins content; the allow list is about names.
+    """
     moving = f"{TEST_REPO}:moving-{uuid.uuid4().hex[:8]}"
     acts = make_activities(engine_image=moving, image_allow=f"{TEST_REPO}:moving-*")
     await extra_tags(images.healthy, moving)
@@ -272,7 +274,8 @@ async def test_allowed_digest_runs_tag_refused_offline(
 
     A real digest reference: the healthy test image pushed to a registry of the test's own (imported
     images have no registry digest). Pinned by digest it runs, pulled by that digest when absent; a tag of
-    the same repository is refused under RTJOBS_IMAGE_REQUIRE_DIGEST before anyone asks the registry."""
+    the same repository is refused under RTJOBS_IMAGE_REQUIRE_DIGEST before anyone asks the registry.
+    """
     repo = f"rtjobs-test/pinned-{uuid.uuid4().hex[:8]}"
     digest = await push_to(docker, registry, images.healthy, repo, "v1")
     pinned = f"{registry.host}/{repo}@{digest}"

@@ -1,5 +1,6 @@
 """The lock-down of the engine's create body: what it sets, what may be configured, and that a body
-which loosens it is refused."""
+which loosens it is refused.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """Pulling the engine image: an image that cannot be pulled and a registry that never answers; how image
-references normalise."""
+references normalise.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """The readiness wait of a start against a real engine: an engine that exits, never turns healthy, is
 reported unhealthy or is slow; engines without a healthcheck and their stability window; a daemon that
-shuts down during the wait."""
+shuts down during the wait.
+"""
 
 from __future__ import annotations
 
@@ -113,7 +114,8 @@ async def test_replay_after_window_does_not_wait(
 ) -> None:
     """Replay of an engine running longer than the window does not wait again.
 
-    Counted from State.StartedAt, not from when this attempt first looked: one look suffices."""
+    Counted from State.StartedAt, not from when this attempt first looked: one look suffices.
+    """
     acts = make_activities(engine_min_running_s=1.0)
     first = await start(acts, game_id, images.ignores_term)  # returns once it has run for 1 s
     looks = 0
@@ -139,7 +141,8 @@ async def test_no_healthcheck_crash_is_container_exited(
 
     Measured before the window existed: the at-once image was reported a success in 4-5 of 10 starts
     (the first inspect found it still running), the 0.3 s one in all of them. With the default window
-    (1 s) every start must be container_exited with the log tail, and leave nothing."""
+    (1 s) every start must be container_exited with the log tail, and leave nothing.
+    """
     acts = make_activities()
     assert acts.settings.engine_min_running_s == 1.0
     for attempt in range(10):
@@ -259,7 +262,8 @@ async def test_daemon_shutdown_is_docker_unavailable(
 
     dockerd on SIGTERM closes its listener at once, then stops its containers while it still answers
     on open connections: the waiting start sees its engine `exited with code 0`. That is the daemon
-    going away, not the engine failing: retryable DockerUnavailable, not a permanent container_exited."""
+    going away, not the engine failing: retryable DockerUnavailable, not a permanent container_exited.
+    """
     daemon = stoppable_dockerd
     acts = EngineActivities(settings_for(daemon.url, start_timeout_s=120.0, docker_poll_interval_s=0.05))
     gid = f"t-{uuid.uuid4().hex[:10]}"

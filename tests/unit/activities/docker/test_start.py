@@ -1,5 +1,6 @@
 """Starting an engine (ensure_engine_running) against a real engine: a fresh start, its replays and
-retried attempts, conflicts with containers already there, and a start cancelled or raced."""
+retried attempts, conflicts with containers already there, and a start cancelled or raced.
+"""
 
 from __future__ import annotations
 
@@ -121,7 +122,8 @@ async def test_retried_attempt_knows_container_by_label(
 ) -> None:
     """Retried attempt without heartbeat details knows its container by the job run label.
 
-    The worker died before any heartbeat carried the id: the `galaxy.job-run` label still tells."""
+    The worker died before any heartbeat carried the id: the `galaxy.job-run` label still tells.
+    """
     acts = make_activities()
     env = job_env()
     first = await env.run(acts.ensure_engine_running, EnsureEngineRunning(game_id=game_id, image=images.healthy))

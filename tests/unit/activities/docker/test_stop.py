@@ -1,5 +1,6 @@
 """Stopping an engine (ensure_engine_removed) and removing a failed start's containers
-(remove_failed_start) against a real engine."""
+(remove_failed_start) against a real engine.
+"""
 
 from __future__ import annotations
 

@@ -4,7 +4,8 @@ Every topology is real (tests/support/redis_topologies.py: redis-server / redis-
 free ports), and every publish goes through the real activity inside a real workflow on the dev server,
 retried by Temporal with the contract's policy. The failover scenarios kill the primary that serves
 the stream with SIGKILL while jobs keep publishing, as the documented least-privilege ACL user, with
-`RTJOBS_REDIS_MIN_REPLICAS=1`; the figures (results held, time to land, lost, doubled) are printed."""
+`RTJOBS_REDIS_MIN_REPLICAS=1`; the figures (results held, time to land, lost, doubled) are printed.
+"""
 
 from __future__ import annotations
 

@@ -45,7 +45,8 @@ def _servers() -> list[Any]:
 @pytest.mark.parametrize("binary", _servers())
 async def test_publish_activity_with_min_replicas(binary: str | None) -> None:
     """Once, dedup, NOSCRIPT reload, and WAIT: met by a live replica, not by a paused one (retryable,
-    and the retry finds the same entry), also when the retry runs on a connection that never wrote."""
+    and the retry finds the same entry), also when the retry runs on a connection that never wrote.
+    """
     pair = await asyncio.to_thread(PrimaryWithReplica(command=[binary] if binary else None).start)
     redis = redis_client(pair.url)
     # Another worker's client, connected before the entry is written: WAIT on its connection alone

@@ -1,5 +1,6 @@
 """REDIS_URL's forms for a standalone server, Cluster and Sentinel (no server): what each names, one clear
-line for a bad one, and the passwords masked in every form."""
+line for a bad one, and the passwords masked in every form.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """What the Redis topology tests share: the least-privilege ACL users, and jobs that publish through the real
-activity inside real workflows on the dev server, with the exactly-once count of their stream."""
+activity inside real workflows on the dev server, with the exactly-once count of their stream.
+"""
 
 from __future__ import annotations
 

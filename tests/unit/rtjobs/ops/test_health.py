@@ -1,5 +1,6 @@
 """Health endpoints against the real parts: the worker's own Workers on the session's dev server, a
-redis-server and a dockerd of the test's own (stopped and restarted here), probed over HTTP."""
+redis-server and a dockerd of the test's own (stopped and restarted here), probed over HTTP.
+"""
 
 from __future__ import annotations
 

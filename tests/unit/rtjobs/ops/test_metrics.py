@@ -1,7 +1,8 @@
 """Metrics: real jobs of every outcome through the real worker process (`python worker.py` with
 RTJOBS_METRICS_ADDRESS), then its Prometheus endpoint scraped over HTTP and read with Prometheus' own text
 parser; each of the module's metrics must have moved by exactly what the jobs did, and the SDK's own metrics
-must be on the same endpoint with conventional names."""
+must be on the same endpoint with conventional names.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """Tracing: the real worker with the SDK's OpenTelemetry interceptor (`rtjobs.ops.tracing`) exporting to an
 in-memory exporter; a start job begun by a starter without tracing (as the Go Runtime Manager and the CLI
-begin them) gives its workflow span, Docker step span and publish span, in one trace."""
+begin them) gives its workflow span, Docker step span and publish span, in one trace.
+"""
 
 from __future__ import annotations
 
@@ -75,7 +76,8 @@ async def test_start_job_is_one_trace(client: Client, make_settings: MakeSetting
 
 class Collector:
     """An OTLP/HTTP trace receiver on loopback: what `python worker.py` exports, decoded with the protocol's
-    own messages."""
+    own messages.
+    """
 
     def __init__(self) -> None:
         self.spans: list[tuple[str, str, bytes]] = []  # (service name, span name, trace id)

@@ -1,6 +1,7 @@
 """A workflow module loaded as the product's workflow modules are: its runs say which compiled code and
 which module namespace they got (while both are alive, so ids are unique), and whether a
-non-deterministic call is still refused."""
+non-deterministic call is still refused.
+"""
 
 from __future__ import annotations
 

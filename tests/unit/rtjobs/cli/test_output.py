@@ -1,6 +1,7 @@
 """What the CLI prints, without a server: tables fitted to a terminal, the status line and pull progress of
 `start --wait`, the connection flags over the environment and the profile file, every command's examples,
-and the worker's JSON log lines."""
+and the worker's JSON log lines.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """The documentation agrees with the code: the generated pages and schemas are current, every `RTJOBS_*` name
-the docs use is a setting, and no link leaves the repository except to the public upstream docs."""
+the docs use is a setting, and no link leaves the repository except to the public upstream docs.
+"""
 
 from __future__ import annotations
 

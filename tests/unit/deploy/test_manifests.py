@@ -22,7 +22,7 @@ from contract import metrics as names
 from contract.settings import Settings
 from rtjobs import __version__
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 KUBE = ROOT / "deploy" / "kubernetes"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yaml"
 ALERT_TESTS = ROOT / "deploy" / "prometheus" / "alerts.test.yaml"
@@ -177,7 +177,8 @@ def rendered_daemonset(kustomization_dir: Path) -> dict[str, Any]:
 
 def assert_one_build(daemonset: dict[str, Any], tag: str) -> None:
     """The DaemonSet's worker runs the image of `tag` as build `tag` of deployment rtjobs-worker, and
-    the DaemonSet (its name and the selector of its pods) is that build's alone."""
+    the DaemonSet (its name and the selector of its pods) is that build's alone.
+    """
     worker = container("worker", daemonset)
     assert worker["image"].rsplit(":", 1)[1] == tag
     assert env_value(worker, "TEMPORAL_DEPLOYMENT_NAME") == "rtjobs-worker"

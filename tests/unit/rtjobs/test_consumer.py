@@ -237,7 +237,8 @@ def start_stuck_consumer(started: list[StuckConsumer], env: Mapping[str, str], n
 
 async def kill_when_stuck(consumer: StuckConsumer, redis: aioredis.Redis, stream: str, name: str) -> list[str]:
     """Wait until the consumer holds pending entries and no longer acknowledges any (it is blocked in a
-    write), SIGKILL it, and return the ids left pending to it."""
+    write), SIGKILL it, and return the ids left pending to it.
+    """
     deadline = time.monotonic() + HANG_S
     last, since = -1, time.monotonic()
     while True:
@@ -314,7 +315,8 @@ async def test_the_documented_lobby_user_can_do_all_of_it() -> None:
 
 async def test_the_documented_lobby_user_reads_and_acknowledges_but_cannot_write() -> None:
     """The Lobby's user, verbatim from docs/security.md: XREADGROUP and XACK work; XADD (or any other
-    write, key or command) is refused NOPERM, so a Lobby bug or a stolen Lobby password cannot forge results."""
+    write, key or command) is refused NOPERM, so a Lobby bug or a stolen Lobby password cannot forge results.
+    """
     password = "lobby-pass"
     stream = "runtime:job_results"  # the documented key pattern
     with acl_redis() as server:
