@@ -57,10 +57,11 @@ IMAGE_CHANGES: dict[str, list[str]] = {
         shell_cmd("trap 'exit 0' TERM; (sleep 8; touch /tmp/ready) & httpd -f -p 8080 -h /www & wait"),
         "HEALTHCHECK --interval=1s --timeout=1s --retries=60 CMD test -f /tmp/ready",
     ],
-    # Fills memory until the kernel's OOM killer ends it (under a small memory limit).
+    # Fills memory until the kernel's OOM killer ends it (under a small memory limit). Never healthy: a
+    # check that passed first (the fill slowed by a loaded machine) would make the start succeed instead.
     "oom": [
         shell_cmd("echo filling memory; x=$(head -c 400000000 /dev/zero | tr '\\0' a); echo survived"),
-        "HEALTHCHECK --interval=1s CMD true",
+        "HEALTHCHECK --interval=1s --timeout=1s --start-period=1h CMD false",
     ],
     # Ignores SIGTERM and has no HEALTHCHECK ("running" is ready).
     "ignores-term": [shell_cmd("trap '' TERM; while true; do sleep 1; done")],
