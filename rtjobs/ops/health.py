@@ -39,9 +39,17 @@ class Health:
     """
 
     def __init__(
-        self, client: Client, redis: RedisClient, engine: EngineActivities, *, stream: str, redis_url: str
+        self,
+        client: Client,
+        redis: RedisClient,
+        engine: EngineActivities,
+        *,
+        stream: str,
+        redis_url: str,
+        check_timeout_s: float = CHECK_TIMEOUT_S,
     ) -> None:
         self._client = client
+        self._check_timeout_s = check_timeout_s
         self._redis = redis
         self._engine = engine
         self._stream = stream
@@ -57,7 +65,7 @@ class Health:
     async def ready(self) -> tuple[int, dict[str, Any]]:
         names = ("temporal", "redis", "docker")
         checks = (self._temporal, self._redis_ping, self._docker)
-        results = await asyncio.gather(*(_timed(check) for check in checks))
+        results = await asyncio.gather(*(_timed(check, self._check_timeout_s) for check in checks))
         report = dict(zip(names, results, strict=True))
         live_status, live = self.live()
         report["worker"] = {"ok": live_status == 200, **{k: v for k, v in live.items() if k != "status"}}
@@ -66,7 +74,7 @@ class Health:
 
     async def _temporal(self) -> None:
         await self._client.workflow_service.get_system_info(
-            GetSystemInfoRequest(), timeout=timedelta(seconds=CHECK_TIMEOUT_S)
+            GetSystemInfoRequest(), timeout=timedelta(seconds=self._check_timeout_s)
         )
 
     async def _redis_ping(self) -> None:
@@ -79,13 +87,13 @@ class Health:
         await self._engine.docker.version()
 
 
-async def _timed(check: Callable[[], Awaitable[None]]) -> dict[str, Any]:
+async def _timed(check: Callable[[], Awaitable[None]], timeout_s: float) -> dict[str, Any]:
     began = time.monotonic()
     try:
-        async with asyncio.timeout(CHECK_TIMEOUT_S):
+        async with asyncio.timeout(timeout_s):
             await check()
     except TimeoutError:
-        error: str | None = f"no answer within {CHECK_TIMEOUT_S:g} s"
+        error: str | None = f"no answer within {timeout_s:g} s"
     except Exception as err:
         error = one_line(str(err) or type(err).__name__, 300)
     else:

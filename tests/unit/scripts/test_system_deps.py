@@ -37,8 +37,11 @@ def _run_as_nobody(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[st
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "id").symlink_to(shutil.which("id") or "/usr/bin/id")
+    # A copy it can read: the checkout may sit in a directory only root enters (CI clones into `mktemp -d`).
+    script = tmp_path / SCRIPT.name
+    shutil.copy(SCRIPT, script)
     return subprocess.run(
-        [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "/bin/bash", str(SCRIPT), *args],
+        [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "/bin/bash", str(script), *args],
         env={"PATH": str(bin_dir), "HOME": str(tmp_path)},
         capture_output=True,
         text=True,

@@ -67,7 +67,11 @@ async def test_liveness_and_readiness_follow_redis_docker_and_the_workers(
     address = f"127.0.0.1:{free_port()}"
     redis = redis_client(settings.redis_url)
     engine = EngineActivities(settings)
-    health = Health(client, redis, engine, stream=settings.results_stream, redis_url=settings.redis_url)
+    # The product's 3 s deadline per check is not what this tests: a loaded machine's dev server answered
+    # later than that once (temporal failing beside the stopped Docker). An outage still fails at once.
+    health = Health(
+        client, redis, engine, stream=settings.results_stream, redis_url=settings.redis_url, check_timeout_s=30.0
+    )
     try:
         async with serving_health(address, health), serving(client, settings, redis, engine) as workers:
             health.workers = workers
@@ -81,16 +85,16 @@ async def test_liveness_and_readiness_follow_redis_docker_and_the_workers(
 
             redis_server.stop()
             status, ready = await get(address, "/readyz")
-            assert (status, failing(ready)) == (503, ["redis"])
+            assert (status, failing(ready)) == (503, ["redis"]), ready
             assert "Connect" in ready["checks"]["redis"]["error"] or "refused" in ready["checks"]["redis"]["error"]
             assert (await get(address, "/healthz"))[0] == 200  # a dependency's outage restarts no worker
             redis_server.start()
             status, ready = await get(address, "/readyz")  # the same client reconnects
-            assert (status, failing(ready)) == (200, [])
+            assert (status, failing(ready)) == (200, []), ready
 
             dockerd.stop_daemon()
             status, ready = await get(address, "/readyz")
-            assert (status, failing(ready)) == (503, ["docker"])
+            assert (status, failing(ready)) == (503, ["docker"]), ready
             assert (await get(address, "/healthz"))[0] == 200
 
             # The shared queue's Worker stops polling (as after a fatal error): not live any more.
