@@ -322,7 +322,8 @@ def metric_names(expr: str) -> set[str]:
     return {re.sub(r"_(bucket|sum|count)$", "", n) for n in names}
 
 
-def test_dashboard_queries_parse_and_name_only_metrics_the_worker_serves(tmp_path: Path) -> None:
+def test_dashboard_queries_name_served_metrics(tmp_path: Path) -> None:
+    """Dashboard queries parse and name only metrics the worker serves."""
     exprs = dashboard_exprs()
     assert len(exprs) >= 10
     # promtool parses PromQL inside rule files: each query becomes a recording rule, with Grafana's

@@ -80,7 +80,8 @@ def test_the_readme_stays_a_readme() -> None:
     assert not long, f"README.md lines over 120 characters: {long}"
 
 
-def test_input_schemas_accept_valid_inputs_and_refuse_what_the_workflow_refuses() -> None:
+def test_input_schemas_match_the_workflows() -> None:
+    """Input schemas accept valid inputs and refuse what the workflow refuses."""
     start = jsonschema.Draft202012Validator(start_input_schema())
     assert start.is_valid({"game_id": "g-1"})
     assert start.is_valid({"game_id": "g-1", "image": "registry.example.com/team/engine:1.4"})

@@ -254,9 +254,10 @@ async def kill_when_stuck(consumer: StuckConsumer, redis: aioredis.Redis, stream
     return [str(row["message_id"]) for row in await pending_of(redis, stream, name)]
 
 
-async def test_entries_a_killed_consumer_left_pending_are_claimed_by_another_after_the_idle_time(
+async def test_pending_entries_are_claimed_after_idle(
     stuck_consumers: list[StuckConsumer], env: dict[str, str], redis: aioredis.Redis, stream: str
 ) -> None:
+    """Entries a killed consumer left pending are claimed by another after the idle time."""
     ids = await add_entries(redis, stream, 60, "a")
     dead = start_stuck_consumer(stuck_consumers, env, "dead")
     left = await kill_when_stuck(dead, redis, stream, "dead")
@@ -278,9 +279,10 @@ async def test_entries_a_killed_consumer_left_pending_are_claimed_by_another_aft
     assert set(by_dead) | set(left) | set(new) == set(ids) | set(new), "every entry was printed"
 
 
-async def test_a_restarted_consumer_gets_its_own_pending_entries_back_at_once(
+async def test_restarted_consumer_gets_its_pending_back(
     stuck_consumers: list[StuckConsumer], env: dict[str, str], redis: aioredis.Redis, stream: str
 ) -> None:
+    """A restarted consumer gets its own pending entries back at once."""
     await add_entries(redis, stream, 60, "a")
     dead = start_stuck_consumer(stuck_consumers, env, "lobby-1")
     left = await kill_when_stuck(dead, redis, stream, "lobby-1")
@@ -313,8 +315,10 @@ async def test_the_documented_lobby_user_can_do_all_of_it() -> None:
         assert await refusals_of(server, "lobby") == [], "the documented ACL lacks something the reader used"
 
 
-async def test_the_documented_lobby_user_reads_and_acknowledges_but_cannot_write() -> None:
-    """The Lobby's user, verbatim from docs/security.md: XREADGROUP and XACK work; XADD (or any other
+async def test_lobby_user_reads_acks_cannot_write() -> None:
+    """The documented Lobby user reads and acknowledges but cannot write.
+
+    The Lobby's user, verbatim from docs/security.md: XREADGROUP and XACK work; XADD (or any other
     write, key or command) is refused NOPERM, so a Lobby bug or a stolen Lobby password cannot forge results.
     """
     password = "lobby-pass"

@@ -292,9 +292,8 @@ async def place(client: Client, task_queue: str, game_id: str) -> PlaceAnswer:
     return await PlacementActivities(client).place(task_queue, PlaceRequest(game_id=game_id, create=True, job=game_id))
 
 
-async def test_hosts_lists_reported_hosts_with_liveness_engines_and_capacity(
-    client: Client, task_queue: str, worker_env: dict[str, str]
-) -> None:
+async def test_hosts_lists_reported_hosts(client: Client, task_queue: str, worker_env: dict[str, str]) -> None:
+    """`rtjobs hosts` lists reported hosts with liveness, engines and capacity."""
     async with registry_worker(client, task_queue):
         big = await report(client, task_queue, "h-big", capacity=40, games=["g-1", "g-2", "g-3"])
         small = await report(client, task_queue, "h-small", capacity=10, network="overlay/swarm")
@@ -384,9 +383,10 @@ async def test_drain_stops_placement_on_the_host_and_undrain_restores_it(
         assert (await place(client, task_queue, "g-after")).chosen == drained
 
 
-async def test_forget_refuses_a_live_host_and_releases_the_games_placed_on_a_silent_one(
+async def test_forget_refuses_a_live_host(
     client: Client, task_queue: str, worker_env: dict[str, str], redis_url: str, stream: str
 ) -> None:
+    """Forget refuses a live host and releases the games placed on a silent one."""
     gid = f"cli-{uuid.uuid4().hex[:10]}"
     async with job_worker(client, task_queue, redis_url, stream, StandInEngine()):
         job = await start_job(client, gid, task_queue=task_queue)
