@@ -29,7 +29,7 @@ from tests.support.job_worker import (
     game_containers,
     real_worker,
 )
-from tests.support.stand_ins import ORDER_TEST_SETTLE_S
+from tests.support.lock_order import until_asked
 
 pytestmark = pytest.mark.docker
 
@@ -48,17 +48,17 @@ async def test_jobs_of_one_game_run_in_start_order(
     images: EngineImages,
     kinds: list[str],
 ) -> None:
-    """Jobs of one game started together run one at a time in start order."""
+    """Jobs of one game queued at its lock run one at a time, in the order they asked."""
     gid = games()
     handles: list[WorkflowHandle[Any, JobResult]] = []
-    # Start order is promised within the settle window: see ORDER_TEST_SETTLE_S.
-    settings = make_settings(order_settle_s=ORDER_TEST_SETTLE_S)
+    settings = make_settings(order_settle_s=0.0)
     async with real_worker(client, settings):
-        for kind in kinds:  # started back to back, each before the previous one has finished
+        for kind in kinds:  # each started once the one before it asked for the lock, before it finished
             if kind == "start":
                 handles.append(await start_job(client, gid, image=images.slow_healthy, task_queue=settings.task_queue))
             else:
                 handles.append(await stop_job(client, gid, stop_timeout_s=1, task_queue=settings.task_queue))
+            await until_asked(handles[-1])
         results = await asyncio.gather(*(result_of(h) for h in handles))
 
     started_at = [(await h.describe()).start_time for h in handles]

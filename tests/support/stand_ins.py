@@ -98,13 +98,6 @@ class StandInEngine:
         return FailedStartRemoved(removed=[])
 
 
-# The settle window of tests that assert start order: the order is promised for first workflow tasks
-# late by less than RTJOBS_ORDER_SETTLE_S (the README's stated window), and a 2-core machine under load
-# exceeds the default 0.25 s (a CI run saw two jobs of one game, started 60 ms apart, ask in reverse;
-# a run at load average 9 inverted 1 in 4 back-to-back pairs). 1 s keeps those tests about the lock.
-ORDER_TEST_SETTLE_S = 1.0
-
-
 @asynccontextmanager
 async def job_worker(
     client: Client,

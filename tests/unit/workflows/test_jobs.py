@@ -23,7 +23,8 @@ from contract.hosts import ENGINE_CHANGED_SIGNAL
 from contract.lock import RELEASE_SIGNAL, LockGrant, lock_workflow_id
 from contract.models import JobResult, JobStatus, PublishRequest
 from contract.policies import PUBLISH_ACTIVITY
-from tests.support.stand_ins import ORDER_TEST_SETTLE_S, StandInEngine, job_worker
+from tests.support.lock_order import until_asked
+from tests.support.stand_ins import StandInEngine, job_worker
 from tests.support.streams import read_entries
 from workflows import StartRuntimeJob, StopRuntimeJob
 from workflows.search import GAME_ID, JOB_KIND
@@ -213,14 +214,14 @@ async def test_jobs_of_one_game_never_overlap_and_publish_in_start_order(
     games = [game() for _ in range(3)]
     engine = StandInEngine(delay_s=0.3)
     started: dict[str, list[WorkflowHandle[Any, JobResult]]] = {gid: [] for gid in games}
-    # Start order holds within the settle window: see ORDER_TEST_SETTLE_S.
-    async with job_worker(client, task_queue, redis_url, stream, engine, order_settle_s=ORDER_TEST_SETTLE_S):
-        # start, stop, start, stop for each game, interleaved across games, each start request sent once
-        # the one before it was accepted: the order the test starts them is each game's start order.
+    async with job_worker(client, task_queue, redis_url, stream, engine, order_settle_s=0.0):
+        # start, stop, start, stop for each game, interleaved across games, each started once the one
+        # before it asked for its game's lock: the order the test starts them is each game's lock order.
         for n in range(4):
             for gid in games:
                 wf = StartRuntimeJob.run if n % 2 == 0 else StopRuntimeJob.run
                 started[gid].append(await start(client, task_queue, wf, {"game_id": gid}))
+                await until_asked(started[gid][-1])
         handles = [h for game_handles in started.values() for h in game_handles]
         await asyncio.gather(*(h.result() for h in handles))
         # Each run's own entry id (from its status query), so an entry is tied to the job that wrote it.

@@ -35,7 +35,8 @@ from contract.lock import (
     lock_workflow_id,
 )
 from contract.models import JobResult, JobStatus
-from tests.support.stand_ins import ORDER_TEST_SETTLE_S, StandInEngine, job_worker
+from tests.support.lock_order import until_asked
+from tests.support.stand_ins import StandInEngine, job_worker
 from tests.support.streams import read_entries
 from workflows import RuntimeGameLock, StartRuntimeJob, StopRuntimeJob
 from workflows.awaiting import shielded
@@ -99,9 +100,12 @@ async def test_a_busy_lock_continues_as_new_with_its_waiters(
 ) -> None:
     monkeypatch.setattr(contract.lock, "GRANTS_BEFORE_CONTINUE_AS_NEW", 2)
     gid, engine = game(), StandInEngine(delay_s=0.3)
-    # Asserts start order: within the settle window (see ORDER_TEST_SETTLE_S).
-    async with job_worker(client, task_queue, redis_url, stream, engine, order_settle_s=ORDER_TEST_SETTLE_S):
-        handles = [await start(client, task_queue, StartRuntimeJob.run, gid) for _ in range(6)]
+    # Each started once the one before it asked for the lock: the order asserted is the lock's.
+    async with job_worker(client, task_queue, redis_url, stream, engine, order_settle_s=0.0):
+        handles = []
+        for _ in range(6):
+            handles.append(await start(client, task_queue, StartRuntimeJob.run, gid))
+            await until_asked(handles[-1])
         results = [await result_of(h) for h in handles]
     assert all(r.outcome == "success" for r in results)
     ids = [h.id for h in handles]
