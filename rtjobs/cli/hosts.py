@@ -5,6 +5,7 @@ workflow each, `activities/fleet.py`) on RTJOBS_TASK_QUEUE.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TextIO
@@ -12,14 +13,14 @@ from typing import TYPE_CHECKING, TextIO
 from temporalio.client import Client, WorkflowUpdateFailedError, WorkflowUpdateRPCTimeoutOrCancelledError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.fleet import QUERY_TIMEOUT, Fleet, UnknownHost
+from activities.fleet import QUERY_TIMEOUT, Fleet, Survey, UnknownHost
 from contract.hosts import DRAIN_UPDATE, FORGET_HOST_SIGNAL, FORGET_UPDATE, UNDRAIN_UPDATE, HostView
 from contract.lock import LOCK_WORKFLOW, coordination_queue
 from contract.models import one_line
 from contract.settings import Settings
 from rtjobs.cli.common import CliError, Parser, add_connection, command, connect_temporal, name
 from rtjobs.cli.output import Column, Table, print_json
-from rtjobs.process import EXIT_OK
+from rtjobs.process import EXIT_FAILURE, EXIT_OK
 from workflows.search import RUNTIME_HOST
 
 if TYPE_CHECKING:
@@ -36,7 +37,8 @@ def add_commands(commands: Commands) -> None:
         "hosts",
         "list the fleet's Docker hosts (RTJOBS_TASK_QUEUE)",
         ("rtjobs hosts", "rtjobs hosts -o json | jq -r '.hosts[] | select(.live) | .name'"),
-        output='{"hosts": [...]}, every host\'s full view (ids, workers, reserved slots, Docker version)',
+        output='{"hosts": [...], "unanswered": {name: why}}, every host\'s full view (ids, workers, reserved '
+        "slots, Docker version); exit 1 when a host did not answer",
     )
     add_connection(hosts)
     hosts.set_defaults(run=show_hosts)
@@ -88,6 +90,16 @@ class Hosts:
             raise CliError(f"no host has reported on task queue {self._task_queue} (is a worker running?)")
         return views
 
+    async def survey(self) -> Survey:
+        """Every host that answered, and those that did not (`rtjobs hosts` shows the rest of the fleet)."""
+        try:
+            survey = await self._fleet.survey()
+        except RPCError as err:
+            raise self._error("list", err) from None
+        if not survey.views and not survey.unanswered:
+            raise CliError(f"no host has reported on task queue {self._task_queue} (is a worker running?)")
+        return survey
+
     async def command(self, action: str, host: str) -> HostView:
         """The host's drain/undrain/forget update; an unknown host is its one-line message."""
         try:
@@ -131,12 +143,15 @@ class Hosts:
 
 
 async def show_hosts(args: argparse.Namespace, settings: Settings) -> int:
-    views = await Hosts(await connect_temporal(args), settings.task_queue).hosts()
+    """The hosts that answered; one whose workflow did not (busy, failing) is named on stderr, exit 1."""
+    survey = await Hosts(await connect_temporal(args), settings.task_queue).survey()
     if args.output == "json":
-        print_json({"hosts": views})
-        return EXIT_OK
-    print_hosts(views, datetime.now(UTC))
-    return EXIT_OK
+        print_json({"hosts": survey.views, "unanswered": survey.unanswered})
+    else:
+        print_hosts(survey.views, datetime.now(UTC))
+    for host, why in survey.unanswered.items():
+        print(f"rtjobs: host {host} did not answer: {one_line(why, 300)}", file=sys.stderr)
+    return EXIT_FAILURE if survey.unanswered else EXIT_OK
 
 
 def print_hosts(views: Sequence[HostView], now: datetime, out: TextIO | None = None) -> None:
