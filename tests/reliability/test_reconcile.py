@@ -120,13 +120,13 @@ async def world(fleet: Fleet, games: list[str]) -> tuple[dict[str, dict[str, tup
 
 
 async def test_orphans_of_every_kind_on_both_hosts_and_a_start_in_flight(fleet: Fleet) -> None:
-    # Every start holds its turn for 12 s of running: long enough for a reconcile (a CLI process that
+    # Every start holds the lock for 25 s of running: long enough for a reconcile (a CLI process that
     # starts, asks the registry and starts the runs) to meet one in flight on a loaded machine.
     events_stream = f"{fleet.stream}:engine_events"
     fleet.settings.update(
         RTJOBS_RECONCILE_GRACE_S="0",
-        RTJOBS_ENGINE_MIN_RUNNING_S="12",
-        RTJOBS_START_TIMEOUT_S="40",
+        RTJOBS_ENGINE_MIN_RUNNING_S="25",
+        RTJOBS_START_TIMEOUT_S="60",
         RTJOBS_ENGINE_EVENTS_STREAM=events_stream,
     )
     await fleet.start_workers()
