@@ -2,7 +2,7 @@
 
 A run recorded by one version replays on the code of every later one: code that changes what a
 workflow does goes behind `workflow.patched(ID)` (the old branch kept), and the new version's
-histories are recorded beside the old (`python -m tests.replay.histories.record 1.1`).
+histories are recorded beside the old (`python -m tests.histories.record 1.1`).
 """
 
 from __future__ import annotations

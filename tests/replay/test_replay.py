@@ -1,4 +1,4 @@
-"""Replay safety: the committed histories of real runs (tests/replay/histories/VERSION/) replay on today's code.
+"""Replay safety: the committed histories of real runs (tests/histories/VERSION/) replay on today's code.
 
 A change that makes the workflows non-deterministic (another activity, timer or signal before an
 existing step, a reordered step) would break every run still open when it is deployed; here it fails
@@ -6,7 +6,7 @@ CI first. 1.0 is the first version anyone runs (the pre-release versions were re
 histories); from it on every version keeps its histories: a version's files are checked against its
 `VERSION.sha256`, so none is replaced or dropped. A workflow change goes behind `workflow.patched`
 (or a new Worker Versioning build) and gets its histories recorded as a new version beside the old
-ones (`python -m tests.replay.histories.record 1.1`); all versions replay.
+ones (`python -m tests.histories.record 1.1`); all versions replay.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from contract.reconcile import ReconcileSummary
 from workflows import ALL_WORKFLOWS, RuntimeGameLock, StartRuntimeJob, StopRuntimeJob
 from workflows.jobs import FAILURE_TYPES
 
-HISTORIES = Path(__file__).resolve().parent / "histories"
+HISTORIES = Path(__file__).resolve().parents[1] / "histories"
 
 # Each recorded history and the `error_code` its run published (None: the run failed, publishing nothing).
 EXPECTED: dict[str, str | None] = {

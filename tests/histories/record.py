@@ -1,7 +1,7 @@
-"""Record the histories that tests/replay/test_replay.py replays: `python -m tests.replay.histories.record VERSION`
+"""Record the histories that tests/replay/test_replay.py replays: `python -m tests.histories.record VERSION`
 (e.g. `1.1`: versions are MAJOR.MINOR; 1.0 is the first version anyone ran).
 
-Writes `tests/replay/histories/VERSION/*.json` and `VERSION.sha256`, and refuses a version that exists:
+Writes `tests/histories/VERSION/*.json` and `VERSION.sha256`, and refuses a version that exists:
 a history of a released workflow version is never replaced (docs/development.md, "Changing workflow code").
 
 Every history comes from a real run: its own Temporal dev server, Redis (REDIS_URL, default
@@ -376,7 +376,7 @@ def write_checksums(out: Path) -> None:
     (out.parent / f"{out.name}.sha256").write_text("".join(lines))
 
 
-USAGE = """usage: python -m tests.replay.histories.record VERSION [--add NAME ...]
+USAGE = """usage: python -m tests.histories.record VERSION [--add NAME ...]
   VERSION   MAJOR.MINOR, e.g. 1.2: a new version, every history recorded
   --add     histories a version lacks, added beside its others (which are never rewritten)"""
 

@@ -1,3 +1,0 @@
-"""Histories of real runs, replayed by tests/replay/test_replay.py; `python -m tests.replay.histories.record`
-remakes them.
-"""
