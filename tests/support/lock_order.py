@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from temporalio.api.enums.v1 import EventType
+from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import WorkflowHandle
 
 from contract.lock import ACQUIRE_ACTIVITY
@@ -23,18 +24,22 @@ from contract.lock import ACQUIRE_ACTIVITY
 LOCAL_ACTIVITY_MARKER = "core_local_activity"
 
 
+def local_activity_type(event: HistoryEvent) -> str | None:
+    """The activity type a local activity's marker records; None for any other event or marker."""
+    if event.event_type != EventType.EVENT_TYPE_MARKER_RECORDED:
+        return None
+    marker = event.marker_recorded_event_attributes
+    if marker.marker_name != LOCAL_ACTIVITY_MARKER:
+        return None
+    return str(json.loads(marker.details["data"].payloads[0].data)["activity_type"])
+
+
 async def until_asked(handle: WorkflowHandle[Any, Any], timeout_s: float = 60.0) -> None:
     """Until the job's request is at its game's lock (granted or queued): its acquire has completed."""
     deadline = time.monotonic() + timeout_s
     while True:
         async for event in handle.fetch_history_events():
-            if event.event_type != EventType.EVENT_TYPE_MARKER_RECORDED:
-                continue
-            marker = event.marker_recorded_event_attributes
-            if marker.marker_name != LOCAL_ACTIVITY_MARKER:
-                continue
-            data = json.loads(marker.details["data"].payloads[0].data)
-            if data.get("activity_type") == ACQUIRE_ACTIVITY:
+            if local_activity_type(event) == ACQUIRE_ACTIVITY:
                 return
         if time.monotonic() > deadline:
             raise AssertionError(f"{handle.id} did not ask for its game's lock within {timeout_s:g} s")

@@ -37,12 +37,12 @@ from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 from temporalio.api.common.v1 import Payload
 from temporalio.api.enums.v1 import EventType, WorkflowTaskFailedCause
-from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.common import RawValue
 from temporalio.testing import WorkflowEnvironment
 
 from contract.models import MAX_STOP_TIMEOUT_S, JobResult
+from tests.support.lock_order import local_activity_type
 from tests.support.stand_ins import StandInEngine, job_worker
 from tests.unit.contract.inputs import (
     START,
@@ -51,9 +51,6 @@ from tests.unit.contract.inputs import (
     cases,
     make_case,
 )
-
-LOCAL_ACTIVITY_MARKER = "core_local_activity"  # the SDK core's marker name for a local activity's result
-
 
 # Only a hang detector (a job stuck in a retry loop never ends), not a speed check: a batch ends in
 # 1-2 s, but on a loaded 2-core machine a batch of eleven jobs can take several times that. "Without a
@@ -168,8 +165,7 @@ async def history_problems(r: Ran) -> list[str]:
         if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
         else local_activity_type(e)
         for e in events
-        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
-        or e.marker_recorded_event_attributes.marker_name == LOCAL_ACTIVITY_MARKER
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED or local_activity_type(e) is not None
     ]
     if r.case.game_id is None:
         expected = []
@@ -187,12 +183,6 @@ async def history_problems(r: Ran) -> list[str]:
     if scheduled != expected:
         problems.append(f"activities {scheduled}, expected {expected}")
     return problems
-
-
-def local_activity_type(event: HistoryEvent) -> str:
-    """The activity type a local activity's marker records (the SDK core's `data` detail)."""
-    data = event.marker_recorded_event_attributes.details["data"].payloads[0].data
-    return str(json.loads(data)["activity_type"])
 
 
 async def stuck_detail(r: Ran) -> str:
