@@ -5,7 +5,8 @@ record was lost, and whether a host's workers are alive; asked of the hosts' own
 A new engine's host: two hosts sampled (seeded by the job's id, so a retry finds its own reservation)
 and probed by query, the less loaded claimed by its capacity-checked `reserve` update; every host is
 asked only when `PROBE_ROUNDS` samples found no room. A worker's reservations for one host go in one
-batched update while another is in flight (the server holds few updates of a workflow in flight).
+batched update while another is in flight (the server holds few updates of a workflow in flight); one
+whose caller stopped waiting is kept, so the job's retry takes its answer instead of a second host.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -53,6 +55,11 @@ REFUSED_PAUSE_CAP_S = 2.0
 # local activity's 15 s), so that a host's workflow too busy to answer fails the attempts waiting on it
 # (retried) and not every later reservation of this worker there, queued behind an update that never ends.
 RESERVE_WAIT_S = 10.0
+# How long an unanswered reservation's update may still land: the retry of its job waits for it (within
+# its own attempts) rather than claim a second host while the first keeps a place for RESERVATION_TTL_S.
+RESERVE_LATE_S = 60.0
+# Reservations whose caller gave up before the answer, kept for their job's retry (oldest dropped first).
+ASKED_KEPT = 10_000
 # The silence of a host whose workflow holds no report (a JSON number: infinity has no JSON form).
 NEVER_HEARD_S = 1e9
 # At most this many hosts named in a "no host has room" answer.
@@ -67,6 +74,15 @@ class _Queue:
     sender: asyncio.Task[None] | None = None
 
 
+@dataclass(frozen=True)
+class _Asked:
+    """A reservation sent for a job: the host, the update carrying it, and its place in that batch."""
+
+    host: HostRef
+    update: asyncio.Task[list[ReserveAnswer]]
+    index: int
+
+
 class PlacementActivities:
     """Holds the worker's Temporal client (a host is reserved by update, which a workflow cannot send),
     its list of each fleet's hosts, and the reservations waiting to be sent together.
@@ -76,6 +92,9 @@ class PlacementActivities:
         self._client = client
         self._fleets: dict[str, Fleet] = {}
         self._queues: dict[str, _Queue] = {}
+        # (job, game) -> its reservation in flight whose caller stopped waiting (timed out, cancelled).
+        self._asked: OrderedDict[tuple[str, str], _Asked] = OrderedDict()
+        self._updates: set[asyncio.Task[list[ReserveAnswer]]] = set()
         self.updates_sent = 0  # read by tests and the benchmark: how many reserve updates placements took
 
     def fleet(self, task_queue: str) -> Fleet:
@@ -126,10 +145,13 @@ class PlacementActivities:
     # --- choosing a host -----------------------------------------------------------------------------
 
     async def _choose(self, fleet: Fleet, request: PlaceRequest) -> PlaceAnswer:
+        ask = ReserveRequest(game_id=request.game_id, job=request.job)
+        earlier = await self._earlier_answer(fleet.task_queue, ask)
+        if earlier is not None:
+            return earlier
         hosts = await fleet.hosts()
         if not hosts:
             hosts = await fleet.hosts(fresh=True)
-        ask = ReserveRequest(game_id=request.game_id, job=request.job)
         # Drawn from the job: its retry samples the same hosts, and finds its own reservation.
         rng = random.Random(f"{request.job}/{request.game_id}")
         order = rng.sample(range(len(hosts)), min(len(hosts), 2 * PROBE_ROUNDS))
@@ -148,6 +170,36 @@ class PlacementActivities:
                 if answer is not None:
                     return answer
         return await self._choose_from_all(fleet, ask)
+
+    async def _earlier_answer(self, task_queue: str, ask: ReserveRequest) -> PlaceAnswer | None:
+        """The answer to this job's earlier reservation that its attempt stopped waiting for. Without it,
+        the retry probes before the late reservation lands, may claim another host, and the first host
+        keeps an orphaned place for RESERVATION_TTL_S (seen: two hosts 9+1/12 after a 30-game burst).
+        """
+        key = (ask.job, ask.game_id)
+        asked = self._asked.pop(key, None)
+        if asked is None:
+            return None
+        try:
+            answers = await asyncio.wait_for(asyncio.shield(asked.update), RESERVE_WAIT_S)
+        except TimeoutError:
+            self._keep(key, asked)  # still in flight: this attempt fails too, and its retry waits again
+            raise RuntimeError(
+                f"the reservation at host {asked.host.name} is still unanswered after {RESERVE_WAIT_S:g} s"
+            ) from None
+        except Exception:  # the update failed: whether it landed first, the host says (its own job's ask again)
+            return await self._claim(task_queue, asked.host, ask)
+        answer = answers[asked.index]
+        if answer.found:
+            return PlaceAnswer(found=[asked.host], live_hosts=1)
+        if answer.reserved:
+            return PlaceAnswer(chosen=asked.host, live_hosts=1)
+        return None  # refused: this attempt places the game afresh
+
+    def _keep(self, key: tuple[str, str], asked: _Asked) -> None:
+        self._asked[key] = asked
+        while len(self._asked) > ASKED_KEPT:
+            self._asked.popitem(last=False)
 
     async def _choose_from_all(self, fleet: Fleet, ask: ReserveRequest) -> PlaceAnswer:
         """The samples found no room: every host is asked, so the answer is true for the whole fleet
@@ -190,22 +242,30 @@ class PlacementActivities:
         answer: asyncio.Future[ReserveAnswer] = asyncio.get_running_loop().create_future()
         queue.waiting.append((request, answer))
         if queue.sender is None or queue.sender.done():
-            queue.sender = asyncio.create_task(self._send_waiting(workflow_id, queue))
-        # A cancelled activity leaves the future cancelled: the sender skips it if it has not gone yet;
-        # a reservation already made is the job's, found again by its retry (or expires).
-        return await answer
+            queue.sender = asyncio.create_task(self._send_waiting(workflow_id, host, queue))
+        # A cancelled activity leaves the future cancelled: the sender skips it if it has not gone yet.
+        # Once sent, the reservation stays in `_asked` until its caller has the answer: a caller that
+        # stopped waiting leaves it for its job's retry (`_earlier_answer`).
+        result = await answer
+        self._asked.pop((request.job, request.game_id), None)
+        return result
 
-    async def _send_waiting(self, workflow_id: str, queue: _Queue) -> None:
+    async def _send_waiting(self, workflow_id: str, host: HostRef, queue: _Queue) -> None:
         while queue.waiting:
             batch = [(r, f) for r, f in queue.waiting[:PLACE_BATCH_MAX] if not f.done()]
             del queue.waiting[:PLACE_BATCH_MAX]
             if not batch:
                 continue
+            # Held until done: a late update outlives the callers it answers.
+            self._updates.add(update := asyncio.create_task(self._update_within(workflow_id, [r for r, _ in batch])))
+            update.add_done_callback(self._update_done)
+            for index, (request, _) in enumerate(batch):
+                self._keep((request.job, request.game_id), _Asked(host, update, index))
             try:
-                async with asyncio.timeout(RESERVE_WAIT_S):
-                    answers = await self._update(workflow_id, [r for r, _ in batch])
+                # Shielded: an update that outlasts the wait may still land, and the job's retry waits for it.
+                answers = await asyncio.wait_for(asyncio.shield(update), RESERVE_WAIT_S)
             except Exception as err:  # every caller's activity fails with it and is retried by its policy
-                if isinstance(err, TimeoutError):  # (it may still land: the retry probes the host, finds it its own)
+                if isinstance(err, TimeoutError):
                     err = RuntimeError(f"the workflow {workflow_id} did not answer within {RESERVE_WAIT_S:g} s")
                 for _, future in batch:
                     if not future.done():
@@ -215,6 +275,15 @@ class PlacementActivities:
                 if not future.done():
                     future.set_result(answer)
         self._queues.pop(workflow_id, None)
+
+    def _update_done(self, update: asyncio.Task[list[ReserveAnswer]]) -> None:
+        self._updates.discard(update)
+        if not update.cancelled():
+            update.exception()  # seen: its callers had their error; asyncio would log it again at exit
+
+    async def _update_within(self, workflow_id: str, requests: list[ReserveRequest]) -> list[ReserveAnswer]:
+        async with asyncio.timeout(RESERVE_LATE_S):
+            return await self._update(workflow_id, requests)
 
     async def _update(self, workflow_id: str, requests: list[ReserveRequest]) -> list[ReserveAnswer]:
         handle = self._client.get_workflow_handle(workflow_id)

@@ -72,7 +72,23 @@ class TemporalDevServer:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"temporal dev server did not answer on {self.port} within {wait_s}s")
             time.sleep(0.05)
+        self._wait_serving(deadline, wait_s)
         return self
+
+    def _wait_serving(self, deadline: float, wait_s: float) -> None:
+        """The port answers before the frontend serves: a client that connects then is refused with
+        "Frontend is not healthy yet" (seen in CI on a loaded machine). Asked of the server's health check.
+        """
+        health = [str(temporal_cli()), "operator", "cluster", "health", "--address", self.address]
+        while True:
+            done = subprocess.run(health, capture_output=True, text=True, timeout=30, check=False)
+            if done.returncode == 0 and "SERVING" in done.stdout and "NOT_SERVING" not in done.stdout:
+                return
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"temporal dev server exited {self.proc.returncode}: {self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"temporal dev server on {self.port} not serving within {wait_s}s: {done.stdout}")
+            time.sleep(0.1)
 
     def log_tail(self) -> str:
         return (self.dir / f"server-{self.starts}.log").read_text(errors="replace")[-2000:]

@@ -18,7 +18,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from temporalio import activity
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.client import Client, WorkflowExecution, WorkflowExecutionStatus, WorkflowHandle
 
 from activities.fleet import Fleet, send_report
 from contract.engine import ENSURE_RUNNING_ACTIVITY, EngineOutcome, EnsureEngineRunning
@@ -248,6 +248,20 @@ async def test_cancelled_job_whose_step_times_out(
     assert engine.removed == [gid]  # and what the step may have made is removed
 
 
+async def runs_through(client: Client, handle: WorkflowHandle[Any, Any]) -> list[WorkflowExecution]:
+    """Every run of the workflow up to its current one. Visibility is written after the run changes
+    (seen in CI: two continued-as-new runs listed, the running one not yet), so the listing is asked
+    until it holds the run that `describe` calls current.
+    """
+    deadline = asyncio.get_running_loop().time() + 30.0
+    while True:
+        current = (await handle.describe()).run_id
+        runs = [w async for w in client.list_workflows(f"WorkflowId = '{handle.id}'")]
+        if any(w.run_id == current for w in runs) or asyncio.get_running_loop().time() > deadline:
+            return runs
+        await asyncio.sleep(0.2)
+
+
 async def test_lock_continues_as_new_in_time(redis_url: str, redis: aioredis.Redis, stream: str) -> None:
     """The game's workflow continues as new before it runs out of updates.
 
@@ -265,7 +279,7 @@ async def test_lock_continues_as_new_in_time(redis_url: str, redis: aioredis.Red
                 handle = await start(env.client, task_queue, kind, {"game_id": gid})
                 results.append(await asyncio.wait_for(handle.result(), 60.0))
             lock = env.client.get_workflow_handle(lock_workflow_id(gid, task_queue))
-            runs = [w async for w in env.client.list_workflows(f"WorkflowId = '{lock.id}'")]
+            runs = await runs_through(env.client, lock)
     finally:
         await env.shutdown()
     assert [(r.outcome, r.error_code) for r in results] == [("success", "")] * 6, results
