@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from temporalio.client import Client, WorkflowQueryFailedError, WorkflowQueryRejectedError
+from temporalio.client import Client, WorkflowQueryRejectedError
 from temporalio.common import QueryRejectCondition, WorkflowIDReusePolicy
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -25,7 +25,6 @@ from contract.hosts import (
     HOST_NAME_MEMO,
     HOST_WORKFLOW,
     PROBE_QUERY,
-    PROBES_QUERY,
     REPORT_SIGNAL,
     VIEW_QUERY,
     HostCommand,
@@ -93,14 +92,6 @@ class Survey:
 
 
 @dataclass
-class _Probes:
-    """The probes of one host waiting for the next query, and its sender."""
-
-    waiting: list[tuple[ReserveRequest, asyncio.Future[HostProbe | None]]] = field(default_factory=list)
-    sender: asyncio.Task[None] | None = None
-
-
-@dataclass
 class _Listed:
     hosts: list[HostRef]
     at: float
@@ -115,7 +106,6 @@ class Fleet:
         self._listed: _Listed | None = None
         self._listing: asyncio.Task[_Listed] | None = None
         self._prefix = host_workflow_id(task_queue, "")
-        self._probes: dict[str, _Probes] = {}
 
     async def hosts(self, *, fresh: bool = False) -> list[HostRef]:
         """Every host with a workflow (live or silent), as listed at most HOSTS_FRESH_S ago (`fresh`: now).
@@ -214,44 +204,11 @@ class Fleet:
             return f"{err.status.name if err.status else 'error'}: {err.message}"
 
     async def probe(self, host: HostRef, request: ReserveRequest) -> HostProbe | None:
-        """The host's load for a placement; None when its workflow is gone or did not answer.
-
-        The probes of one host that arrive while a query to it is in flight go together in the next
-        (`probes`): the server holds one query of a workflow whose task is running and refuses the others
-        ("consistent query buffer is full"), which at 10 hosts and 100 placements in flight cost seconds.
-        """
-        queue = self._probes.setdefault(host.host_id, _Probes())
-        answer: asyncio.Future[HostProbe | None] = asyncio.get_running_loop().create_future()
-        queue.waiting.append((request, answer))
-        if queue.sender is None or queue.sender.done():
-            queue.sender = asyncio.create_task(self._send_probes(host.host_id, queue))
-        return await answer
-
-    async def _send_probes(self, host_id: str, queue: _Probes) -> None:
-        while queue.waiting:
-            batch = [(r, f) for r, f in queue.waiting if not f.done()]
-            queue.waiting.clear()
-            if not batch:
-                continue
-            try:
-                answers = await self._ask_probes(host_id, [r for r, _ in batch])
-            except Exception:  # not answered in time: these placements sample other hosts
-                answers = [None] * len(batch)
-            for (_, future), probe in zip(batch, answers, strict=True):
-                if not future.done():
-                    future.set_result(probe)
-        if self._probes.get(host_id) is queue:
-            del self._probes[host_id]
-
-    async def _ask_probes(self, host_id: str, requests: list[ReserveRequest]) -> list[HostProbe | None]:
-        if len(requests) == 1:
-            return [await self._query(host_id, PROBE_QUERY, requests, HostProbe, PROBE_TIMEOUT)]
+        """The host's load for a placement; None when its workflow is gone or did not answer."""
         try:
-            probes = await self._query(host_id, PROBES_QUERY, [requests], list[HostProbe], PROBE_TIMEOUT)
-        except WorkflowQueryFailedError:  # a worker of a build before `probes` ran it: asked one by one
-            singles = (self._query(host_id, PROBE_QUERY, [r], HostProbe, PROBE_TIMEOUT) for r in requests)
-            return list(await asyncio.gather(*singles))
-        return list(probes) if probes else [None] * len(requests)
+            return await self._query(host.host_id, PROBE_QUERY, [request], HostProbe, PROBE_TIMEOUT)
+        except RPCError:
+            return None
 
     async def find(self, game_id: str, *, exclude: Iterable[str] = ()) -> list[HostRef]:
         """The hosts whose report lists the game, asked one by one: a record that was lost is found

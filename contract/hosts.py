@@ -19,7 +19,6 @@ HOST_REGISTRY_WORKFLOW = "RuntimeHostRegistry"
 HOST_WORKFLOW = "RuntimeHost"
 RESERVE_UPDATE = "reserve"
 PROBE_QUERY = "probe"
-PROBES_QUERY = "probes"
 VIEW_QUERY = "view"
 HAS_GAMES_QUERY = "has_games"
 # The memo of a host's workflow that names the host (what the fleet's listing reads).

@@ -24,7 +24,6 @@ with workflow.unsafe.imports_passed_through():
         HOST_WORKFLOW,
         LIVE_REPORTS,
         PROBE_QUERY,
-        PROBES_QUERY,
         REPORT_SIGNAL,
         RESERVATION_TTL_S,
         RESERVE_UPDATE,
@@ -139,16 +138,6 @@ class RuntimeHost:
             mine=reservation is not None and bool(request.job) and reservation.job == request.job,
             has_game=request.game_id in record.games,
         )
-
-    @workflow.query(name=PROBES_QUERY)
-    def probes(self, requests: list[ReserveRequest]) -> list[HostProbe]:
-        """`probe` for many placements in one query (none before the first report): the server buffers
-        one query of a workflow whose task is running and refuses the rest, so a worker's probes of a busy
-        host go together (a query writes no history: no version is needed for it).
-        """
-        if self._state.record is None:
-            return []
-        return [answer for answer in map(self.probe, requests) if answer is not None]
 
     @workflow.query(name=HAS_GAMES_QUERY)
     def has_games(self, game_ids: list[str]) -> list[str]:

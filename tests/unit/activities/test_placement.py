@@ -9,9 +9,7 @@ import asyncio
 import dataclasses
 import uuid
 from collections import Counter
-from typing import Any
 
-from temporalio import workflow
 from temporalio.client import Client
 from temporalio.testing import ActivityEnvironment
 from temporalio.worker import Worker
@@ -20,18 +18,12 @@ from activities.fleet import Fleet, send_report
 from activities.placement import PlacementActivities
 from contract.hosts import (
     DRAIN_UPDATE,
-    HOST_WORKFLOW,
-    PROBE_QUERY,
-    REPORT_SIGNAL,
     HostCommand,
-    HostProbe,
     HostRef,
     HostReport,
-    HostState,
     HostView,
     PlaceAnswer,
     PlaceRequest,
-    ReserveRequest,
     host_queue,
 )
 from contract.lock import coordination_queue
@@ -142,71 +134,3 @@ async def test_draining_and_forgotten_hosts_get_no_engine(client: Client, task_q
         assert drained_view is not None and drained_view.draining and drained_view.reserved == 0
         assert await fleet.view(gone.host_id) is None
         _ = HostCommand  # (the update's argument type)
-
-
-class CountedFleet(Fleet):
-    """The real fleet client, counting the queries it sends to hosts' workflows."""
-
-    def __init__(self, client: Client, task_queue: str) -> None:
-        super().__init__(client, task_queue)
-        self.queries: list[str] = []
-
-    async def _query(self, host_id: str, query: str, *args: Any, **kwargs: Any) -> Any:
-        self.queries.append(query)
-        return await super()._query(host_id, query, *args, **kwargs)
-
-
-async def test_probes_of_one_host_go_together_each_with_its_own_answer(client: Client, task_queue: str) -> None:
-    """Probes of one host asked together go in one query, as do those that meet a query in flight (the
-    server holds one query of a busy workflow and refuses the rest), and each still says whether the host
-    holds its job's reservation.
-    """
-    async with Worker(client, task_queue=coordination_queue(task_queue), workflows=[RuntimeHost]):
-        ref = host(task_queue, "h-probed")
-        await report(client, task_queue, ref, capacity=30, games=["g-there"])
-        await until_listed(client, task_queue, [ref.host_id])
-        activities = PlacementActivities(client)
-        [reserved] = await place_all(activities, task_queue, ["g-mine"], job="first")
-        assert reserved.chosen is not None
-
-        fleet = CountedFleet(client, task_queue)
-        asks = [ReserveRequest(game_id="g-mine", job="first-g-mine"), ReserveRequest(game_id="g-there", job="j")]
-        asks += [ReserveRequest(game_id=f"g-{i}", job=f"j-{i}") for i in range(20)]
-        probes = await asyncio.gather(*(fleet.probe(ref, ask) for ask in asks))
-
-    assert all(p is not None and p.load == 2 and p.capacity == 30 for p in probes), probes
-    assert [(p.mine, p.has_game) for p in probes[:3] if p is not None] == [(True, False), (False, True), (False, False)]
-    assert fleet.queries == ["probes"]  # one query for all 22 (before: 22 queries at once)
-
-
-@workflow.defn(name=HOST_WORKFLOW, sandboxed=False)
-class HostBeforeProbes:
-    """A host's workflow as a build before the `probes` query runs it: `probe` only."""
-
-    def __init__(self) -> None:
-        self._report: HostReport | None = None
-
-    @workflow.signal(name=REPORT_SIGNAL)
-    def report(self, report: HostReport) -> None:
-        self._report = report
-
-    @workflow.query(name=PROBE_QUERY)
-    def probe(self, request: ReserveRequest) -> HostProbe:
-        assert self._report is not None
-        return HostProbe(host=self._report.host, live=True, draining=False, load=0, capacity=self._report.capacity)
-
-    @workflow.run
-    async def run(self, state: HostState) -> None:
-        await workflow.wait_condition(lambda: False)
-
-
-async def test_probes_of_a_host_on_an_older_build_are_asked_one_by_one(client: Client, task_queue: str) -> None:
-    """A host's workflow whose worker knows no `probes` query (a rollout's old build) still answers each probe."""
-    async with Worker(client, task_queue=coordination_queue(task_queue), workflows=[HostBeforeProbes]):
-        ref = host(task_queue, "h-old")
-        await report(client, task_queue, ref, capacity=7)
-        fleet = CountedFleet(client, task_queue)
-        asks = [ReserveRequest(game_id=f"g-{i}", job=f"j-{i}") for i in range(3)]
-        probes = await asyncio.gather(*(fleet.probe(ref, ask) for ask in asks))
-    assert [p.capacity if p is not None else None for p in probes] == [7, 7, 7]
-    assert fleet.queries == ["probes", "probe", "probe", "probe"]
