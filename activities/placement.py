@@ -189,12 +189,7 @@ class PlacementActivities:
             ) from None
         except Exception:  # the update failed: whether it landed first, the host says (its own job's ask again)
             return await self._claim(task_queue, asked.host, ask)
-        answer = answers[asked.index]
-        if answer.found:
-            return PlaceAnswer(found=[asked.host], live_hosts=1)
-        if answer.reserved:
-            return PlaceAnswer(chosen=asked.host, live_hosts=1)
-        return None  # refused: this attempt places the game afresh
+        return _placed(asked.host, answers[asked.index])  # None (refused): this attempt places the game afresh
 
     def _keep(self, key: tuple[str, str], asked: _Asked) -> None:
         self._asked[key] = asked
@@ -226,12 +221,7 @@ class PlacementActivities:
 
     async def _claim(self, task_queue: str, host: HostRef, ask: ReserveRequest) -> PlaceAnswer | None:
         """The host's reservation for the job (or the game found there); None: refused (full, raced)."""
-        answer = await self._reserve(task_queue, host, ask)
-        if answer.found:
-            return PlaceAnswer(found=[host], live_hosts=1)
-        if answer.reserved:
-            return PlaceAnswer(chosen=host, live_hosts=1)
-        return None
+        return _placed(host, await self._reserve(task_queue, host, ask))
 
     # --- reservations, batched per host --------------------------------------------------------------
 
@@ -312,6 +302,15 @@ class PlacementActivities:
         except RPCError as err:
             if err.status != RPCStatusCode.NOT_FOUND:
                 raise
+
+
+def _placed(host: HostRef, answer: ReserveAnswer) -> PlaceAnswer | None:
+    """A host's answer to a reservation as the placement's: the game found there, the host chosen, or None."""
+    if answer.found:
+        return PlaceAnswer(found=[host], live_hosts=1)
+    if answer.reserved:
+        return PlaceAnswer(chosen=host, live_hosts=1)
+    return None
 
 
 def liveness(view: HostView) -> HostLiveness:

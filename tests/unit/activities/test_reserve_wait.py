@@ -51,7 +51,7 @@ async def test_unanswered_reservation_fails_its_callers(
     assert placer.sent == [["g1"], ["g2"]]
 
 
-class LateHost:
+class TwoHosts:
     """Two hosts as a placement's probes see them: the first looks emptier on the first attempt, the second
     on the retry (other placements filled the first meanwhile), as in a burst.
     """
@@ -60,10 +60,10 @@ class LateHost:
 
     def __init__(self) -> None:
         self.probed = 0
-        self.hosts_ = [HostRef(host_id=h, name=h, queue=host_queue(QUEUE, h)) for h in ("h1", "h2")]
+        self._hosts = [HostRef(host_id=h, name=h, queue=host_queue(QUEUE, h)) for h in ("h1", "h2")]
 
     async def hosts(self, *, fresh: bool = False) -> list[HostRef]:
-        return self.hosts_
+        return self._hosts
 
     async def probe(self, host: HostRef, request: ReserveRequest) -> HostProbe:
         self.probed += 1
@@ -75,14 +75,14 @@ class LateHost:
 class FirstUpdateLate(PlacementActivities):
     """Placement whose host's workflow answers the first reservation only after its caller stopped waiting."""
 
-    def __init__(self, fleet: LateHost) -> None:
+    def __init__(self, fleet: TwoHosts) -> None:
         super().__init__(cast(Client, None))
-        self._late_fleet = fleet
+        self._two_hosts = fleet
         self.reserved_on: list[str] = []
         self.answer_first = asyncio.Event()
 
     def fleet(self, task_queue: str) -> Fleet:
-        return cast(Fleet, self._late_fleet)
+        return cast(Fleet, self._two_hosts)
 
     async def _update(self, workflow_id: str, requests: list[ReserveRequest]) -> list[ReserveAnswer]:
         if not self.reserved_on:
@@ -96,7 +96,7 @@ async def test_retry_takes_the_late_reservation_of_its_first_attempt(monkeypatch
     the late answer lands), and no second host is reserved, which would keep an orphaned place.
     """
     monkeypatch.setattr(placement, "RESERVE_WAIT_S", 0.1)
-    placer = FirstUpdateLate(LateHost())
+    placer = FirstUpdateLate(TwoHosts())
     request = PlaceRequest(game_id="g1", job="j1", create=True)
     with pytest.raises(RuntimeError, match="did not answer"):
         await placer.place(QUEUE, request)
