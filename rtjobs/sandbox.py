@@ -4,6 +4,10 @@ code shared by every workflow run of the process.
 The sandbox imports a workflow's module afresh for every run (that isolates module state) and would
 unmarshal its byte code each time; code objects are immutable, so one copy serves every run and only the
 namespace is new. Every sandbox restriction still applies (docs/performance.md has the memory it saves).
+
+The I/O libraries of the activities are passed through: no workflow imports them, but a finalizer of one of
+their objects (an unclosed Redis pool) may run inside a workflow's code when the collector does, and its lazy
+import would load a second copy of the library into the sandbox, refused its `os.environ` there.
 """
 
 from __future__ import annotations
@@ -14,9 +18,11 @@ import sys
 from collections.abc import Sequence
 from types import CodeType, ModuleType
 
-from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 WORKFLOW_PACKAGES = ("workflows",)
+# Imported from the process, never afresh in the sandbox (see above).
+IO_LIBRARIES = ("redis", "aiodocker", "aiohttp", "opentelemetry")
 
 
 class SharedCodeLoader(importlib.machinery.SourceFileLoader):
@@ -58,6 +64,8 @@ def share_workflow_code(packages: Sequence[str] = WORKFLOW_PACKAGES) -> None:
 
 
 def workflow_runner() -> SandboxedWorkflowRunner:
-    """The runner every Worker of this process uses: the SDK's sandbox, default restrictions."""
+    """The runner every Worker of this process uses: the SDK's sandbox, default restrictions, the I/O
+    libraries passed through.
+    """
     share_workflow_code()
-    return SandboxedWorkflowRunner()
+    return SandboxedWorkflowRunner(restrictions=SandboxRestrictions.default.with_passthrough_modules(*IO_LIBRARIES))

@@ -4,10 +4,15 @@ code of workflow modules, never their module state, and every restriction still 
 
 from __future__ import annotations
 
+import gc
+import logging
 import sys
 import uuid
+import warnings
+import weakref
 
 import pytest
+import redis.asyncio
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
@@ -20,9 +25,9 @@ PROBE = "tests.unit.rtjobs.sandbox_probe"
 @pytest.fixture
 async def probe_worker(client: Client, task_queue: str) -> Worker:
     share_workflow_code((PROBE,))
-    from tests.unit.rtjobs.sandbox_probe.probe import SandboxClock, SandboxProbe
+    from tests.unit.rtjobs.sandbox_probe.probe import SandboxClock, SandboxCollect, SandboxProbe
 
-    probes = [SandboxProbe, SandboxClock]
+    probes = [SandboxProbe, SandboxClock, SandboxCollect]
     return Worker(client, task_queue=task_queue, workflows=probes, workflow_runner=workflow_runner())
 
 
@@ -58,3 +63,33 @@ def test_the_workers_share_the_product_workflow_code() -> None:
 
     workflow_runner()
     assert any(isinstance(f, SharedCodeFinder) and f.packages == ("workflows",) for f in sys.meta_path)
+
+
+async def test_io_finalizers_import_nothing_into_the_sandbox(
+    client: Client, task_queue: str, probe_worker: Worker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An unclosed Redis pool collected while a workflow runs: its finalizer's lazy import of
+    `redis.observability.recorder` comes from the process, not a fresh copy of redis in the sandbox
+    (which read `os.environ` there, refused: seen in a CI run beside a nondeterminism error).
+    """
+    gc.disable()  # until the workflow collects
+    pool = redis.asyncio.ConnectionPool()
+    pool._available_connections.append(redis.asyncio.Connection())  # as a pool that served a call
+    pool.cycle = pool  # type: ignore[attr-defined]  # garbage only the cyclic collector frees
+    gone = weakref.ref(pool)
+    del pool
+    caplog.set_level(logging.WARNING)
+    try:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            async with probe_worker:
+                collected = await client.execute_workflow(
+                    "SandboxCollect", id=f"collect-{uuid.uuid4()}", task_queue=task_queue
+                )
+    finally:
+        gc.enable()
+    assert collected and gone() is None, "the pool was not collected in the workflow: nothing was tested"
+    refused = [r.getMessage() for r in caplog.records if "restricted" in r.getMessage()]
+    assert not refused, refused
+    late = [str(w.message) for w in seen if "imported after initial workflow load" in str(w.message)]
+    assert not [m for m in late if "redis" in m], late

@@ -44,3 +44,16 @@ class SandboxClock:
             return time.time()
         except Exception as err:  # the sandbox's refusal, reported as the workflow's failure
             raise ApplicationError(type(err).__name__, non_retryable=True) from None
+
+
+@workflow.defn(name="SandboxCollect")
+class SandboxCollect:
+    """Runs the cyclic collector from workflow code, as an allocation there may: the finalizers of garbage
+    made outside (the test's) run inside the sandbox.
+    """
+
+    @workflow.run
+    async def run(self) -> int:
+        import gc
+
+        return gc.collect()
