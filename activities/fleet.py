@@ -131,13 +131,20 @@ class Fleet:
             self._listed = listed
         return listed
 
-    async def _list(self) -> list[HostRef]:
-        query = (
+    async def count(self) -> int:
+        """How many hosts have a running workflow: one visibility call, whatever the fleet's size."""
+        counted = await self.client.count_workflows(self._listing_query(), rpc_timeout=QUERY_TIMEOUT)
+        return counted.count
+
+    def _listing_query(self) -> str:
+        return (
             f"WorkflowType = '{HOST_WORKFLOW}' AND TaskQueue = '{coordination_queue(self.task_queue)}' "
             "AND ExecutionStatus = 'Running'"
         )
+
+    async def _list(self) -> list[HostRef]:
         hosts: dict[str, HostRef] = {}
-        async for execution in self.client.list_workflows(query, rpc_timeout=QUERY_TIMEOUT):
+        async for execution in self.client.list_workflows(self._listing_query(), rpc_timeout=QUERY_TIMEOUT):
             if not execution.id.startswith(self._prefix):
                 continue
             host_id = execution.id.removeprefix(self._prefix)

@@ -46,6 +46,8 @@ MARKER_ENGINE_ID_LABEL = "rtjobs.engine-id"
 MARKER_ENGINE_NAME_LABEL = "rtjobs.engine-name"
 # How many of the engine's games a worker without a marker looks up in the fleet.
 ADOPT_SAMPLE = 20
+# A reporter counts the fleet's hosts (one visibility call) every this many reports.
+COUNT_HOSTS_EVERY = 10
 
 # Given the games with a container of ours here, the host id the fleet knows them under (None: unknown).
 Adopt = Callable[[Sequence[str]], Awaitable[str | None]]
@@ -237,9 +239,18 @@ def _capacity(info: Mapping[str, Any], settings: Settings) -> tuple[int, str]:
     return max(1, memory // settings.engine_memory_bytes), "engine memory / RTJOBS_ENGINE_MEMORY_BYTES"
 
 
+def report_interval(hosts: int, settings: Settings) -> float:
+    """Seconds between a worker's reports in a fleet of `hosts`: RTJOBS_HOST_REPORT_EVERY_S, or longer
+    once the fleet would report more than RTJOBS_FLEET_REPORTS_PER_S times a second (as Nomad scales its
+    heartbeats: the servers' load from reports stops growing with the fleet).
+    """
+    return max(settings.host_report_every_s, hosts / settings.fleet_reports_per_s)
+
+
 class HostReporter:
-    """Reports the host to its workflow now and then every RTJOBS_HOST_REPORT_EVERY_S: a host whose
+    """Reports the host to its workflow now and then every `report_interval` seconds: a host whose
     workers all stop reporting gets no new engines, and its games wait for it (RTJOBS_HOST_WAIT_S).
+    Each report names the interval to the next, by which its workflow judges the host live.
     """
 
     def __init__(self, client: Client, gateway: DockerGateway, settings: Settings, facts: HostFacts) -> None:
@@ -247,6 +258,22 @@ class HostReporter:
         self._gateway = gateway
         self._settings = settings
         self.facts = facts
+        self.every_s = settings.host_report_every_s
+        self._fleet = Fleet(client, settings.task_queue)
+        self._reports_since_count = COUNT_HOSTS_EVERY  # counted before the first periodic report
+
+    async def _next_interval(self) -> float:
+        """The interval for the coming report: the fleet counted again every COUNT_HOSTS_EVERY reports
+        (a count that fails keeps the interval).
+        """
+        self._reports_since_count += 1
+        if self._reports_since_count >= COUNT_HOSTS_EVERY:
+            self._reports_since_count = 0
+            try:
+                self.every_s = report_interval(await self._fleet.count(), self._settings)
+            except Exception as err:  # a failed count only keeps the interval
+                log.debug("could not count the fleet's hosts: %s", err)
+        return self.every_s
 
     async def report(self) -> None:
         """One report (signal-with-start: the host's first report starts its workflow)."""
@@ -261,7 +288,7 @@ class HostReporter:
             worker=self._client.identity,
             capacity=self.facts.capacity,
             games=games,
-            report_every_s=self._settings.host_report_every_s,
+            report_every_s=self.every_s,
             docker_version=self.facts.docker_version,
             network_driver=self.facts.network_driver,
         )
@@ -283,14 +310,15 @@ class HostReporter:
                 await task
 
     async def _loop(self) -> None:
-        every = self._settings.host_report_every_s
         failing = False
         while True:
-            await asyncio.sleep(every)
+            # As long as the last report said (its workflow counts the host live for LIVE_REPORTS of it).
+            await asyncio.sleep(self.every_s)
             try:
                 # (asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
                 # arrives as the report completes, and the loop would outlive the worker's shutdown.)
-                async with asyncio.timeout(max(every, 5.0)):
+                async with asyncio.timeout(max(self.every_s, 5.0)):
+                    await self._next_interval()
                     await self.report()
             except asyncio.CancelledError:
                 raise

@@ -176,7 +176,16 @@ class Settings(BaseSettings):
         ge=0.2,
         le=300,
         description="How often (seconds) each worker reports its host and the games with a container there; "
-        "a host is live while one of its workers reported within 3 intervals.",
+        "a host is live while one of its workers reported within 3 intervals. The shortest interval: see "
+        "RTJOBS_FLEET_REPORTS_PER_S.",
+    )
+    fleet_reports_per_s: float = Field(
+        default=20.0,
+        gt=0,
+        le=10_000,
+        description="At most about this many host reports a second across the fleet: with more hosts than "
+        "RTJOBS_HOST_REPORT_EVERY_S times this, each worker reports every hosts / this seconds (each report "
+        "names its interval), so a dead host is noticed later (after 3 intervals).",
     )
     host_wait_s: float = Field(
         default=60.0,
