@@ -264,15 +264,16 @@ class HostReporter:
 
     async def _next_interval(self) -> float:
         """The interval for the coming report: the fleet counted again every COUNT_HOSTS_EVERY reports
-        (a count that fails keeps the interval).
+        (a count that fails keeps the interval, and is tried again at the next report).
         """
         self._reports_since_count += 1
         if self._reports_since_count >= COUNT_HOSTS_EVERY:
-            self._reports_since_count = 0
             try:
                 self.every_s = report_interval(await self._fleet.count(), self._settings)
             except Exception as err:  # a failed count only keeps the interval
                 log.debug("could not count the fleet's hosts: %s", err)
+            else:
+                self._reports_since_count = 0
         return self.every_s
 
     async def report(self) -> None:
