@@ -221,9 +221,20 @@ class Fleet:
 
     # --- what the fleet knows ------------------------------------------------------------------------
 
-    async def host_views(self) -> dict[str, HostView]:
-        views = await TemporalFleet(self.client, self.task_queue).views()
-        return {v.name: v for v in views}
+    async def host_views(self, answer_within_s: float = 30.0) -> dict[str, HostView]:
+        """Every host's view, asked again while one does not answer: right after a worker's SIGKILL, a
+        query of a host workflow that ran last on that worker waits on its dead sticky queue until the
+        server stops counting the poller as live (~10 s, as long as a query's own timeout).
+        """
+        fleet = TemporalFleet(self.client, self.task_queue)
+        deadline = time.monotonic() + answer_within_s
+        while True:
+            survey = await fleet.survey()
+            if not survey.unanswered:
+                return {v.name: v for v in survey.views}
+            if time.monotonic() > deadline:
+                raise AssertionError(f"hosts did not answer within {answer_within_s}s: {survey.unanswered}")
+            await asyncio.sleep(0.2)
 
     async def until_hosts(
         self, ok: Callable[[dict[str, HostView]], bool], what: str, timeout_s: float = 60.0
