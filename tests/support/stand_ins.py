@@ -35,6 +35,7 @@ from contract.hosts import HOST_LIVENESS_ACTIVITY, PLACE_ACTIVITY, HostRef, Host
 from contract.lock import ACQUIRE_ACTIVITY, ACQUIRE_AGAIN_ACTIVITY, HOLDER_RUNNING_ACTIVITY, coordination_queue
 from contract.policies import PUBLISH_ACTIVITY
 from contract.settings import Settings
+from rtjobs.sandbox import workflow_runner
 from rtjobs.workers import collector_paused
 from workflows import ALL_WORKFLOWS, RuntimeGameLock, RuntimeHost
 
@@ -149,8 +150,15 @@ async def job_worker(
             task_queue=coordination_queue(task_queue),
             workflows=[RuntimeGameLock, RuntimeHost],
             activities=[activities[HOLDER_RUNNING_ACTIVITY]],
+            workflow_runner=workflow_runner(),  # the workers' own sandbox (rtjobs/sandbox.py)
         )
-        shared = Worker(client, task_queue=task_queue, workflows=ALL_WORKFLOWS, activities=list(activities.values()))
+        shared = Worker(
+            client,
+            task_queue=task_queue,
+            workflows=ALL_WORKFLOWS,
+            activities=list(activities.values()),
+            workflow_runner=workflow_runner(),
+        )
     try:
         async with (
             Worker(
