@@ -262,8 +262,8 @@ class HostReporter:
         self._fleet = Fleet(client, settings.task_queue)
         self._reports_since_count = COUNT_HOSTS_EVERY  # counted before the first periodic report
 
-    async def _next_interval(self) -> float:
-        """The interval for the coming report: the fleet counted again every COUNT_HOSTS_EVERY reports
+    async def _next_interval(self) -> None:
+        """Sets the interval for the coming report: the fleet counted again every COUNT_HOSTS_EVERY reports
         (a count that fails keeps the interval, and is tried again at the next report).
         """
         self._reports_since_count += 1
@@ -274,7 +274,6 @@ class HostReporter:
                 log.debug("could not count the fleet's hosts: %s", err)
             else:
                 self._reports_since_count = 0
-        return self.every_s
 
     async def report(self) -> None:
         """One report (signal-with-start: the host's first report starts its workflow)."""
