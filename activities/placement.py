@@ -22,7 +22,7 @@ from temporalio import activity
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.fleet import Fleet
+from activities.fleet import Busy, Fleet
 from contract.hosts import (
     ENGINE_CHANGED_SIGNAL,
     HOST_LIVENESS_ACTIVITY,
@@ -165,8 +165,10 @@ class PlacementActivities:
             mine = [p for p in probes if p.mine]
             # Equally full hosts are told apart by the job's draw, not by name: a burst spreads.
             candidates = mine or sorted((p for p in probes if p.open), key=lambda p: (_fullness(p), rng.random()))
-            for probe in candidates[:1]:
-                answer = await self._claim(fleet.task_queue, probe.host, ask)
+            # A host too busy to be probed is asked by its update, which checks its room all the same.
+            busy = [b.host for b in answers if isinstance(b, Busy)]
+            for host in [p.host for p in candidates[:1]] or busy[:1]:
+                answer = await self._claim(fleet.task_queue, host, ask)
                 if answer is not None:
                     return answer
         return await self._choose_from_all(fleet, ask)
