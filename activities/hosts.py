@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import random
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -261,6 +262,7 @@ class HostReporter:
         self.every_s = settings.host_report_every_s
         self._fleet = Fleet(client, settings.task_queue)
         self._reports_since_count = COUNT_HOSTS_EVERY  # counted before the first periodic report
+        self._pause_s: float | None = None  # the pause before the next report, when not every_s
 
     async def _next_interval(self) -> None:
         """Sets the interval for the coming report: the fleet counted again every COUNT_HOSTS_EVERY reports
@@ -269,11 +271,22 @@ class HostReporter:
         self._reports_since_count += 1
         if self._reports_since_count >= COUNT_HOSTS_EVERY:
             try:
-                self.every_s = report_interval(await self._fleet.count(), self._settings)
+                interval = report_interval(await self._fleet.count(), self._settings)
             except Exception as err:  # a failed count only keeps the interval
                 log.debug("could not count the fleet's hosts: %s", err)
-            else:
-                self._reports_since_count = 0
+                return
+            self._reports_since_count = 0
+            if interval != self.every_s:
+                # Workers that started together would report in step at the new interval too (seen: 1,000
+                # hosts' reports within 12 s of every 50 s, the placements' p99 4 s meanwhile): the report
+                # after this one comes at a random point of the new interval (early is never late).
+                self._pause_s = random.uniform(0.0, interval)
+            self.every_s = interval
+
+    def pause_s(self) -> float:
+        """How long the loop waits before the next report: the interval, or once after it changed, less."""
+        pause, self._pause_s = self._pause_s, None
+        return self.every_s if pause is None else pause
 
     async def report(self) -> None:
         """One report (signal-with-start: the host's first report starts its workflow)."""
@@ -313,7 +326,7 @@ class HostReporter:
         failing = False
         while True:
             # As long as the last report said (its workflow counts the host live for LIVE_REPORTS of it).
-            await asyncio.sleep(self.every_s)
+            await asyncio.sleep(self.pause_s())
             try:
                 # (asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
                 # arrives as the report completes, and the loop would outlive the worker's shutdown.)

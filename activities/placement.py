@@ -96,6 +96,7 @@ class PlacementActivities:
         self._asked: OrderedDict[tuple[str, str], _Asked] = OrderedDict()
         self._updates: set[asyncio.Task[list[ReserveAnswer]]] = set()
         self.updates_sent = 0  # read by tests and the benchmark: how many reserve updates placements took
+        self.probes_sent = 0  # and how many probe queries
 
     def fleet(self, task_queue: str) -> Fleet:
         fleet = self._fleets.get(task_queue)
@@ -157,6 +158,7 @@ class PlacementActivities:
         order = rng.sample(range(len(hosts)), min(len(hosts), 2 * PROBE_ROUNDS))
         for start in range(0, len(order), 2):
             pair = [hosts[i] for i in order[start : start + 2]]
+            self.probes_sent += len(pair)
             answers = await asyncio.gather(*(fleet.probe(h, ask) for h in pair))
             probes = [p for p in answers if isinstance(p, HostProbe)]
             for probe in probes:

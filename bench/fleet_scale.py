@@ -10,9 +10,15 @@ server, a real `python worker.py` (its coordination worker, `build_coordination_
 workflows; its Docker is absent, so it reports no host itself), and per scale point:
 
 - stand-in hosts: one real `HostReporter` per host (its Docker engine a stand-in that lists the host's
-  games), reporting to its host's workflow every `--report-every` s (the workers' default, 10 s) with the
-  real `send_report`, staggered as unsynchronised workers are; 100 games per host (1k / 10k / 100k games
-  in all); placements begin once the fleet's listing shows every host, each live (`Fleet.views`);
+  games), reporting to its host's workflow every `--report-every` s (the workers' default, 10 s, longer
+  past RTJOBS_FLEET_REPORTS_PER_S) with the real `send_report`, staggered as unsynchronised workers are;
+  100 games per host (1k / 10k / 100k games in all); placements begin once the fleet's listing shows
+  every host, each live (`Fleet.views`), and every worker has counted the fleet (`settled`);
+- `--rate`: placements arrive at a fixed rate (open loop, each one's wait for a slot counted in its
+  latency), as a Runtime Manager starts games, so the latency is a placement's cost at that load; without
+  it `--concurrency` are kept in flight (closed loop), which measures the throughput at saturation (a
+  closed loop's latency is then in-flight / throughput). The timeline on stderr gives each 10 s's
+  placements, p99, reports and slow or timed-out workflow tasks;
 - `--placements` placements of new games through the real activity body (`PlacementActivities.place_game
   _engine`, with a real client, as `tests/unit/activities/test_placement.py` calls it), `--concurrency` in flight spread
   over `--placers` instances (one per worker process of a real fleet: each keeps its own listing of the
@@ -75,7 +81,7 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.docker_gateway import DockerGateway
 from activities.fleet import Fleet, fan_out
-from activities.hosts import HostFacts, HostReporter
+from activities.hosts import HostFacts, HostReporter, report_interval
 from activities.placement import PlacementActivities
 from contract.hosts import HostRef, PlaceAnswer, PlaceRequest, ReserveRequest, host_queue
 from contract.lock import coordination_queue
@@ -100,6 +106,7 @@ RATIO_GOAL = 1.5
 SQLITE_ARGS = [arg for pragma in ("journal_mode=WAL", "synchronous=OFF") for arg in ("--sqlite-pragma", pragma)]
 # Histories fetched at once after a point (a thousand hosts' workflows, each with its chain of runs).
 HISTORY_FAN_OUT = 16
+TIMELINE_BUCKET_S = 10.0
 TASK_ENDS = (
     EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED,
     EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED,
@@ -169,9 +176,13 @@ class PointResult:
     ingest_s: float = 0.0
     place_s: float = 0.0
     updates: int = 0
+    probes: int = 0
     asked_all: int = 0  # placements whose samples found no room: every host was asked
     worker_cpu_s: float = 0.0
     history: dict[str, float] = field(default_factory=dict)
+    began_at: float = 0.0  # the placements' start (epoch s): the timeline's zero
+    arrivals: list[tuple[float, float]] = field(default_factory=list)  # (arrival s after began_at, latency s)
+    timeline: Counter[tuple[int, str]] = field(default_factory=Counter)  # (10 s bucket, what) -> how many
 
     def pct(self, q: float) -> float:
         if not self.latencies_s:
@@ -199,7 +210,9 @@ def largest_payload(message: Message) -> int:
     return best
 
 
-async def coordination_history(client: Client, task_queue: str, causes: Counter[str]) -> dict[str, float]:
+async def coordination_history(
+    client: Client, task_queue: str, causes: Counter[str], timeline: Counter[tuple[int, str]], zero: float
+) -> dict[str, float]:
     """Figures of every run of every workflow on the coordination queue: every host's workflow, each run of
     its continue-as-new chain (followed through the histories as well, should the listing lag behind), and
     any run started afresh. The workflows still running are ended first (their reporters have stopped).
@@ -236,6 +249,7 @@ async def coordination_history(client: Client, task_queue: str, causes: Counter[
                 figures["CAN"] += 1
                 figures["max CAN state KiB"] = max(figures["max CAN state KiB"], carried.input.ByteSize() / 1024)
             add_run_figures(figures, events, causes)
+            add_timeline(timeline, events, zero)
     return figures
 
 
@@ -267,6 +281,39 @@ def add_run_figures(figures: dict[str, float], events: list[HistoryEvent], cause
                 causes[task_end_cause(event)] += 1
 
 
+def add_timeline(timeline: Counter[tuple[int, str]], events: list[HistoryEvent], zero: float) -> None:
+    """A run's reports, slow tasks and timed-out tasks, by the 10 s after the placements' start they fell in."""
+    started: dict[int, float] = {}
+    for event in events:
+        at = event.event_time.ToMicroseconds() / 1e6
+        bucket = int((at - zero) // TIMELINE_BUCKET_S)
+        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
+            timeline[bucket, "reports"] += 1
+        elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED:
+            started[event.event_id] = at
+        elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT:
+            timeline[bucket, "task timeouts"] += 1
+        elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
+            took = at - started.get(event.workflow_task_completed_event_attributes.started_event_id, at)
+            timeline[bucket, "tasks > 200 ms"] += took * 1000 > TASK_GOAL_MS
+
+
+def print_timeline(r: PointResult) -> None:
+    """The point's placements, reports and slow tasks by 10 s (on stderr): what a slow tail coincides with."""
+    by_bucket: dict[int, list[float]] = {}
+    for arrived, latency in r.arrivals:
+        by_bucket.setdefault(int(arrived // TIMELINE_BUCKET_S), []).append(latency)
+    buckets = sorted({b for b, _ in r.timeline} | set(by_bucket))
+    for bucket in buckets:
+        latencies = sorted(by_bucket.get(bucket, []))
+        p99 = f"{latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] * 1000:.0f}" if latencies else "-"
+        what = ", ".join(f"{k} {r.timeline[bucket, k]}" for k in ("reports", "task timeouts", "tasks > 200 ms"))
+        print(
+            f"    {bucket * TIMELINE_BUCKET_S:>5.0f} s: placed {len(latencies)}, p99 {p99} ms, {what}",
+            file=sys.stderr,
+        )
+
+
 def task_end_cause(event: HistoryEvent) -> str:
     """Why a workflow task failed or timed out, in a few words (printed on stderr after the point)."""
     if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT:
@@ -280,7 +327,7 @@ def task_end_cause(event: HistoryEvent) -> str:
 @contextlib.asynccontextmanager
 async def stand_in_hosts(
     client: Client, settings: Settings, hosts: int, games_per_host: int
-) -> AsyncIterator[dict[str, StandInDocker]]:
+) -> AsyncIterator[tuple[dict[str, StandInDocker], list[HostReporter]]]:
     """`hosts` reporters, each reporting once now (all hosts known), then every report interval from a
     random moment on (workers of a fleet do not start in step).
     """
@@ -307,7 +354,7 @@ async def stand_in_hosts(
 
     tasks = [asyncio.create_task(periodic(r)) for r in reporters]
     try:
-        yield dockers
+        yield dockers, reporters
     finally:
         # Cancelled again until done: a reporter that outlived its point would start its host's workflow
         # again (signal-with-start) after the point's workflows were ended and measured.
@@ -330,6 +377,23 @@ async def hosts_live(client: Client, task_queue: str, hosts: int, budget_s: floa
                 live = sum(1 for v in await fleet.views() if v.live)
         await asyncio.sleep(0.5)
     return live
+
+
+async def settled(
+    client: Client, task_queue: str, reporters: list[HostReporter], settings: Settings, budget_s: float
+) -> int:
+    """How many hosts are live once every stand-in worker has counted the fleet (its interval the fleet's,
+    `report_interval`) and every host's workflow answers again. A fleet whose workers all start at once
+    reports twice at RTJOBS_HOST_REPORT_EVERY_S before they count it (at 1,000 hosts: 2,000 reports and
+    1,000 counts in ~20 s, sticky tasks timing out behind them); placements measure the fleet after that.
+    """
+    expected = report_interval(len(reporters), settings)
+    deadline = time.monotonic() + budget_s
+    while time.monotonic() < deadline:
+        if all(r.every_s == expected for r in reporters):
+            break
+        await asyncio.sleep(0.5)
+    return await hosts_live(client, task_queue, len(reporters), max(1.0, deadline - time.monotonic()))
 
 
 def counting_fallbacks(placer: PlacementActivities, result: PointResult) -> PlacementActivities:
@@ -358,8 +422,11 @@ async def place_all(
     async def one(i: int) -> None:
         request = PlaceRequest(game_id=game_id(), create=True, job=f"bench-start-{i}")
         placer = placers[i % len(placers)]
+        if args.rate:  # open loop: the i-th placement arrives at i / rate, and its wait at the gate counts
+            await asyncio.sleep(max(0.0, started + i / args.rate - time.perf_counter()))
+        arrived = time.perf_counter()
         async with gate:
-            began = time.perf_counter()
+            began = arrived if args.rate else time.perf_counter()
             pause = LOCK_RETRY_POLICY.initial_interval.total_seconds()
             while True:
                 try:
@@ -371,12 +438,14 @@ async def place_all(
                     await asyncio.sleep(pause)
                     pause = min(pause * 2, LOCK_RETRY_POLICY.maximum_interval.total_seconds())  # type: ignore[union-attr]
             result.latencies_s.append(time.perf_counter() - began)
+            result.arrivals.append((began - started, time.perf_counter() - began))
         if answer.chosen is None:
             result.unplaced += 1
         elif answer.chosen.host_id in dockers:
             dockers[answer.chosen.host_id].games.add(request.game_id)
 
-    began = time.perf_counter()
+    began = started = time.perf_counter()
+    result.began_at = time.time()
     tasks = [asyncio.create_task(one(i)) for i in range(args.placements)]
     _, pending = await asyncio.wait(tasks, timeout=args.budget_s)
     for task in pending:
@@ -384,6 +453,7 @@ async def place_all(
     await asyncio.gather(*tasks, return_exceptions=True)
     result.place_s = time.perf_counter() - began
     result.updates = sum(p.updates_sent for p in placers)
+    result.probes = sum(p.probes_sent for p in placers)
 
 
 async def measure(
@@ -409,8 +479,10 @@ async def measure(
         # A watchdog over the whole point: hosts' workflows that stopped answering must not stall the benchmark.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(args.ingest_budget_s + args.budget_s + 120):
-                async with stand_in_hosts(client, settings, hosts, games // hosts) as dockers:
+                async with stand_in_hosts(client, settings, hosts, games // hosts) as (dockers, reporters):
                     result.known = await hosts_live(client, queue, hosts, args.ingest_budget_s)
+                    if result.known == hosts:
+                        result.known = await settled(client, queue, reporters, settings, args.ingest_budget_s)
                     result.ingest_s = time.perf_counter() - began
                     if result.known == hosts:
                         cpu_before = read_sample(worker.proc.pid).cpu_s
@@ -420,7 +492,9 @@ async def measure(
         result.report_failures = REPORT_FAILURES.count - failures_before
         # Placements cut short may still have a reserve update in flight: let it land in the histories.
         await asyncio.sleep(LOCK_ACTIVITY_TIMEOUT.total_seconds() if result.cut else 1)
-        result.history = await coordination_history(client, coordination_queue(queue), result.task_failures)
+        result.history = await coordination_history(
+            client, coordination_queue(queue), result.task_failures, result.timeline, result.began_at
+        )
     finally:
         for proc in processes:
             proc.kill()
@@ -429,7 +503,7 @@ async def measure(
 
 COLUMNS = ["hosts", "known", "games", "placed", "cut", "unplaced", "retries", "place/s", "p50 ms", "p99 ms"]
 COLUMNS += ["max task ms", "tasks>200ms", "failed tasks", "max event KiB", "max payload KiB", "max CAN state KiB"]
-COLUMNS += ["events", "max run events", "runs", "CAN", "updates", "asked all", "ingest s", "failed reports"]
+COLUMNS += ["events", "max run events", "runs", "CAN", "updates", "probes", "asked all", "ingest s", "failed reports"]
 COLUMNS += ["worker cpu ms/placement"]
 
 
@@ -458,6 +532,7 @@ def row(r: PointResult) -> list[str]:
         f"{h['runs']:.0f}",
         f"{h['CAN']:.0f}",
         f"{r.updates}",
+        f"{r.probes}",
         f"{r.asked_all}",
         f"{r.ingest_s:.1f}",
         f"{r.report_failures}",
@@ -474,8 +549,11 @@ def cache_told(args: argparse.Namespace) -> str:
 
 
 def print_table(rows: list[PointResult], args: argparse.Namespace) -> None:
+    load = f"{args.concurrency}"
+    if args.rate:
+        load = f"arriving at {args.rate:g}/s (open loop), at most {args.concurrency}"
     print(
-        f"fleet scale benchmark: {args.placements} placements per point, {args.concurrency} in flight over "
+        f"fleet scale benchmark: {args.placements} placements per point, {load} in flight over "
         f"{args.placers} placing workers, reports every {args.report_every:g} s, {GAMES_PER_HOST} games per host "
         f"at the default points, worker cache {cache_told(args)}, {os.cpu_count()} cores"
     )
@@ -510,7 +588,13 @@ async def main() -> None:
     parser.add_argument("--quick", action="store_true", help=f"points {QUICK_POINTS}, {QUICK_PLACEMENTS} placements")
     parser.add_argument("--points", default=None, help=f"HOSTSxGAMES,... (default {POINTS})")
     parser.add_argument("--placements", type=int, default=None, help="placements per point (default 10000)")
-    parser.add_argument("--concurrency", type=int, default=100)
+    parser.add_argument("--concurrency", type=int, default=100, help="placements in flight at most")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="open loop: placements arrive at this rate a second (default: closed loop, --concurrency in flight)",
+    )
     parser.add_argument("--placers", type=int, default=4, help="placement activity instances (worker processes)")
     parser.add_argument("--report-every", type=float, default=Settings().host_report_every_s)
     parser.add_argument("--budget-s", type=float, default=900.0, help="placement time per point, then cut short")
@@ -537,6 +621,7 @@ async def main() -> None:
                 print(f"    {count} placement attempts failed: {cause}", file=sys.stderr, flush=True)
             for cause, count in rows[-1].task_failures.most_common(5):
                 print(f"    {count} workflow tasks {cause}", file=sys.stderr, flush=True)
+            print_timeline(rows[-1])
     finally:
         server.close()
     print_table(rows, args)
