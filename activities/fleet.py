@@ -1,15 +1,18 @@
 """The fleet of one task queue as the Temporal server holds it: one `RuntimeHost` workflow per host
 (`workflows/host.py`), found through the server's workflow listing, each asked by query or update.
 
-No workflow holds the whole fleet. A worker keeps the list of hosts for `HOSTS_FRESH_S` (placement
-samples it); what is asked of every host (`rtjobs hosts`, the search for a game whose engine record
-was lost) goes to the hosts' workflows at once, `FAN_OUT` at a time. Used by the placement
-activities, the worker's start-up checks and the CLI.
+No workflow holds the whole fleet. A worker keeps a sample of the hosts for `HOSTS_FRESH_S`, which
+placement draws from: the whole fleet up to `2 * WINDOW_HOSTS` hosts, past that a window of about
+`WINDOW_HOSTS` (a random arc of the hosts' ids, a new one each time), so a worker's listing costs the
+same at 1,000 hosts as at 100. What is asked of every host (`rtjobs hosts`, placement's last resort,
+the search for a game whose engine record was lost) is listed whole and goes to the hosts' workflows
+at once, `FAN_OUT` at a time. Used by the placement activities, the worker's start-up checks and the CLI.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -50,6 +53,16 @@ T = TypeVar("T")
 # the server limits (`frontend.namespaceRPS.visibility`, 10 a second by default): a fleet's workers that
 # place games list about workers / 60 times a second.
 HOSTS_FRESH_S = 60.0
+# A fleet of more than twice this many hosts is sampled through a window of about this many (each
+# window's ids an arc of width WINDOW_HOSTS / fleet size, its size the last window's count over its
+# width): at 1,000 hosts every worker listed the whole fleet each minute, a fleet-wide cost that grew
+# with hosts x workers (bench/fleet_scale.py: each renewal set the placements' p99 of its seconds).
+WINDOW_HOSTS = 64
+# A window that found fewer hosts than this (the fleet shrank, or its ids are not uuids) is replaced
+# by the whole fleet's listing, which also counts the fleet again.
+WINDOW_FEWEST = 16
+# Host ids are uuid4s (`activities/hosts.py`): an arc's ends are this many hex digits of a uniform draw.
+ARC_DIGITS = 8
 # How many hosts' workflows are asked at once when every host is asked.
 FAN_OUT = 64
 # A query waits for a worker of the coordination queue; one whose worker just died waits out the
@@ -111,46 +124,91 @@ class _Listed:
     at: float
 
 
-class Fleet:
-    """The hosts of one task queue's fleet, listed from the server and asked one by one."""
+class _Kept:
+    """A list of hosts kept for HOSTS_FRESH_S and shared by its callers. Gone stale, it is listed anew
+    in the background while its callers take the last one (at 1,000 hosts a listing takes about a
+    second, and every placement waiting for it made the p99 of each minute: 1.3-1.5 s); the placements
+    of one worker share one listing, never one each. Only a first list, or a `fresh` one, is waited for.
+    """
 
-    def __init__(self, client: Client, task_queue: str) -> None:
-        self.client = client
-        self.task_queue = task_queue
-        self._listed: _Listed | None = None
-        self._listing: asyncio.Task[_Listed] | None = None
-        self._prefix = host_workflow_id(task_queue, "")
+    def __init__(self, list_hosts: Callable[[], Awaitable[list[HostRef]]]) -> None:
+        self._list_hosts = list_hosts
+        self.listed: _Listed | None = None
+        self.listing: asyncio.Task[_Listed] | None = None
 
-    async def hosts(self, *, fresh: bool = False) -> list[HostRef]:
-        """Every host with a workflow (live or silent), as listed at most HOSTS_FRESH_S ago (`fresh`: now).
-
-        A list gone stale is listed anew in the background while its callers take the last one (at 1,000
-        hosts a listing takes about a second, and every placement waiting for it made the p99 of each
-        minute: 1.3-1.5 s); the placements of one worker share one listing, never one each. Only a first
-        list, or a `fresh` one, is waited for.
-        """
-        listed = self._listed
+    async def get(self, *, fresh: bool = False) -> list[HostRef]:
+        listed = self.listed
         if not fresh and listed is not None:
             if time.monotonic() - listed.at > HOSTS_FRESH_S:
-                self._relisting()
+                self.renew()
             return listed.hosts
         # Shielded: a caller cancelled meanwhile (its activity timed out) leaves the listing to the others.
-        return (await asyncio.shield(self._relisting(anew=fresh))).hosts
+        return (await asyncio.shield(self.renew(anew=fresh))).hosts
 
-    def _relisting(self, *, anew: bool = False) -> asyncio.Task[_Listed]:
+    def renew(self, *, anew: bool = False) -> asyncio.Task[_Listed]:
         """The listing in flight, or one begun now (`anew`: even while one is in flight)."""
-        listing = self._listing
+        listing = self.listing
         if anew or listing is None or listing.done():
-            listing = self._listing = asyncio.create_task(self._relist())
+            listing = self.listing = asyncio.create_task(self._relist())
             # (Its failure is each waiting caller's; one left with no caller is not logged as unretrieved.)
             listing.add_done_callback(lambda t: t.cancelled() or t.exception())
         return listing
 
     async def _relist(self) -> _Listed:
-        listed = _Listed(hosts=await self._list(), at=time.monotonic())
-        if self._listed is None or self._listed.at < listed.at:
-            self._listed = listed
+        listed = _Listed(hosts=await self._list_hosts(), at=time.monotonic())
+        if self.listed is None or self.listed.at < listed.at:
+            self.listed = listed
         return listed
+
+
+class Fleet:
+    """The hosts of one task queue's fleet, listed from the server and asked one by one."""
+
+    def __init__(self, client: Client, task_queue: str, rng: random.Random | None = None) -> None:
+        self.client = client
+        self.task_queue = task_queue
+        self._prefix = host_workflow_id(task_queue, "")
+        self._all = _Kept(lambda: self._list())
+        self._sample = _Kept(lambda: self._list_sample())
+        self._rng = rng or random.Random()
+        self._size: float | None = None  # the fleet's size, as the last listing counted it
+
+    async def hosts(self, *, fresh: bool = False) -> list[HostRef]:
+        """Every host with a workflow (live or silent), as listed at most HOSTS_FRESH_S ago (`fresh`: now)."""
+        return await self._all.get(fresh=fresh)
+
+    async def sample(self, *, fresh: bool = False) -> list[HostRef]:
+        """The hosts placement draws from, kept as `hosts` is: the whole fleet, or a window of it."""
+        return await self._sample.get(fresh=fresh)
+
+    def resample(self) -> None:
+        """A new window begun in the background (this one's hosts had no room)."""
+        self._sample.renew()
+
+    async def _list_sample(self) -> list[HostRef]:
+        size = self._size
+        if size is None:  # counted first (one number, not a listing): a first sample costs what later ones do
+            size = self._size = await self.count()
+        if size > 2 * WINDOW_HOSTS:
+            width = WINDOW_HOSTS / size
+            hosts = await self._list(self._arc(self._rng.random(), width))
+            if len(hosts) >= WINDOW_FEWEST:
+                self._size = len(hosts) / width
+                return hosts
+        hosts = await self._list()
+        self._size = len(hosts)
+        return hosts
+
+    def _arc(self, start: float, width: float) -> str:
+        """The condition on workflow ids of the hosts whose id lies in [start, start + width) of the
+        id space (1.0 being past every id: an arc over it takes the lowest ids too).
+        """
+        lo, hi = (
+            self._prefix + format(int(x % 1.0 * 16**ARC_DIGITS), f"0{ARC_DIGITS}x") for x in (start, start + width)
+        )
+        if start + width < 1.0:
+            return f"WorkflowId >= '{lo}' AND WorkflowId < '{hi}'"
+        return f"(WorkflowId >= '{lo}' OR WorkflowId < '{hi}')"
 
     async def count(self) -> int:
         """How many hosts have a running workflow: one visibility call, whatever the fleet's size."""
@@ -163,9 +221,11 @@ class Fleet:
             "AND ExecutionStatus = 'Running'"
         )
 
-    async def _list(self) -> list[HostRef]:
+    async def _list(self, arc: str = "") -> list[HostRef]:
+        """The hosts with a running workflow (`arc`: those whose id it holds), by name."""
+        query = f"{self._listing_query()} AND {arc}" if arc else self._listing_query()
         hosts: dict[str, HostRef] = {}
-        async for execution in self.client.list_workflows(self._listing_query(), rpc_timeout=QUERY_TIMEOUT):
+        async for execution in self.client.list_workflows(query, rpc_timeout=QUERY_TIMEOUT):
             if not execution.id.startswith(self._prefix):
                 continue
             host_id = execution.id.removeprefix(self._prefix)
@@ -242,7 +302,7 @@ class Fleet:
 
     async def _probe(self, host: HostRef, request: ReserveRequest) -> HostProbe | None:
         """The probe query without the SDK's retries: the client's `query` retries a refused query with
-        a backoff of its own (seen at 10 hosts: probes waiting out their 3 s deadline, a p99 of 7.4 s),
+        a backoff of its own (seen at 10 hosts: probes waiting out their 3 s deadline, a p99 of 7.8 s),
         where a placement rather asks the host's update at once.
         """
         payloads = await self.client.data_converter.encode([request])

@@ -150,9 +150,9 @@ class PlacementActivities:
         earlier = await self._earlier_answer(fleet.task_queue, ask)
         if earlier is not None:
             return earlier
-        hosts = await fleet.hosts()
+        hosts = await fleet.sample()
         if not hosts:
-            hosts = await fleet.hosts(fresh=True)
+            hosts = await fleet.sample(fresh=True)
         # Drawn from the job: its retry samples the same hosts, and finds its own reservation.
         rng = random.Random(f"{request.job}/{request.game_id}")
         order = rng.sample(range(len(hosts)), min(len(hosts), 2 * PROBE_ROUNDS))
@@ -173,6 +173,7 @@ class PlacementActivities:
                 answer = await self._claim(fleet.task_queue, host, ask)
                 if answer is not None:
                     return answer
+        fleet.resample()  # this worker's next placements sample other hosts
         return await self._choose_from_all(fleet, ask)
 
     async def _earlier_answer(self, task_queue: str, ask: ReserveRequest) -> PlaceAnswer | None:

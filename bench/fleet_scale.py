@@ -55,6 +55,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import os
 import random
@@ -165,7 +166,6 @@ logging.getLogger("rtjobs.hosts").addFilter(REPORT_FAILURES)
 class PointResult:
     hosts: int
     games: int
-    latencies_s: list[float] = field(default_factory=list)
     unplaced: int = 0  # answers without a host (no host had room, or none was live)
     retries: int = 0  # attempts that timed out or failed, asked again as the local activity would
     retry_causes: Counter[str] = field(default_factory=Counter)  # printed on stderr after the point
@@ -181,14 +181,19 @@ class PointResult:
     worker_cpu_s: float = 0.0
     history: dict[str, float] = field(default_factory=dict)
     began_at: float = 0.0  # the placements' start (epoch s): the timeline's zero
-    arrivals: list[tuple[float, float]] = field(default_factory=list)  # (arrival s after began_at, latency s)
+    placed: list[tuple[float, float]] = field(default_factory=list)  # (arrival s after began_at, latency s)
     timeline: Counter[tuple[int, str]] = field(default_factory=Counter)  # (10 s bucket, what) -> how many
 
     def pct(self, q: float) -> float:
-        if not self.latencies_s:
-            return float("nan")
-        ordered = sorted(self.latencies_s)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+        return percentile_ms([latency for _, latency in self.placed], q)
+
+
+def percentile_ms(latencies_s: list[float], q: float) -> float:
+    """The q-quantile of latencies in seconds, in ms (the nearest rank at or above q; NaN for none)."""
+    if not latencies_s:
+        return float("nan")
+    ordered = sorted(latencies_s)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
 def largest_payload(message: Message) -> int:
@@ -249,13 +254,21 @@ async def coordination_history(
                 todo.append((workflow_id, carried.new_execution_run_id))
                 figures["CAN"] += 1
                 figures["max CAN state KiB"] = max(figures["max CAN state KiB"], carried.input.ByteSize() / 1024)
-            add_run_figures(figures, events, causes)
-            add_timeline(timeline, events, zero, figures)
+            add_run_figures(figures, events, causes, timeline, zero)
     return figures
 
 
-def add_run_figures(figures: dict[str, float], events: list[HistoryEvent], causes: Counter[str] | None = None) -> None:
-    """One run's events, tasks and sizes added to the point's figures (and why its tasks failed, to `causes`)."""
+def add_run_figures(
+    figures: dict[str, float],
+    events: list[HistoryEvent],
+    causes: Counter[str] | None = None,
+    timeline: Counter[tuple[int, str]] | None = None,
+    zero: float = 0.0,
+) -> None:
+    """One run's events, tasks and sizes added to the point's figures, the longest task once placements
+    began at `zero` (the fleet's first reports, all at once, come before), why its tasks failed (to
+    `causes`), and its reports, slow and timed-out tasks by the 10 s after `zero` they fell in (to `timeline`).
+    """
     figures["runs"] += 1
     figures["events"] += len(events)
     figures["max run events"] = max(figures["max run events"], len(events))
@@ -263,8 +276,11 @@ def add_run_figures(figures: dict[str, float], events: list[HistoryEvent], cause
     for event in events:
         figures["max event KiB"] = max(figures["max event KiB"], event.ByteSize() / 1024)
         figures["max payload KiB"] = max(figures["max payload KiB"], largest_payload(event) / 1024)
-        at = event.event_time.ToMicroseconds() / 1000
-        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED:
+        at = event.event_time.ToMicroseconds() / 1e6
+        bucket = int((at - zero) // TIMELINE_BUCKET_S)
+        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED and timeline is not None:
+            timeline[bucket, "reports"] += 1
+        elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED:
             started[event.event_id] = at
         elif event.event_type in TASK_ENDS:
             # A task that timed out counts with its time until the timeout (at least that long).
@@ -273,48 +289,31 @@ def add_run_figures(figures: dict[str, float], events: list[HistoryEvent], cause
                 EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED: event.workflow_task_failed_event_attributes,
                 EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT: event.workflow_task_timed_out_event_attributes,
             }[event.event_type]
-            took = at - started.get(attrs.started_event_id, at)
+            took_ms = (at - started.get(attrs.started_event_id, at)) * 1000
+            completed = event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
             figures["tasks"] += 1
-            figures["tasks > goal"] += took > TASK_GOAL_MS
-            figures["max task ms"] = max(figures["max task ms"], took)
-            figures["failed tasks"] += event.event_type != EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
-            if causes is not None and event.event_type != EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
-                causes[task_end_cause(event)] += 1
-
-
-def add_timeline(
-    timeline: Counter[tuple[int, str]], events: list[HistoryEvent], zero: float, figures: dict[str, float]
-) -> None:
-    """A run's reports, slow tasks and timed-out tasks, by the 10 s after the placements' start they fell in;
-    and the longest task once placements began (the fleet's first reports, all at once, come before).
-    """
-    started: dict[int, float] = {}
-    for event in events:
-        at = event.event_time.ToMicroseconds() / 1e6
-        bucket = int((at - zero) // TIMELINE_BUCKET_S)
-        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
-            timeline[bucket, "reports"] += 1
-        elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED:
-            started[event.event_id] = at
-        elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT:
-            timeline[bucket, "task timeouts"] += 1
-        elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
-            took = at - started.get(event.workflow_task_completed_event_attributes.started_event_id, at)
-            timeline[bucket, "tasks > 200 ms"] += took * 1000 > TASK_GOAL_MS
+            figures["tasks > goal"] += took_ms > TASK_GOAL_MS
+            figures["max task ms"] = max(figures["max task ms"], took_ms)
+            figures["failed tasks"] += not completed
             if at >= zero:
-                figures["placing max task ms"] = max(figures["placing max task ms"], took * 1000)
-                figures["placing tasks > goal"] += took * 1000 > TASK_GOAL_MS
+                figures["placing max task ms"] = max(figures["placing max task ms"], took_ms)
+                figures["placing tasks > goal"] += took_ms > TASK_GOAL_MS
+            if causes is not None and not completed:
+                causes[task_end_cause(event)] += 1
+            if timeline is not None:
+                timeline[bucket, "tasks > 200 ms"] += took_ms > TASK_GOAL_MS
+                timeline[bucket, "task timeouts"] += event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT
 
 
 def print_timeline(r: PointResult) -> None:
     """The point's placements, reports and slow tasks by 10 s (on stderr): what a slow tail coincides with."""
     by_bucket: dict[int, list[float]] = {}
-    for arrived, latency in r.arrivals:
+    for arrived, latency in r.placed:
         by_bucket.setdefault(int(arrived // TIMELINE_BUCKET_S), []).append(latency)
     buckets = sorted({b for b, _ in r.timeline} | set(by_bucket))
     for bucket in buckets:
-        latencies = sorted(by_bucket.get(bucket, []))
-        p99 = f"{latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] * 1000:.0f}" if latencies else "-"
+        latencies = by_bucket.get(bucket, [])
+        p99 = f"{percentile_ms(latencies, 0.99):.0f}" if latencies else "-"
         what = ", ".join(f"{k} {r.timeline[bucket, k]}" for k in ("reports", "task timeouts", "tasks > 200 ms"))
         print(
             f"    {bucket * TIMELINE_BUCKET_S:>5.0f} s: placed {len(latencies)}, p99 {p99} ms, {what}",
@@ -342,7 +341,7 @@ async def stand_in_hosts(
     dockers: dict[str, StandInDocker] = {}
     reporters: list[HostReporter] = []
     for i in range(hosts):
-        host_id = f"bench-host-{i:04d}-{uuid.uuid4().hex[:8]}"
+        host_id = str(uuid.uuid4())  # as a host's marker volume holds (`activities/hosts.py`)
         ref = HostRef(host_id=host_id, name=f"host-{i:04d}", queue=host_queue(settings.task_queue, host_id))
         docker = dockers[host_id] = StandInDocker([game_id() for _ in range(games_per_host)])
         facts = HostFacts(ref, games_per_host * 100 + 10_000, "bench", "20.10.24", "bridge/local")
@@ -404,6 +403,41 @@ async def settled(
     return await hosts_live(client, task_queue, len(reporters), max(1.0, deadline - time.monotonic()))
 
 
+@dataclass
+class Stalls:
+    """This process's pauses while it places: the placers share it with every stand-in host's reporter, so a
+    pause of its event loop (a full garbage collection of 1,000 hosts' game ids) delays every placement in
+    flight, a cost of the benchmark's one process that a real fleet's separate workers do not share.
+    """
+
+    loop_ms: list[float] = field(default_factory=list)  # event-loop lags over 20 ms
+    gc_ms: list[float] = field(default_factory=list)  # full (generation 2) collections
+    _gc_began: float = 0.0
+
+    def on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            self._gc_began = time.perf_counter()
+        else:
+            self.gc_ms.append((time.perf_counter() - self._gc_began) * 1000)
+
+    async def watch(self) -> None:
+        tick = 0.005
+        last = time.perf_counter()
+        while True:
+            await asyncio.sleep(tick)
+            now = time.perf_counter()
+            if (lag := (now - last - tick) * 1000) > 20:
+                self.loop_ms.append(lag)
+            last = now
+
+    def told(self) -> str:
+        worst = max(self.loop_ms, default=0.0)
+        gcs = f"{len(self.gc_ms)} full collections, the longest {max(self.gc_ms, default=0.0):.0f} ms"
+        return f"this process's event loop: {len(self.loop_ms)} lags > 20 ms, the longest {worst:.0f} ms; {gcs}"
+
+
 def counting_fallbacks(placer: PlacementActivities, result: PointResult) -> PlacementActivities:
     """The placer, counting its placements whose samples found no room (then every host is asked: the
     cost that two-choice sampling is meant to avoid, so it is counted rather than inferred).
@@ -422,9 +456,9 @@ async def place_all(
     client: Client, settings: Settings, dockers: dict[str, StandInDocker], args: argparse.Namespace, result: PointResult
 ) -> None:
     placers = [counting_fallbacks(PlacementActivities(client), result) for _ in range(args.placers)]
-    # Each placer lists the fleet first, as a worker that has placed before holds its list (a worker's first
-    # placement waits for its first listing: about a second at 1,000 hosts, every placement then in flight too).
-    await asyncio.gather(*(p.fleet(settings.task_queue).hosts() for p in placers))
+    # Each placer samples the fleet first, as a worker that has placed before holds its sample (a worker's
+    # first placement waits for its first: a count of the fleet and a window's listing).
+    await asyncio.gather(*(p.fleet(settings.task_queue).sample() for p in placers))
     env = ActivityEnvironment()
     env.info = dataclasses.replace(env.info, task_queue=settings.task_queue)
     gate = asyncio.Semaphore(args.concurrency)
@@ -448,13 +482,15 @@ async def place_all(
                     result.retry_causes[f"{type(err).__name__}: {err}"[:160]] += 1
                     await asyncio.sleep(pause)
                     pause = min(pause * 2, LOCK_RETRY_POLICY.maximum_interval.total_seconds())  # type: ignore[union-attr]
-            result.latencies_s.append(time.perf_counter() - began)
-            result.arrivals.append((began - started, time.perf_counter() - began))
+            result.placed.append((began - started, time.perf_counter() - began))
         if answer.chosen is None:
             result.unplaced += 1
         elif answer.chosen.host_id in dockers:
             dockers[answer.chosen.host_id].games.add(request.game_id)
 
+    stalls = Stalls()
+    watcher = asyncio.create_task(stalls.watch())
+    gc.callbacks.append(stalls.on_gc)
     began = started = time.perf_counter()
     result.began_at = time.time()
     tasks = [asyncio.create_task(one(i)) for i in range(args.placements)]
@@ -463,6 +499,9 @@ async def place_all(
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     result.place_s = time.perf_counter() - began
+    gc.callbacks.remove(stalls.on_gc)
+    watcher.cancel()
+    print(f"    {stalls.told()}", file=sys.stderr)
     result.updates = sum(p.updates_sent for p in placers)
     result.probes = sum(p.probes_sent for p in placers)
 
@@ -499,7 +538,7 @@ async def measure(
                         cpu_before = read_sample(worker.proc.pid).cpu_s
                         await place_all(client, settings, dockers, args, result)
                         result.worker_cpu_s = read_sample(worker.proc.pid).cpu_s - cpu_before
-        result.cut = args.placements - len(result.latencies_s)  # (a fleet never all live: all of them)
+        result.cut = args.placements - len(result.placed)  # (a fleet never all live: all of them)
         result.report_failures = REPORT_FAILURES.count - failures_before
         # Placements cut short may still have a reserve update in flight: let it land in the histories.
         await asyncio.sleep(LOCK_ACTIVITY_TIMEOUT.total_seconds() if result.cut else 1)
@@ -517,7 +556,7 @@ COLUMNS += [
     "max task ms",
     "tasks>200ms",
     "placing: max task ms",
-    "tasks>200ms",
+    "placing: tasks>200ms",
     "failed tasks",
     "max event KiB",
     "max payload KiB",
@@ -529,7 +568,7 @@ COLUMNS += ["worker cpu ms/placement"]
 
 def row(r: PointResult) -> list[str]:
     h = r.history
-    n = len(r.latencies_s)
+    n = len(r.placed)
     return [
         f"{r.hosts}",
         f"{r.known}",
@@ -583,7 +622,7 @@ def print_table(rows: list[PointResult], args: argparse.Namespace) -> None:
     widths = [max(len(c[i]) for c in cells) for i in range(len(COLUMNS))]
     for line in cells:
         print("  ".join(v.rjust(w) for v, w in zip(line, widths, strict=True)))
-    placed = [r for r in rows if r.latencies_s]
+    placed = [r for r in rows if r.placed]
     for r in rows:
         if r.known < r.hosts:
             print(f"{r.hosts} hosts: the fleet showed {r.known} live hosts after {r.ingest_s:.0f} s; nothing placed")

@@ -28,7 +28,7 @@ class CountedFleet(Fleet):
         self.fail: Exception | None = None
         self.counted = asyncio.Condition()
 
-    async def _list(self) -> list[HostRef]:
+    async def _list(self, arc: str = "") -> list[HostRef]:
         self.listings += 1
         number = self.listings
         async with self.counted:
@@ -56,16 +56,16 @@ async def test_placements_that_find_the_list_stale_share_one_listing() -> None:
     assert [h.host_id for h in await fleet.hosts()] == ["h1"]  # fresh enough: no listing
     assert fleet.listings == 1
 
-    assert fleet._listed is not None
-    fleet._listed.at -= HOSTS_FRESH_S + 1  # listed longer ago than the list is trusted
+    assert fleet._all.listed is not None
+    fleet._all.listed.at -= HOSTS_FRESH_S + 1  # listed longer ago than the list is trusted
     fleet.release.clear()
     # The last list at once, while one listing runs in the background (none waits for it).
     answers = await asyncio.gather(*(fleet.hosts() for _ in range(50)))
     assert {tuple(h.host_id for h in a) for a in answers} == {("h1",)}
     await until_listing(fleet, 2)
     fleet.release.set()
-    assert fleet._listing is not None
-    await fleet._listing
+    assert fleet._all.listing is not None
+    await fleet._all.listing
     assert [h.host_id for h in await fleet.hosts()] == ["h2"]
     assert fleet.listings == 2
 
@@ -78,7 +78,7 @@ async def test_a_fresh_caller_lists_anew_and_the_stale_callers_join_it() -> None
     fleet.release.clear()
     fresh = [asyncio.create_task(fleet.hosts(fresh=True)) for _ in range(2)]
     await until_listing(fleet, 4)
-    fleet._listed = None  # stale: joins the fresh listing in flight
+    fleet._all.listed = None  # stale: joins the fresh listing in flight
     stale = asyncio.create_task(fleet.hosts())
     await asyncio.sleep(0)
     fleet.release.set()
@@ -101,7 +101,7 @@ async def test_cancelled_caller_leaves_the_listing() -> None:
 
     fleet.release.clear()
     fleet.fail = RuntimeError("visibility unavailable")
-    fleet._listed = None
+    fleet._all.listed = None
     callers = [asyncio.create_task(fleet.hosts()), asyncio.create_task(fleet.hosts())]
     await until_listing(fleet, 2)
     fleet.release.set()
