@@ -65,6 +65,9 @@ class TwoHosts:
     async def hosts(self, *, fresh: bool = False) -> list[HostRef]:
         return self._hosts
 
+    async def sample(self, *, fresh: bool = False) -> list[HostRef]:
+        return self._hosts
+
     async def probe(self, host: HostRef, request: ReserveRequest) -> HostProbe:
         self.probed += 1
         first_attempt = self.probed <= 2
